@@ -1,0 +1,65 @@
+"""Topology questions that plays and templates keep asking of a Baton inventory."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def baton_regions(groups: Mapping[str, list[str]], hostvars: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Region name -> its hosts, in inventory order, from the hosts in group 'regions'."""
+    regions: dict[str, list[str]] = {}
+    for host in groups.get("regions", []):
+        site = hostvars[host].get("baton_site")
+        regions.setdefault(str(site), []).append(host)
+    return regions
+
+
+def baton_sites(groups: Mapping[str, list[str]], hostvars: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Every site -> its hosts: the regions first, then the other sites (the global site)."""
+    sites = baton_regions(groups, hostvars)
+    for host in groups.get("all", []):
+        site = str(hostvars[host].get("baton_site"))
+        if host not in sites.get(site, []):
+            sites.setdefault(site, []).append(host)
+    return sites
+
+
+def baton_inventory_problems(groups: Mapping[str, list[str]], hostvars: Mapping[str, Any],
+                             initial_primary: str | None) -> list[str]:
+    """Everything wrong with an inventory's shape, one sentence each; [] when sane."""
+    problems: list[str] = []
+    if not groups.get("regions"):
+        problems.append("the inventory has no group 'regions' with hosts: put each region's "
+                        "group (us_east, ...) under 'regions'")
+    addresses: dict[str, str] = {}
+    for host in groups.get("all", []):
+        hv = hostvars[host]
+        if not hv.get("baton_site"):
+            problems.append(f"host {host} has no baton_site: set it on the host's site group")
+        address = hv.get("baton_address")
+        if not address:
+            problems.append(f"host {host} has no baton_address: set the address its services "
+                            "use")
+        elif str(address) in addresses:
+            problems.append(f"hosts {addresses[str(address)]} and {host} share baton_address "
+                            f"{address}: give each host its own")
+        else:
+            addresses[str(address)] = host
+    regions = baton_regions(groups, hostvars)
+    if "global" in regions:
+        problems.append("a host in 'regions' has baton_site 'global': the global site is not "
+                        "a region")
+    if initial_primary is None or initial_primary not in regions:
+        problems.append(f"baton_initial_primary_region is '{initial_primary}', which is not a "
+                        f"region of this inventory: use one of {', '.join(regions) or 'none'}")
+    return problems
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {
+            "baton_regions": baton_regions,
+            "baton_sites": baton_sites,
+            "baton_inventory_problems": baton_inventory_problems,
+        }

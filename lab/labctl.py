@@ -1,0 +1,630 @@
+#!/usr/bin/env python3
+"""Baton's local lab: podman containers standing in for VMs in three regions and a global site.
+
+The lab inventory (inventories/lab/lab.baton.yml) is the only list of hosts: this tool reads it
+through `ansible-inventory` and creates one podman network per site and one systemd container
+per host at the address the inventory gives. Everything it creates carries the label
+`baton.lab=1`, so `down` removes exactly what `up` made.
+
+    labctl.py up [--size mini|full]      labctl.py down        labctl.py status [--json]
+    labctl.py stop-region R              labctl.py start-region R
+    labctl.py partition R                labctl.py heal [R]
+    labctl.py image [--force]            labctl.py prereqs
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+LAB_DIR = ROOT / "lab"
+IMAGE_DIR = LAB_DIR / "image"
+INVENTORY = ROOT / "inventories" / "lab"
+INVENTORY_FILE = INVENTORY / "lab.baton.yml"
+STATE_DIR = ROOT / ".lab"
+SIZE_FILE = STATE_DIR / "size"
+CONTAINERS_CONF = LAB_DIR / "containers.conf"
+CACHE_DIR = Path(os.environ.get("BATON_LAB_CACHE", "/var/cache/baton-lab"))
+IMAGE_REPO = "localhost/baton-debian12"
+SUITE = "bookworm"
+MIRROR = os.environ.get("BATON_LAB_MIRROR", "http://deb.debian.org/debian")
+APT_CACHE_PORT = 3142
+LABEL = "baton.lab"
+HOST_TOOLS = {  # command -> Debian package
+    "podman": "podman",
+    "runc": "runc",
+    "debootstrap": "debootstrap",
+    "iptables": "iptables",
+    "apt-cacher-ng": "apt-cacher-ng",
+}
+CHAIN_FWD = "BATON-LAB-FWD"
+CHAIN_OUT = "BATON-LAB-OUT"
+CHAIN_NAT = "BATON-LAB-NAT"
+# Partition rules live in the mangle table, which podman's netavark never touches: its own
+# filter rules are inserted first whenever a network comes up, and would accept the traffic.
+HOOKS = ((("mangle", "FORWARD"), CHAIN_FWD), (("mangle", "OUTPUT"), CHAIN_OUT),
+         (("nat", "POSTROUTING"), CHAIN_NAT))
+
+
+class LabError(Exception):
+    """One clear sentence for the operator; exit code 2."""
+
+
+def say(msg: str) -> None:
+    print(f"lab: {msg}", flush=True)
+
+
+def run(cmd: list[str], *, check: bool = True, capture: bool = True, input_: bytes | None = None,
+        timeout: float | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CONTAINERS_CONF=str(CONTAINERS_CONF))
+    proc = subprocess.run(cmd, capture_output=capture, input=input_, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        err = (proc.stderr or b"").decode(errors="replace").strip().splitlines()
+        detail = err[-1] if err else f"exit {proc.returncode}"
+        raise LabError(f"'{' '.join(cmd[:4])}' failed: {detail}")
+    return proc
+
+
+def out(cmd: list[str], **kwargs: Any) -> str:
+    return run(cmd, **kwargs).stdout.decode().strip()
+
+
+# --------------------------------------------------------------------------- topology
+
+def known_sizes() -> list[str]:
+    import yaml  # from the project's venv
+
+    with open(INVENTORY_FILE, encoding="utf-8") as handle:
+        return sorted(yaml.safe_load(handle)["sizes"])
+
+
+def check_size(size: str) -> str:
+    sizes = known_sizes()
+    if size not in sizes:
+        raise LabError(f"unknown lab size '{size}': use LAB={' or LAB='.join(sizes)}")
+    return size
+
+
+def current_size() -> str | None:
+    return SIZE_FILE.read_text().strip() if SIZE_FILE.exists() else None
+
+
+def _unwrap(obj: dict[str, Any]) -> Any:
+    """ansible-inventory 2.19 writes inventory-plugin strings as {"__ansible_unsafe": s}."""
+    return obj["__ansible_unsafe"] if set(obj) == {"__ansible_unsafe"} else obj
+
+
+def load_topology(size: str) -> dict[str, Any]:
+    """Sites and hosts of the lab at SIZE, as the inventory defines them."""
+    check_size(size)
+    exe = Path(sys.executable).parent / "ansible-inventory"
+    cmd = [str(exe if exe.exists() else "ansible-inventory"), "-i", str(INVENTORY), "--list"]
+    env = dict(os.environ, BATON_LAB_SIZE=size, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    proc = subprocess.run(cmd, capture_output=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise LabError(f"the lab inventory {INVENTORY} does not parse: "
+                       f"{proc.stderr.decode(errors='replace').strip().splitlines()[-1:]}")
+    data = json.loads(proc.stdout, object_hook=_unwrap)
+    hostvars = data["_meta"]["hostvars"]
+    region_groups = data.get("regions", {}).get("children", [])
+    region_hosts = [h for g in region_groups for h in data.get(g, {}).get("hosts", [])]
+    hosts = []
+    for name, hv in hostvars.items():
+        if "baton_lab_container" not in hv:
+            continue
+        hosts.append({
+            "name": name, "site": hv["baton_site"], "region": name in region_hosts,
+            "container": hv["baton_lab_container"], "address": hv["baton_address"],
+            "network": hv["baton_lab_network"], "subnet": hv["baton_lab_subnet"],
+            "gateway": hv["baton_lab_gateway"],
+        })
+    order = region_hosts + sorted(set(hostvars) - set(region_hosts))
+    hosts.sort(key=lambda h: order.index(h["name"]))
+    sites: dict[str, dict[str, Any]] = {}
+    for h in hosts:
+        sites.setdefault(h["site"], {"name": h["site"], "region": h["region"],
+                                     "network": h["network"], "subnet": h["subnet"],
+                                     "gateway": h["gateway"], "hosts": []})["hosts"].append(h)
+    return {"size": size, "hosts": hosts, "sites": sites}
+
+
+def region_of(topo: dict[str, Any], name: str) -> dict[str, Any]:
+    site = topo["sites"].get(name)
+    if not site or not site["region"]:
+        regions = ", ".join(s for s, v in topo["sites"].items() if v["region"])
+        raise LabError(f"unknown region '{name}': the lab has {regions}")
+    return site
+
+
+# --------------------------------------------------------------------------- prerequisites
+
+def ensure_prereqs() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab runs rootful podman and host firewall rules: run it as root")
+    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if not shutil.which(tool)})
+    if missing:
+        apt = shutil.which("apt-get")
+        if not apt:
+            raise LabError(f"{', '.join(missing)} missing and there is no apt-get to install "
+                           f"them: install {' '.join(missing)} by hand, then re-run")
+        say(f"installing host packages: {' '.join(missing)}")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for cmd in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", *missing]):
+            proc = subprocess.run(cmd, capture_output=True, env=env)
+            if proc.returncode != 0:
+                tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
+                raise LabError(f"{', '.join(missing)} missing and '{' '.join(cmd[1:2])}' "
+                               f"failed (exit {proc.returncode}: {' '.join(tail)}): install "
+                               f"{' '.join(missing)} by hand, then re-run")
+        still = [t for t in HOST_TOOLS if not shutil.which(t)]
+        if still:
+            raise LabError(f"{', '.join(still)} still missing after apt-get install: "
+                           "install them by hand, then re-run")
+    ensure_apt_cache()
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_apt_cache() -> None:
+    """apt-cacher-ng on the host, shared by every lab and Molecule container (and debootstrap)."""
+    if _port_open("127.0.0.1", APT_CACHE_PORT):
+        return
+    cache = CACHE_DIR / "apt-cacher-ng"
+    logs = CACHE_DIR / "log"
+    for d in (cache, logs):
+        d.mkdir(parents=True, exist_ok=True)
+    run([shutil.which("apt-cacher-ng") or "/usr/sbin/apt-cacher-ng", "-c", "/etc/apt-cacher-ng",
+         "ForeGround=0", f"CacheDir={cache}", f"LogDir={logs}", f"Port={APT_CACHE_PORT}",
+         f"PidFile={CACHE_DIR}/apt-cacher-ng.pid", f"SocketPath={CACHE_DIR}/apt-cacher-ng.sock"])
+    for _ in range(50):
+        if _port_open("127.0.0.1", APT_CACHE_PORT):
+            return
+        time.sleep(0.1)
+    raise LabError(f"apt-cacher-ng did not start on port {APT_CACHE_PORT}: see {logs}")
+
+
+# --------------------------------------------------------------------------- image
+
+def _lines(path: Path) -> list[str]:
+    return [ln.strip() for ln in path.read_text().splitlines()
+            if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def image_tag() -> str:
+    """Content hash of everything that goes into the image: change any of it, get a new one."""
+    digest = hashlib.sha256(f"{SUITE} {MIRROR}\n".encode())
+    for path in sorted(IMAGE_DIR.iterdir()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def image_ref() -> str:
+    return f"{IMAGE_REPO}:{image_tag()}"
+
+
+def image_exists(ref: str) -> bool:
+    return run(["podman", "image", "exists", ref], check=False).returncode == 0
+
+
+def build_image(force: bool = False) -> str:
+    ref = image_ref()
+    if image_exists(ref) and not force:
+        run(["podman", "tag", ref, f"{IMAGE_REPO}:current"])
+        return ref
+    ensure_apt_cache()
+    packages = _lines(IMAGE_DIR / "packages.txt")
+    masks = _lines(IMAGE_DIR / "mask-units.txt")
+    work = Path(tempfile.mkdtemp(prefix="baton-image-", dir=CACHE_DIR if CACHE_DIR.exists() else None))
+    rootfs = work / "rootfs"
+    started = time.monotonic()
+    say(f"building {ref} with debootstrap ({SUITE}, {len(packages)} packages)")
+    try:
+        mirror = MIRROR.replace("http://", f"http://127.0.0.1:{APT_CACHE_PORT}/", 1)
+        run(["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", SUITE,
+             str(rootfs), mirror])
+        sources = f"deb {MIRROR} {SUITE} main\ndeb {MIRROR} {SUITE}-updates main\n" \
+                  f"deb {MIRROR.rsplit('/', 1)[0]}/debian-security {SUITE}-security main\n"
+        (rootfs / "etc/apt/sources.list").write_text(sources)
+        shutil.copy(IMAGE_DIR / "90baton-lab", rootfs / "etc/apt/apt.conf.d/90baton-lab")
+        proxy = rootfs / "usr/local/sbin/baton-apt-proxy"
+        shutil.copy(IMAGE_DIR / "baton-apt-proxy", proxy)
+        proxy.chmod(0o755)
+        for unit in masks:
+            link = rootfs / "etc/systemd/system" / unit
+            link.unlink(missing_ok=True)
+            link.symlink_to("/dev/null")
+        for name in ("etc/hostname", "etc/machine-id"):
+            (rootfs / name).write_text("")
+        # Empty lists that look old, so that the first `apt update_cache` always runs
+        # (a fresh mtime makes cache_valid_time skip it and installs fail).
+        lists = rootfs / "var/lib/apt/lists"
+        for item in lists.glob("*"):
+            if item.is_file():
+                item.unlink()
+        os.utime(lists, (0, 0))
+        shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
+        (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True)
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        imp = subprocess.run(["podman", "import", "--change", 'CMD ["/sbin/init"]',
+                              "--change", "STOPSIGNAL SIGRTMIN+3", "--change",
+                              f"LABEL {LABEL}.image={image_tag()}", "-", ref],
+                             stdin=tar.stdout, capture_output=True,
+                             env=dict(os.environ, CONTAINERS_CONF=str(CONTAINERS_CONF)))
+        tar.stdout.close()  # type: ignore[union-attr]
+        tar.wait()
+        if imp.returncode != 0 or tar.returncode != 0:
+            raise LabError(f"podman import of {ref} failed: {imp.stderr.decode().strip()}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    run(["podman", "tag", ref, f"{IMAGE_REPO}:current"])
+    say(f"built {ref} in {time.monotonic() - started:.0f} s")
+    return ref
+
+
+# --------------------------------------------------------------------------- networks, firewall
+
+def lab_networks() -> dict[str, dict[str, Any]]:
+    names = out(["podman", "network", "ls", "--format", "{{.Name}}"]).split()
+    nets = {}
+    for name in names:
+        info = json.loads(out(["podman", "network", "inspect", name]))[0]
+        if info.get("labels", {}).get(LABEL) == "1":
+            nets[name] = info
+    return nets
+
+
+def ensure_networks(topo: dict[str, Any]) -> None:
+    existing = set(out(["podman", "network", "ls", "--format", "{{.Name}}"]).split())
+    for site in topo["sites"].values():
+        name = site["network"]
+        if name in existing:
+            info = json.loads(out(["podman", "network", "inspect", name]))[0]
+            subnets = [s.get("subnet") for s in info.get("subnets", [])]
+            if info.get("labels", {}).get(LABEL) != "1":
+                raise LabError(f"podman network {name} exists but was not made by the lab: "
+                               f"remove it (podman network rm {name}) and re-run")
+            if site["subnet"] not in subnets:
+                raise LabError(f"podman network {name} is left from an earlier lab with subnet "
+                               f"{', '.join(subnets)} (the inventory wants {site['subnet']}): "
+                               "run 'make lab-down', then 'make lab-up'")
+            continue
+        run(["podman", "network", "create", "--label", f"{LABEL}=1", "--subnet", site["subnet"],
+             "--gateway", site["gateway"], name])
+
+
+def _ipt(table: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(["iptables", "-w", "5", "-t", table, *args], check=check)
+
+
+def ensure_firewall(topo: dict[str, Any]) -> None:
+    """Our own chains, hooked first: no NAT between lab subnets (each host sees the real
+    source address, as between VMs), and a place for the partition rules. Called again after
+    containers start, since netavark adds its rules when a network comes up."""
+    for (table, hook), chain in HOOKS:
+        if _ipt(table, "-n", "-L", chain, check=False).returncode != 0:
+            _ipt(table, "-N", chain)
+        first = _ipt(table, "-S", hook).stdout.decode().splitlines()[1:2]
+        if first != [f"-A {hook} -j {chain}"]:
+            while _ipt(table, "-C", hook, "-j", chain, check=False).returncode == 0:
+                _ipt(table, "-D", hook, "-j", chain)
+            _ipt(table, "-I", hook, "1", "-j", chain)
+    subnets = [s["subnet"] for s in topo["sites"].values()]
+    _ipt("nat", "-F", CHAIN_NAT)
+    for src in subnets:
+        for dst in subnets:
+            if src != dst:
+                _ipt("nat", "-A", CHAIN_NAT, "-s", src, "-d", dst, "-j", "ACCEPT")
+
+
+def remove_firewall() -> None:
+    for (table, hook), chain in HOOKS:
+        while _ipt(table, "-C", hook, "-j", chain, check=False).returncode == 0:
+            _ipt(table, "-D", hook, "-j", chain)
+        if _ipt(table, "-n", "-L", chain, check=False).returncode == 0:
+            _ipt(table, "-F", chain)
+            _ipt(table, "-X", chain)
+
+
+def _partition_comment(region: str) -> str:
+    return f"baton-partition:{region}"
+
+
+def partitioned_regions() -> list[str]:
+    proc = _ipt("mangle", "-S", CHAIN_FWD, check=False)
+    found = set()
+    for line in proc.stdout.decode().splitlines():
+        if "baton-partition:" in line:
+            found.add(line.split("baton-partition:", 1)[1].split()[0].strip('"'))
+    return sorted(found)
+
+
+def partition(topo: dict[str, Any], name: str) -> None:
+    site = region_of(topo, name)
+    ensure_firewall(topo)
+    if name in partitioned_regions():
+        say(f"{name} is already partitioned")
+        return
+    tag = ["-m", "comment", "--comment", _partition_comment(name)]
+    for other in topo["sites"].values():
+        if other["name"] == name:
+            continue
+        _ipt("mangle", "-A", CHAIN_FWD, "-s", site["subnet"], "-d", other["subnet"], *tag,
+             "-j", "DROP")
+        _ipt("mangle", "-A", CHAIN_FWD, "-s", other["subnet"], "-d", site["subnet"], *tag,
+             "-j", "DROP")
+    # The controller (this host) cannot open connections into the region either; replies to
+    # connections the region opens to its gateway (DNS, apt cache) still pass.
+    _ipt("mangle", "-A", CHAIN_OUT, "-d", site["subnet"], "-m", "conntrack", "--ctstate", "NEW",
+         *tag, "-j", "DROP")
+    say(f"partitioned {name} ({site['subnet']}) from every other site and from the controller")
+
+
+def heal(topo: dict[str, Any], name: str | None) -> None:
+    if name is not None:
+        region_of(topo, name)
+    targets = [name] if name else partitioned_regions()
+    for chain in (CHAIN_FWD, CHAIN_OUT):
+        proc = _ipt("mangle", "-S", chain, check=False)
+        for line in proc.stdout.decode().splitlines():
+            if not line.startswith("-A "):
+                continue
+            if any(_partition_comment(t) in line for t in targets):
+                _ipt("mangle", "-D", *_split_rule(line)[1:])
+    say(f"healed {', '.join(targets) if targets else 'nothing (no partition in place)'}")
+
+
+def _split_rule(line: str) -> list[str]:
+    import shlex
+
+    return shlex.split(line)
+
+
+# --------------------------------------------------------------------------- containers
+
+def lab_containers() -> list[dict[str, Any]]:
+    raw = out(["podman", "ps", "-a", "--filter", f"label={LABEL}=1", "--format", "json"])
+    return json.loads(raw or "[]")
+
+
+def _container_config(host: dict[str, Any], topo: dict[str, Any], ref: str) -> str:
+    peers = sorted(f"{h['name']}:{h['address']}" for h in topo["hosts"])
+    blob = json.dumps([ref, host["network"], host["address"], peers], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def inspect_container(name: str) -> dict[str, Any] | None:
+    proc = run(["podman", "container", "inspect", name], check=False)
+    if proc.returncode != 0:
+        return None
+    return json.loads(proc.stdout)[0]
+
+
+def ensure_containers(topo: dict[str, Any], ref: str) -> list[str]:
+    """Create missing containers, start stopped ones; refuse anything stale. Returns names."""
+    wanted = {h["container"]: h for h in topo["hosts"]}
+    for c in lab_containers():
+        name = c["Names"][0]
+        if name not in wanted:
+            size = current_size() or "another size"
+            raise LabError(f"container {name} is left from a lab of size {size}, not in the "
+                           f"{topo['size']} lab: run 'make lab-down' first, then 'make lab-up "
+                           f"LAB={topo['size']}'")
+    names = []
+    for name, host in wanted.items():
+        config = _container_config(host, topo, ref)
+        info = inspect_container(name)
+        if info is not None:
+            labels = info["Config"].get("Labels") or {}
+            if labels.get(LABEL) != "1":
+                raise LabError(f"container {name} exists but was not made by the lab: remove "
+                               f"it (podman rm -f {name}) and re-run")
+            if labels.get(f"{LABEL}.config") != config:
+                raise LabError(f"container {name} is stale, left from an earlier lab run with "
+                               "another image or address: run 'make lab-down', then "
+                               "'make lab-up'")
+            if info["State"]["Status"] != "running":
+                say(f"starting {name}")
+                run(["podman", "start", name])
+            names.append(name)
+            continue
+        cmd = ["podman", "run", "-d", "--name", name, "--hostname", host["name"],
+               "--network", f"{host['network']}:ip={host['address']}",
+               "--systemd", "always", "--label", f"{LABEL}=1",
+               "--label", f"{LABEL}.config={config}", "--label", f"{LABEL}.site={host['site']}",
+               "--label", f"{LABEL}.host={host['name']}"]
+        for peer in topo["hosts"]:
+            if peer["name"] != host["name"]:
+                cmd += ["--add-host", f"{peer['name']}:{peer['address']}"]
+        run(cmd + [ref, "/sbin/init"])
+        say(f"created {name} ({host['address']} on {host['network']})")
+        names.append(name)
+    return names
+
+
+def wait_systemd(names: list[str], timeout: float = 90) -> dict[str, str]:
+    """Wait until systemd in each container has finished booting; return each state."""
+    deadline = time.monotonic() + timeout
+    states: dict[str, str] = {}
+    pending = list(names)
+    while pending and time.monotonic() < deadline:
+        for name in list(pending):
+            proc = run(["podman", "exec", name, "systemctl", "is-system-running"], check=False)
+            state = proc.stdout.decode().strip() or "unknown"
+            states[name] = state
+            if state in ("running", "degraded"):
+                pending.remove(name)
+        if pending:
+            time.sleep(1)
+    for name in pending:
+        raise LabError(f"{name}: systemd did not finish booting within {timeout:.0f} s "
+                       f"(state '{states.get(name)}'): see 'podman logs {name}'")
+    for name, state in states.items():
+        if state == "degraded":
+            failed = out(["podman", "exec", name, "systemctl", "--failed", "--no-legend",
+                          "--plain"], check=False)
+            say(f"warning: {name} is degraded: {failed.replace(chr(10), '; ')}")
+    return states
+
+
+def container_state(name: str) -> str:
+    info = inspect_container(name)
+    return "absent" if info is None else info["State"]["Status"]
+
+
+# --------------------------------------------------------------------------- commands
+
+def cmd_up(size: str) -> None:
+    check_size(size)
+    up_size = current_size()
+    if up_size and up_size != size and lab_containers():
+        raise LabError(f"the lab is up as size {up_size}: run 'make lab-down' first, then "
+                       f"'make lab-up LAB={size}'")
+    ensure_prereqs()
+    topo = load_topology(size)
+    started = time.monotonic()
+    ref = build_image()
+    ensure_networks(topo)
+    ensure_firewall(topo)
+    names = ensure_containers(topo, ref)
+    ensure_firewall(topo)
+    STATE_DIR.mkdir(exist_ok=True)
+    SIZE_FILE.write_text(size + "\n")
+    wait_systemd(names)
+    say(f"{size} lab up: {len(names)} hosts in {len(topo['sites'])} sites "
+        f"({time.monotonic() - started:.0f} s)")
+
+
+def cmd_down() -> None:
+    if shutil.which("podman"):
+        names = [c["Names"][0] for c in lab_containers()]
+        if names:
+            run(["podman", "rm", "-f", "-t", "5", *names])
+            say(f"removed {len(names)} containers")
+        for name in lab_networks():
+            run(["podman", "network", "rm", "-f", name])
+            say(f"removed network {name}")
+    if shutil.which("iptables"):
+        remove_firewall()
+    SIZE_FILE.unlink(missing_ok=True)
+    say("lab down")
+
+
+def status_rows(topo: dict[str, Any]) -> list[dict[str, Any]]:
+    cut = set(partitioned_regions()) if shutil.which("iptables") else set()
+    rows = []
+    for h in topo["hosts"]:
+        state = container_state(h["container"])
+        systemd = "-"
+        if state == "running":
+            proc = run(["podman", "exec", h["container"], "systemctl", "is-system-running"],
+                       check=False)
+            systemd = proc.stdout.decode().strip() or "unknown"
+        rows.append({**h, "state": state, "systemd": systemd, "partitioned": h["site"] in cut})
+    return rows
+
+
+def cmd_status(as_json: bool) -> int:
+    size = current_size()
+    if not size:
+        if as_json:
+            print(json.dumps({"size": None, "hosts": []}))
+        else:
+            say("the lab is down (make lab-up starts it)")
+        return 3
+    rows = status_rows(load_topology(size))
+    if as_json:
+        print(json.dumps({"size": size, "hosts": rows}, indent=2))
+    else:
+        print(f"lab size {size}")
+        print(f"{'site':10} {'host':12} {'address':14} {'container':10} {'systemd':10} network")
+        for r in rows:
+            note = "PARTITIONED" if r["partitioned"] else ""
+            print(f"{r['site']:10} {r['name']:12} {r['address']:14} {r['state']:10} "
+                  f"{r['systemd']:10} {r['network']} {note}")
+    return 0 if all(r["state"] == "running" for r in rows) else 1
+
+
+def up_topology() -> dict[str, Any]:
+    size = current_size()
+    if not size:
+        raise LabError("the lab is down: run 'make lab-up' first")
+    return load_topology(size)
+
+
+def cmd_region(action: str, name: str) -> None:
+    topo = up_topology()
+    site = region_of(topo, name)
+    names = [h["container"] for h in site["hosts"]]
+    if action == "stop":
+        run(["podman", "stop", "-t", "10", *names])
+        say(f"stopped region {name}: {' '.join(names)}")
+    else:
+        run(["podman", "start", *names])
+        ensure_firewall(topo)
+        wait_systemd(names)
+        say(f"started region {name}: {' '.join(names)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="labctl", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="build the image if needed and start the lab")
+    up.add_argument("--size", default=os.environ.get("LAB") or "mini")
+    sub.add_parser("down", help="remove every lab container, network and firewall rule")
+    st = sub.add_parser("status", help="every host by site; exit 1 if any is not running")
+    st.add_argument("--json", action="store_true")
+    img = sub.add_parser("image", help="build the base image (cached by content)")
+    img.add_argument("--force", action="store_true")
+    sub.add_parser("image-ref", help="print the image reference for the current inputs")
+    sub.add_parser("prereqs", help="install host packages and start the apt cache")
+    for name in ("stop-region", "start-region", "partition"):
+        sub.add_parser(name).add_argument("region")
+        # the region is checked against the inventory, which names the regions
+    heal_p = sub.add_parser("heal", help="remove a region's partition (all when none named)")
+    heal_p.add_argument("region", nargs="?")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "up":
+            cmd_up(args.size)
+        elif args.cmd == "down":
+            cmd_down()
+        elif args.cmd == "status":
+            return cmd_status(args.json)
+        elif args.cmd == "image":
+            ensure_prereqs()
+            print(build_image(force=args.force))
+        elif args.cmd == "image-ref":
+            print(image_ref())
+        elif args.cmd == "prereqs":
+            ensure_prereqs()
+        elif args.cmd in ("stop-region", "start-region"):
+            cmd_region(args.cmd.split("-")[0], args.region)
+        elif args.cmd == "partition":
+            partition(up_topology(), args.region)
+        elif args.cmd == "heal":
+            heal(up_topology(), args.region)
+    except LabError as exc:
+        print(f"lab: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
