@@ -1,0 +1,102 @@
+# Baton: the two commands are `make demo` and `make test`. `make help` lists the rest.
+
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -eu -o pipefail -c
+
+LAB ?= mini
+REGION ?=
+SCENARIO ?= common
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+LABCTL := $(BIN)/python lab/labctl.py
+
+export PATH := $(BIN):$(PATH)
+export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_FORCE_COLOR := false
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help demo test test-unit lint test-molecule test-integration bench venv deps \
+        lab-up lab-down lab-status lab-image lab-stop-region lab-start-region lab-partition \
+        lab-heal site health clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
+
+## --- the two commands -------------------------------------------------------------------
+
+demo: deps ## Fresh machine -> lab up, site.yml, and the health of every region
+	$(LABCTL) up --size $(LAB)
+	ansible-playbook site.yml
+	ansible-playbook health.yml
+	$(LABCTL) status
+
+test: deps lint test-unit test-molecule test-integration ## The whole suite (what CI runs)
+
+## --- pieces ------------------------------------------------------------------------------
+
+$(BIN)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --requirement requirements.txt
+	touch $@
+
+venv: $(BIN)/.installed ## The Python venv (Ansible, Molecule, linters, client libraries)
+
+deps: venv ## venv + host packages (podman, runc, debootstrap, iptables, apt-cacher-ng)
+	$(LABCTL) prereqs
+
+test-unit: venv ## Fast: unit tests only
+	pytest -q tests/unit
+
+lint: venv ## ruff, yamllint, ansible-lint (production profile)
+	ruff check .
+	yamllint --strict .
+	ansible-lint --profile production --offline
+
+test-molecule: deps ## Molecule scenario SCENARIO (default: common), full sequence
+	$(LABCTL) image
+	cd tests && molecule test --scenario-name $(SCENARIO)
+
+test-integration: deps ## Lab smoke tests: mini lab up, reachability, faults, bad input, down
+	pytest -q -p no:cacheprovider tests/integration
+
+bench: deps ## Benchmarks; each prints its figures
+	$(BIN)/python bench/lab_timings.py
+
+## --- the lab -----------------------------------------------------------------------------
+
+lab-image: deps ## Build the lab's base image (cached by content)
+	$(LABCTL) image
+
+lab-up: deps ## Start the lab: LAB=mini (default) or LAB=full
+	$(LABCTL) up --size $(LAB)
+
+lab-down: venv ## Remove every lab container, network and firewall rule
+	$(LABCTL) down
+
+lab-status: venv ## Every lab host by site
+	$(LABCTL) status
+
+lab-stop-region: venv ## Stop every container of REGION (region loss)
+	$(LABCTL) stop-region "$(REGION)"
+
+lab-start-region: venv ## Start REGION's containers again
+	$(LABCTL) start-region "$(REGION)"
+
+lab-partition: venv ## Cut REGION off from every other site and the controller
+	$(LABCTL) partition "$(REGION)"
+
+lab-heal: venv ## Undo the partition of REGION (of every region when REGION is empty)
+	$(LABCTL) heal $(REGION)
+
+site: venv ## ansible-playbook site.yml
+	ansible-playbook site.yml
+
+health: venv ## ansible-playbook health.yml
+	ansible-playbook health.yml
+
+clean: lab-down ## lab-down, then remove the venv and the lab's cached images
+	-podman rmi --force $$(podman images --filter reference='localhost/baton-debian12' -q) 2>/dev/null
+	rm -rf $(VENV) .lab
