@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+Groups = Mapping[str, list[str]]
+Hostvars = Mapping[str, Any]
 
-def baton_regions(groups: Mapping[str, list[str]], hostvars: Mapping[str, Any]) -> dict[str, list[str]]:
+
+def baton_regions(groups: Groups, hostvars: Hostvars) -> dict[str, list[str]]:
     """Region name -> its hosts, in inventory order, from the hosts in group 'regions'."""
     regions: dict[str, list[str]] = {}
     for host in groups.get("regions", []):
@@ -15,7 +18,7 @@ def baton_regions(groups: Mapping[str, list[str]], hostvars: Mapping[str, Any]) 
     return regions
 
 
-def baton_sites(groups: Mapping[str, list[str]], hostvars: Mapping[str, Any]) -> dict[str, list[str]]:
+def baton_sites(groups: Groups, hostvars: Hostvars) -> dict[str, list[str]]:
     """Every site -> its hosts: the regions first, then the other sites (the global site)."""
     sites = baton_regions(groups, hostvars)
     for host in groups.get("all", []):
@@ -25,7 +28,7 @@ def baton_sites(groups: Mapping[str, list[str]], hostvars: Mapping[str, Any]) ->
     return sites
 
 
-def baton_inventory_problems(groups: Mapping[str, list[str]], hostvars: Mapping[str, Any],
+def baton_inventory_problems(groups: Groups, hostvars: Hostvars,
                              initial_primary: str | None) -> list[str]:
     """Everything wrong with an inventory's shape, one sentence each; [] when sane."""
     problems: list[str] = []

@@ -231,7 +231,8 @@ def build_image(force: bool = False) -> str:
     ensure_apt_cache()
     packages = _lines(IMAGE_DIR / "packages.txt")
     masks = _lines(IMAGE_DIR / "mask-units.txt")
-    work = Path(tempfile.mkdtemp(prefix="baton-image-", dir=CACHE_DIR if CACHE_DIR.exists() else None))
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="baton-image-", dir=CACHE_DIR))
     rootfs = work / "rootfs"
     started = time.monotonic()
     say(f"building {ref} with debootstrap ({SUITE}, {len(packages)} packages)")
@@ -452,7 +453,7 @@ def ensure_containers(topo: dict[str, Any], ref: str) -> list[str]:
         for peer in topo["hosts"]:
             if peer["name"] != host["name"]:
                 cmd += ["--add-host", f"{peer['name']}:{peer['address']}"]
-        run(cmd + [ref, "/sbin/init"])
+        run([*cmd, ref, "/sbin/init"])
         say(f"created {name} ({host['address']} on {host['network']})")
         names.append(name)
     return names

@@ -1,0 +1,48 @@
+"""The lab tool's decisions that need no podman: sizes, regions, image cache key."""
+
+import shutil
+
+import labctl
+import pytest
+
+
+def test_unknown_lab_size_is_one_sentence_with_the_valid_sizes():
+    with pytest.raises(labctl.LabError) as err:
+        labctl.check_size("huge")
+    assert str(err.value) == "unknown lab size 'huge': use LAB=full or LAB=mini"
+
+
+def test_unknown_region_lists_the_lab_regions():
+    topo = {"sites": {
+        "us-east": {"region": True}, "us-west": {"region": True}, "global": {"region": False}}}
+    with pytest.raises(labctl.LabError) as err:
+        labctl.region_of(topo, "mars")
+    assert str(err.value) == "unknown region 'mars': the lab has us-east, us-west"
+
+
+def test_the_global_site_is_not_a_region_for_the_fault_tools():
+    topo = {"sites": {"us-east": {"region": True}, "global": {"region": False}}}
+    with pytest.raises(labctl.LabError, match="unknown region 'global'"):
+        labctl.region_of(topo, "global")
+
+
+def test_image_tag_changes_when_an_image_input_changes(tmp_path, monkeypatch):
+    copy = tmp_path / "image"
+    shutil.copytree(labctl.IMAGE_DIR, copy)
+    monkeypatch.setattr(labctl, "IMAGE_DIR", copy)
+    before = labctl.image_tag()
+    assert labctl.image_tag() == before
+    with open(copy / "packages.txt", "a") as handle:
+        handle.write("curl\n")
+    assert labctl.image_tag() != before
+
+
+def test_inventory_json_unsafe_wrappers_are_unwrapped():
+    assert labctl._unwrap({"__ansible_unsafe": "baton-wan"}) == "baton-wan"
+    assert labctl._unwrap({"a": 1}) == {"a": 1}
+
+
+def test_cli_exits_2_with_one_sentence_for_an_unknown_size(capsys):
+    assert labctl.main(["up", "--size", "huge"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["lab: error: unknown lab size 'huge': use LAB=full or LAB=mini"]

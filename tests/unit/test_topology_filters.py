@@ -1,0 +1,50 @@
+"""Topology filters used by plays and templates, and the inventory preflight."""
+
+from baton_topology import baton_inventory_problems, baton_regions, baton_sites
+
+GROUPS = {
+    "all": ["gtm-1", "a1", "a2", "b1"],
+    "regions": ["a1", "a2", "b1"],
+}
+HOSTVARS = {
+    "gtm-1": {"baton_site": "global", "baton_address": "10.0.9.1"},
+    "a1": {"baton_site": "us-east", "baton_address": "10.0.1.1"},
+    "a2": {"baton_site": "us-east", "baton_address": "10.0.1.2"},
+    "b1": {"baton_site": "us-west", "baton_address": "10.0.2.1"},
+}
+
+
+def test_regions_map_to_their_hosts_in_inventory_order():
+    assert baton_regions(GROUPS, HOSTVARS) == {"us-east": ["a1", "a2"], "us-west": ["b1"]}
+
+
+def test_sites_list_regions_first_then_the_global_site():
+    assert list(baton_sites(GROUPS, HOSTVARS)) == ["us-east", "us-west", "global"]
+
+
+def test_a_sane_inventory_has_no_problems():
+    assert baton_inventory_problems(GROUPS, HOSTVARS, "us-east") == []
+
+
+def test_duplicate_addresses_are_named():
+    hostvars = {**HOSTVARS, "b1": {"baton_site": "us-west", "baton_address": "10.0.1.2"}}
+    assert baton_inventory_problems(GROUPS, hostvars, "us-east") == [
+        "hosts a2 and b1 share baton_address 10.0.1.2: give each host its own"]
+
+
+def test_an_initial_primary_that_is_not_a_region_is_refused_with_the_choices():
+    problems = baton_inventory_problems(GROUPS, HOSTVARS, "ap-south")
+    assert problems == ["baton_initial_primary_region is 'ap-south', which is not a region of "
+                        "this inventory: use one of us-east, us-west"]
+
+
+def test_a_host_without_site_or_address_is_named():
+    hostvars = {**HOSTVARS, "a2": {}}
+    problems = baton_inventory_problems(GROUPS, hostvars, "us-east")
+    assert "host a2 has no baton_site: set it on the host's site group" in problems
+    assert any(p.startswith("host a2 has no baton_address") for p in problems)
+
+
+def test_an_inventory_without_regions_is_refused():
+    problems = baton_inventory_problems({"all": ["gtm-1"]}, HOSTVARS, None)
+    assert problems[0].startswith("the inventory has no group 'regions' with hosts")
