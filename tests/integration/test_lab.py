@@ -1,0 +1,237 @@
+"""Lab smoke tests on real containers: the mini lab comes up, every host answers, site.yml
+converges and then changes nothing, the fault tools really cut traffic, bad input gets one
+clear sentence, and `lab-down` leaves nothing behind.
+
+Needs root, podman and iptables (`make deps` installs them). Replaces any lab that is up.
+Tests run in file order: the last ones take the lab down themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, CONTAINERS_CONF=str(ROOT / "lab/containers.conf"),
+           ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_FORCE_COLOR="false",
+           PATH=f"{BIN}:{os.environ['PATH']}")
+ENV.pop("BATON_LAB_SIZE", None)
+MINI = {"us-east-1": "10.231.1.11", "us-west-1": "10.231.2.11", "eu-west-1": "10.231.3.11",
+        "global-1": "10.231.0.11"}
+LISTEN_PORT = 18080
+RECAP = re.compile(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+
+def sh(*cmd: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(list(cmd), capture_output=True, text=True, env=env or ENV, cwd=ROOT,
+                          timeout=timeout)
+
+
+def labctl(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return sh(sys.executable, str(ROOT / "lab/labctl.py"), *args, env=env)
+
+
+def playbook(name: str) -> subprocess.CompletedProcess:
+    return sh(str(BIN / "ansible-playbook"), name)
+
+
+def pings(src: str, dst: str) -> bool:
+    return sh("podman", "exec", f"baton-{src}", "ping", "-c", "1", "-W", "1", MINI[dst],
+              timeout=30).returncode == 0
+
+
+def controller_reaches(host: str) -> bool:
+    try:
+        with socket.create_connection((MINI[host], LISTEN_PORT), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def lab_containers() -> list[dict]:
+    return json.loads(sh("podman", "ps", "-a", "--filter", "label=baton.lab=1", "--format",
+                         "json").stdout or "[]")
+
+
+def recap(output: str) -> dict[str, tuple[int, int, int]]:
+    return {m[1]: (int(m[2]), int(m[3]), int(m[4])) for m in RECAP.finditer(output)}
+
+
+@pytest.fixture(scope="module")
+def lab():
+    if os.geteuid() != 0:
+        pytest.fail("the lab tests need root (rootful podman, host firewall rules)")
+    labctl("down")
+    up = labctl("up", "--size", "mini")
+    assert up.returncode == 0, up.stderr
+    yield
+    labctl("heal")
+    labctl("down")
+
+
+def test_every_lab_host_answers_by_region(lab):
+    status = json.loads(labctl("status", "--json").stdout)
+    assert status["size"] == "mini"
+    assert {h["name"]: (h["site"], h["state"], h["systemd"]) for h in status["hosts"]} == {
+        "us-east-1": ("us-east", "running", "running"),
+        "us-west-1": ("us-west", "running", "running"),
+        "eu-west-1": ("eu-west", "running", "running"),
+        "global-1": ("global", "running", "running"),
+    }
+    ping = sh(str(BIN / "ansible"), "all", "-m", "ansible.builtin.ping", "-o")
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert sorted(re.findall(r"^(\S+) \| SUCCESS", ping.stdout, re.M)) == sorted(MINI)
+
+
+def test_lab_up_again_creates_nothing_new(lab):
+    before = sorted(c["Id"] for c in lab_containers())
+    again = labctl("up", "--size", "mini")
+    assert again.returncode == 0, again.stderr
+    assert sorted(c["Id"] for c in lab_containers()) == before
+    networks = sh("podman", "network", "ls", "--filter", "label=baton.lab=1", "--format",
+                  "{{.Name}}").stdout.split()
+    assert sorted(networks) == ["baton-eu-west", "baton-us-east", "baton-us-west", "baton-wan"]
+
+
+def test_site_yml_converges_then_a_second_run_changes_nothing(lab):
+    first = playbook("site.yml")
+    assert first.returncode == 0, first.stdout[-3000:]
+    second = playbook("site.yml")
+    assert second.returncode == 0, second.stdout[-3000:]
+    result = recap(second.stdout)
+    assert set(MINI) <= set(result)
+    assert {host: changed for host, (changed, _u, _f) in result.items() if changed} == {}
+
+
+def test_health_shows_every_host_by_site(lab):
+    health = playbook("health.yml")
+    assert health.returncode == 0, health.stdout[-3000:]
+    for host, address in MINI.items():
+        assert re.search(rf"- \S+\s+{host}\s+{re.escape(address)}\s+running", health.stdout)
+
+
+def test_partition_cuts_the_region_off_and_heal_restores_it(lab):
+    listener = sh("podman", "exec", "-d", "baton-us-east-1", "python3", "-m", "http.server",
+                  str(LISTEN_PORT))
+    assert listener.returncode == 0, listener.stderr
+    deadline = time.monotonic() + 10
+    while not controller_reaches("us-east-1") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pings("us-east-1", "us-west-1") and controller_reaches("us-east-1")
+
+    cut = labctl("partition", "us-east")
+    assert cut.returncode == 0, cut.stderr
+    try:
+        assert not pings("us-east-1", "us-west-1")
+        assert not pings("us-east-1", "global-1")
+        assert not pings("eu-west-1", "us-east-1")
+        assert not controller_reaches("us-east-1")
+        assert pings("us-west-1", "eu-west-1"), "the other regions must still reach each other"
+        status = json.loads(labctl("status", "--json").stdout)
+        assert [h["name"] for h in status["hosts"] if h["partitioned"]] == ["us-east-1"]
+    finally:
+        healed = labctl("heal", "us-east")
+    assert healed.returncode == 0, healed.stderr
+    assert pings("us-east-1", "us-west-1")
+    assert pings("eu-west-1", "us-east-1")
+    assert controller_reaches("us-east-1")
+
+
+def test_stopped_region_is_unreachable_and_health_says_so(lab):
+    stop = labctl("stop-region", "us-west")
+    assert stop.returncode == 0, stop.stderr
+    try:
+        assert not pings("us-east-1", "us-west-1")
+        health = playbook("health.yml")
+        assert health.returncode != 0
+        assert "us-west-1 not healthy (unreachable)" in " ".join(health.stdout.split())
+    finally:
+        start = labctl("start-region", "us-west")
+    assert start.returncode == 0, start.stderr
+    assert pings("us-east-1", "us-west-1")
+    assert playbook("health.yml").returncode == 0
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_unknown_region_is_one_sentence_and_exit_2(lab):
+    for action in ("partition", "stop-region", "start-region", "heal"):
+        proc = labctl(action, "mars")
+        assert proc.returncode == 2
+        assert one_error_line(proc) == (
+            "lab: error: unknown region 'mars': the lab has us-east, us-west, eu-west")
+
+
+def test_unknown_lab_size_is_one_sentence_and_nonzero_through_make(lab):
+    proc = sh("make", "--no-print-directory", "lab-up", "LAB=huge")
+    assert proc.returncode != 0
+    assert "lab: error: unknown lab size 'huge': use LAB=full or LAB=mini" in proc.stderr
+
+
+def test_missing_podman_that_cannot_be_installed(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "apt-get").write_text(
+        "#!/bin/sh\n[ \"$1\" = update ] && exit 0\n"
+        "echo 'E: Unable to locate package podman' >&2\nexit 100\n")
+    (fake / "apt-get").chmod(0o755)
+    env = dict(ENV, PATH=str(fake))
+    proc = labctl("prereqs", env=env)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert line.startswith("lab: error: apt-cacher-ng, debootstrap, iptables, podman, runc "
+                           "missing and 'install' failed (exit 100: E: Unable to locate "
+                           "package podman)")
+    assert line.endswith("by hand, then re-run")
+
+
+def test_stale_container_from_an_earlier_run_is_refused(lab):
+    assert labctl("down").returncode == 0
+    image = labctl("image-ref").stdout.strip()
+    stale = sh("podman", "create", "--name", "baton-us-east-1", "--label", "baton.lab=1",
+               "--label", "baton.lab.config=from-an-earlier-run", image, "/sbin/init")
+    assert stale.returncode == 0, stale.stderr
+    proc = labctl("up", "--size", "mini")
+    assert proc.returncode == 2
+    assert one_error_line(proc) == (
+        "lab: error: container baton-us-east-1 is stale, left from an earlier lab run with "
+        "another image or address: run 'make lab-down', then 'make lab-up'")
+    assert labctl("down").returncode == 0
+
+    foreign = sh("podman", "create", "--name", "baton-us-east-1", image, "/sbin/init")
+    assert foreign.returncode == 0, foreign.stderr
+    try:
+        proc = labctl("up", "--size", "mini")
+        assert proc.returncode == 2
+        assert one_error_line(proc) == (
+            "lab: error: container baton-us-east-1 exists but was not made by the lab: remove "
+            "it (podman rm -f baton-us-east-1) and re-run")
+    finally:
+        sh("podman", "rm", "-f", "baton-us-east-1")
+
+
+def test_lab_down_leaves_no_containers_networks_or_firewall_rules(lab):
+    assert labctl("up", "--size", "mini").returncode == 0
+    assert labctl("partition", "eu-west").returncode == 0
+    down = labctl("down")
+    assert down.returncode == 0, down.stderr
+    assert lab_containers() == []
+    assert sh("podman", "network", "ls", "--filter", "label=baton.lab=1", "--format",
+              "{{.Name}}").stdout.split() == []
+    rules = sh("iptables-save").stdout
+    assert "BATON-LAB" not in rules and "baton-partition" not in rules
+    assert not (ROOT / ".lab/size").exists()
+    assert labctl("status").returncode == 3
