@@ -40,6 +40,9 @@ IMAGE_REPO = "localhost/baton-debian12"
 SUITE = "bookworm"
 MIRROR = os.environ.get("BATON_LAB_MIRROR", "http://deb.debian.org/debian")
 APT_CACHE_PORT = 3142
+# pip's cache, shared by every lab and Molecule container (root's pip cache inside).
+PIP_CACHE = CACHE_DIR / "pip"
+PIP_CACHE_MOUNT = f"{PIP_CACHE}:/root/.cache/pip"
 LABEL = "baton.lab"
 HOST_TOOLS = {  # command -> Debian package
     "podman": "podman",
@@ -171,6 +174,7 @@ def ensure_prereqs() -> None:
         if still:
             raise LabError(f"{', '.join(still)} still missing after apt-get install: "
                            "install them by hand, then re-run")
+    PIP_CACHE.mkdir(parents=True, exist_ok=True)
     ensure_apt_cache()
 
 
@@ -281,14 +285,9 @@ def build_image(force: bool = False) -> str:
 
 # --------------------------------------------------------------------------- networks, firewall
 
-def lab_networks() -> dict[str, dict[str, Any]]:
-    names = out(["podman", "network", "ls", "--format", "{{.Name}}"]).split()
-    nets = {}
-    for name in names:
-        info = json.loads(out(["podman", "network", "inspect", name]))[0]
-        if info.get("labels", {}).get(LABEL) == "1":
-            nets[name] = info
-    return nets
+def lab_networks() -> list[str]:
+    return out(["podman", "network", "ls", "--filter", f"label={LABEL}=1", "--format",
+                "{{.Name}}"]).split()
 
 
 def ensure_networks(topo: dict[str, Any]) -> None:
@@ -406,7 +405,8 @@ def lab_containers() -> list[dict[str, Any]]:
 
 def _container_config(host: dict[str, Any], topo: dict[str, Any], ref: str) -> str:
     peers = sorted(f"{h['name']}:{h['address']}" for h in topo["hosts"])
-    blob = json.dumps([ref, host["network"], host["address"], peers], sort_keys=True)
+    blob = json.dumps([ref, host["network"], host["address"], peers, PIP_CACHE_MOUNT],
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -447,7 +447,7 @@ def ensure_containers(topo: dict[str, Any], ref: str) -> list[str]:
             continue
         cmd = ["podman", "run", "-d", "--name", name, "--hostname", host["name"],
                "--network", f"{host['network']}:ip={host['address']}",
-               "--systemd", "always", "--label", f"{LABEL}=1",
+               "--systemd", "always", "--volume", PIP_CACHE_MOUNT, "--label", f"{LABEL}=1",
                "--label", f"{LABEL}.config={config}", "--label", f"{LABEL}.site={host['site']}",
                "--label", f"{LABEL}.host={host['name']}"]
         for peer in topo["hosts"]:
