@@ -423,8 +423,7 @@ def ensure_containers(topo: dict[str, Any], ref: str) -> list[str]:
     for c in lab_containers():
         name = c["Names"][0]
         if name not in wanted:
-            size = current_size() or "another size"
-            raise LabError(f"container {name} is left from a lab of size {size}, not in the "
+            raise LabError(f"container {name} is left from an earlier lab and is not in the "
                            f"{topo['size']} lab: run 'make lab-down' first, then 'make lab-up "
                            f"LAB={topo['size']}'")
     names = []
