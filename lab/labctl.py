@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -386,14 +387,8 @@ def heal(topo: dict[str, Any], name: str | None) -> None:
             if not line.startswith("-A "):
                 continue
             if any(_partition_comment(t) in line for t in targets):
-                _ipt("mangle", "-D", *_split_rule(line)[1:])
+                _ipt("mangle", "-D", *shlex.split(line)[1:])
     say(f"healed {', '.join(targets) if targets else 'nothing (no partition in place)'}")
-
-
-def _split_rule(line: str) -> list[str]:
-    import shlex
-
-    return shlex.split(line)
 
 
 # --------------------------------------------------------------------------- containers
