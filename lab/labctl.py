@@ -44,6 +44,9 @@ APT_CACHE_PORT = 3142
 # pip's cache, shared by every lab and Molecule container (root's pip cache inside).
 PIP_CACHE = CACHE_DIR / "pip"
 PIP_CACHE_MOUNT = f"{PIP_CACHE}:/root/.cache/pip"
+# Stock Debian units (haproxy, redis, bind9...) set up mount namespaces (ProtectSystem=...),
+# which systemd inside a container can do only with CAP_SYS_ADMIN.
+CONTAINER_CAPS = ("SYS_ADMIN",)
 LABEL = "baton.lab"
 HOST_TOOLS = {  # command -> Debian package
     "podman": "podman",
@@ -252,6 +255,9 @@ def build_image(force: bool = False) -> str:
         proxy = rootfs / "usr/local/sbin/baton-apt-proxy"
         shutil.copy(IMAGE_DIR / "baton-apt-proxy", proxy)
         proxy.chmod(0o755)
+        dropins = rootfs / "etc/systemd/system/service.d"
+        dropins.mkdir(parents=True, exist_ok=True)
+        shutil.copy(IMAGE_DIR / "10-baton-lab.conf", dropins / "10-baton-lab.conf")
         for unit in masks:
             link = rootfs / "etc/systemd/system" / unit
             link.unlink(missing_ok=True)
@@ -400,8 +406,8 @@ def lab_containers() -> list[dict[str, Any]]:
 
 def _container_config(host: dict[str, Any], topo: dict[str, Any], ref: str) -> str:
     peers = sorted(f"{h['name']}:{h['address']}" for h in topo["hosts"])
-    blob = json.dumps([ref, host["network"], host["address"], peers, PIP_CACHE_MOUNT],
-                      sort_keys=True)
+    blob = json.dumps([ref, host["network"], host["address"], peers, PIP_CACHE_MOUNT,
+                       CONTAINER_CAPS], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -441,7 +447,8 @@ def ensure_containers(topo: dict[str, Any], ref: str) -> list[str]:
             continue
         cmd = ["podman", "run", "-d", "--name", name, "--hostname", host["name"],
                "--network", f"{host['network']}:ip={host['address']}",
-               "--systemd", "always", "--volume", PIP_CACHE_MOUNT, "--label", f"{LABEL}=1",
+               "--systemd", "always", "--volume", PIP_CACHE_MOUNT,
+               *[f"--cap-add={cap}" for cap in CONTAINER_CAPS], "--label", f"{LABEL}=1",
                "--label", f"{LABEL}.config={config}", "--label", f"{LABEL}.site={host['site']}",
                "--label", f"{LABEL}.host={host['name']}"]
         for peer in topo["hosts"]:
