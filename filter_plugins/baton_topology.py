@@ -59,10 +59,18 @@ def baton_inventory_problems(groups: Groups, hostvars: Hostvars,
     return problems
 
 
+def baton_region_addresses(regions: Mapping[str, list[str]],
+                           hostvars: Hostvars) -> dict[str, list[str]]:
+    """Region -> baton_address of each of its hosts (from baton_regions)."""
+    return {region: [str(hostvars[h]["baton_address"]) for h in hosts]
+            for region, hosts in regions.items()}
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "baton_regions": baton_regions,
             "baton_sites": baton_sites,
+            "baton_region_addresses": baton_region_addresses,
             "baton_inventory_problems": baton_inventory_problems,
         }
