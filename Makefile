@@ -62,8 +62,12 @@ test-molecule: deps ## Molecule scenario SCENARIO (default: common), full sequen
 test-integration: deps ## Lab smoke tests: mini lab up, reachability, faults, bad input, down
 	pytest -q -p no:cacheprovider tests/integration
 
-bench: deps ## Benchmarks; each prints its figures
+bench: deps ## Benchmarks; each prints its figures (replaces any lab that is up)
 	$(BIN)/python bench/lab_timings.py
+	$(LABCTL) up --size full
+	ansible-playbook site.yml
+	$(BIN)/python bench/inregion_failover.py
+	$(LABCTL) down
 
 ## --- the lab -----------------------------------------------------------------------------
 

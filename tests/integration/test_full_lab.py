@@ -13,7 +13,7 @@ import urllib.request
 
 import psycopg
 import pytest
-from test_lab import ENV, labctl, playbook, sh  # same helpers, same environment
+from test_lab import labctl, playbook, sh  # same helpers, same environment
 
 APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 2}  # lab throwaway
 REGIONS = {"us-east": 1, "us-west": 2, "eu-west": 3}
