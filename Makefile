@@ -6,7 +6,8 @@ SHELL := /bin/bash
 
 LAB ?= mini
 REGION ?=
-SCENARIO ?= common
+SCENARIO ?=
+SCENARIOS := common etcd haproxy patroni pgbouncer data
 PYTHON ?= python3
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
@@ -55,9 +56,12 @@ lint: venv ## ruff, yamllint, ansible-lint (production profile)
 	yamllint --strict .
 	ansible-lint --profile production --offline
 
-test-molecule: deps ## Molecule scenario SCENARIO (default: common), full sequence
+test-molecule: deps ## Molecule: every scenario, or SCENARIO=name (full sequence, idempotence on)
 	$(LABCTL) image
-	cd tests && molecule test --scenario-name $(SCENARIO)
+	cd tests
+	for scenario in $(or $(SCENARIO),$(SCENARIOS)); do
+	  molecule test --scenario-name "$$scenario"
+	done
 
 test-integration: deps ## Lab smoke tests: mini lab up, reachability, faults, bad input, down
 	pytest -q -p no:cacheprovider tests/integration

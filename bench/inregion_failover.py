@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
-"""In-region automatic failover time: the primary region's leader node dies -> first
-successful write through PgBouncer, with Patroni's default timing and with Baton's.
+"""In-region recovery time of the primary region: a fault on the leader -> first successful
+write through PgBouncer, with Patroni's default timing and with Baton's.
 
     make lab-up LAB=full && make site       # once: the full lab with the PostgreSQL tier
-    .venv/bin/python bench/inregion_failover.py [--runs 3]
+    .venv/bin/python bench/inregion_failover.py [--runs 3] [--fault node|postgres|both]
+
+Faults: `node` kills the leader's container (PostgreSQL and Patroni die together, as in a
+crash, so the leader key must expire in etcd and another member is elected); `postgres` kills
+only the leader's PostgreSQL processes with SIGKILL (Patroni notices on its next loop and
+starts it again in place; no election, the data is intact).
 
 For each timing profile the script sets ttl/loop_wait/retry_timeout on the us-east cluster
-(patronictl edit-config), then per run: kills the leader's container (a node crash, so the
-leader key must expire), writes through PgBouncer on a surviving us-east node every 0.2 s,
-records the time to the first successful write, starts the container again and waits until
-it streams as a replica. Prints each run and the median per profile. Restores Baton's timing.
+(patronictl edit-config), then per run: injects the fault, writes through PgBouncer on a
+surviving us-east node every 0.2 s, records the time to the first successful write, repairs
+(starts the container) and waits until the cluster has a leader and two streaming replicas.
+Prints each run and the median per fault and profile. Restores Baton's timing.
 """
 
 from __future__ import annotations
@@ -69,12 +74,15 @@ def wait_all_streaming(timeout: float = 180) -> None:
     sys.exit(f"bench: us-east did not return to a leader and two streaming replicas: {roles()}")
 
 
-def one_run() -> float:
+def one_run(fault: str) -> float:
     wait_all_streaming()
     leader = next(n for n, (r, _s) in roles().items() if r == "leader")
     survivor = next(n for n in NODES if n != leader)
     killed = time.monotonic()
-    podman("kill", f"baton-{leader}")
+    if fault == "node":
+        podman("kill", f"baton-{leader}")
+    else:
+        podman("exec", f"baton-{leader}", "pkill", "-KILL", "-u", "postgres", "-x", "postgres")
     try:
         while time.monotonic() - killed < 120:
             try:
@@ -86,13 +94,16 @@ def one_run() -> float:
                 time.sleep(0.2)
         sys.exit("bench: no write within 120 s")
     finally:
-        podman("start", f"baton-{leader}")
+        if fault == "node":
+            podman("start", f"baton-{leader}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--fault", choices=["node", "postgres", "both"], default="both")
     args = parser.parse_args()
+    faults = ["node", "postgres"] if args.fault == "both" else [args.fault]
     if not roles():
         sys.exit("bench: no Patroni answers in us-east: run 'make lab-up LAB=full && make site'")
     wait_all_streaming()
@@ -104,19 +115,21 @@ def main() -> int:
     try:
         for name, timing in PROFILES.items():
             set_timing(*timing)
-            runs = []
-            for i in range(args.runs):
-                seconds = one_run()
-                runs.append(seconds)
-                print(f"{name:16} ttl/loop_wait/retry={'/'.join(map(str, timing)):9} "
-                      f"run {i + 1}: {seconds:5.1f} s", flush=True)
-            medians[name] = statistics.median(runs)
+            for fault in faults:
+                runs = []
+                for i in range(args.runs):
+                    seconds = one_run(fault)
+                    runs.append(seconds)
+                    print(f"{name:16} ttl/loop_wait/retry={'/'.join(map(str, timing)):9} "
+                          f"{fault:8} run {i + 1}: {seconds:5.1f} s", flush=True)
+                medians[(fault, name)] = statistics.median(runs)
     finally:
         wait_all_streaming()
         set_timing(*PROFILES["baton"])
-    for name, median in medians.items():
-        print(f"median {name:16} {median:5.1f} s  (leader node killed -> first write "
-              "through PgBouncer)")
+    what = {"node": "leader node killed", "postgres": "leader's PostgreSQL killed"}
+    for (fault, name), median in sorted(medians.items()):
+        print(f"median {name:16} {median:5.1f} s  ({what[fault]} -> first write through "
+              "PgBouncer)")
     return 0
 
 

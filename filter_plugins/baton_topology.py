@@ -29,8 +29,13 @@ def baton_sites(groups: Groups, hostvars: Hostvars) -> dict[str, list[str]]:
 
 
 def baton_inventory_problems(groups: Groups, hostvars: Hostvars,
-                             initial_primary: str | None) -> list[str]:
-    """Everything wrong with an inventory's shape, one sentence each; [] when sane."""
+                             initial_primary: str | None,
+                             declared_regions: list[str] | None = None) -> list[str]:
+    """Everything wrong with an inventory's shape, one sentence each; [] when sane.
+
+    declared_regions is the inventory's baton_region_names (None: not declared, so a region
+    whose group lost all its hosts cannot be told from one that never existed).
+    """
     problems: list[str] = []
     if not groups.get("regions"):
         problems.append("the inventory has no group 'regions' with hosts: put each region's "
@@ -53,9 +58,39 @@ def baton_inventory_problems(groups: Groups, hostvars: Hostvars,
     if "global" in regions:
         problems.append("a host in 'regions' has baton_site 'global': the global site is not "
                         "a region")
+    if declared_regions is not None:
+        for region in declared_regions:
+            if region not in regions:
+                problems.append(f"region {region} (baton_region_names) has no database host: "
+                                f"add its hosts to its group under 'regions', or remove it "
+                                f"from baton_region_names")
+        for region, hosts in regions.items():
+            if region not in declared_regions and region != "global":
+                problems.append(f"hosts {', '.join(hosts)} are in region {region}, which "
+                                f"baton_region_names does not list: fix their baton_site or "
+                                f"add {region} to baton_region_names")
+    members: dict[str, str] = {}
+    for host in groups.get("regions", []):
+        name = str(hostvars[host].get("patroni_name", host))
+        if name in members:
+            problems.append(f"hosts {members[name]} and {host} both use Patroni member name "
+                            f"{name}: member names must be unique across all regions")
+        else:
+            members[name] = host
+    for region, hosts in regions.items():
+        if len(hosts) % 2 == 0 and not any("etcd_members" in hostvars[h] for h in hosts):
+            problems.append(f"region {region} has {len(hosts)} database hosts: its etcd needs "
+                            f"an odd number of members (1, 3 or 5); add or remove a host, or "
+                            f"set etcd_members")
     if initial_primary is None or initial_primary not in regions:
-        problems.append(f"baton_initial_primary_region is '{initial_primary}', which is not a "
-                        f"region of this inventory: use one of {', '.join(regions) or 'none'}")
+        if declared_regions is not None and initial_primary in declared_regions:
+            problems.append(f"baton_initial_primary_region {initial_primary} has no database "
+                            f"host, so the standby regions would have no source: give it hosts "
+                            f"or choose one of {', '.join(regions) or 'none'}")
+        else:
+            problems.append(f"baton_initial_primary_region is '{initial_primary}', which is "
+                            f"not a region of this inventory: use one of "
+                            f"{', '.join(regions) or 'none'}")
     return problems
 
 

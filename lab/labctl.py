@@ -40,7 +40,7 @@ CACHE_DIR = Path(os.environ.get("BATON_LAB_CACHE", "/var/cache/baton-lab"))
 IMAGE_REPO = "localhost/baton-debian12"
 SUITE = "bookworm"
 MIRROR = os.environ.get("BATON_LAB_MIRROR", "http://deb.debian.org/debian")
-APT_CACHE_PORT = 3142
+APT_CACHE_PORT = 3149  # not 3142: a host's own apt-cacher-ng service may hold that
 # pip's cache, shared by every lab and Molecule container (root's pip cache inside).
 PIP_CACHE = CACHE_DIR / "pip"
 PIP_CACHE_MOUNT = f"{PIP_CACHE}:/root/.cache/pip"
@@ -198,7 +198,9 @@ def ensure_apt_cache() -> None:
     logs = CACHE_DIR / "log"
     for d in (cache, logs):
         d.mkdir(parents=True, exist_ok=True)
-    run([shutil.which("apt-cacher-ng") or "/usr/sbin/apt-cacher-ng", "-c", "/etc/apt-cacher-ng",
+    # Our own configuration directory, not /etc/apt-cacher-ng (see lab/apt-cacher-ng/acng.conf).
+    run([shutil.which("apt-cacher-ng") or "/usr/sbin/apt-cacher-ng", "-c",
+         str(ROOT / "lab/apt-cacher-ng"),
          "ForeGround=0", f"CacheDir={cache}", f"LogDir={logs}", f"Port={APT_CACHE_PORT}",
          f"PidFile={CACHE_DIR}/apt-cacher-ng.pid", f"SocketPath={CACHE_DIR}/apt-cacher-ng.sock"])
     for _ in range(50):

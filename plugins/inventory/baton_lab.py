@@ -166,6 +166,8 @@ class InventoryModule(BaseInventoryPlugin):
         self.inventory.add_group("lab")
         self.inventory.add_group("regions")
         self.inventory.set_variable("lab", "baton_lab_size", size)
+        self.inventory.set_variable("lab", "baton_region_names",
+                                    [s["name"] for s in topology["sites"] if s["kind"] == "region"])
         for site in topology["sites"]:
             group = group_name(site["name"])
             self.inventory.add_group(group)

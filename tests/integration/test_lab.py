@@ -44,8 +44,8 @@ def labctl(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return sh(sys.executable, str(ROOT / "lab/labctl.py"), *args, env=env)
 
 
-def playbook(name: str) -> subprocess.CompletedProcess:
-    return sh(str(BIN / "ansible-playbook"), name)
+def playbook(name: str, *args: str) -> subprocess.CompletedProcess:
+    return sh(str(BIN / "ansible-playbook"), name, *args)
 
 
 def pings(src: str, dst: str) -> bool:
@@ -270,6 +270,27 @@ def test_unknown_lab_size_is_one_sentence_and_nonzero_through_make(lab):
     proc = sh("make", "--no-print-directory", "lab-up", "LAB=huge")
     assert proc.returncode != 0
     assert "lab: error: unknown lab size 'huge': use LAB=full or LAB=mini" in proc.stderr
+
+
+LAB_REGIONS = ["us-east", "us-west", "eu-west"]
+
+
+@pytest.mark.parametrize(("extra", "sentence"), [
+    ({"baton_region_names": [*LAB_REGIONS, "ap-south"]},
+     "region ap-south (baton_region_names) has no database host: add its hosts to its group "
+     "under 'regions', or remove it from baton_region_names"),
+    ({"patroni_name": "db"},
+     "hosts us-east-1 and us-west-1 both use Patroni member name db: member names must be "
+     "unique across all regions"),
+    ({"baton_region_names": [*LAB_REGIONS, "ap-south"], "baton_initial_primary_region": "ap-south"},
+     "baton_initial_primary_region ap-south has no database host, so the standby regions "
+     "would have no source: give it hosts or choose one of us-east, us-west, eu-west"),
+], ids=["region-without-hosts", "duplicate-member-names", "standby-source-missing"])
+def test_site_yml_refuses_a_bad_inventory_before_anything_changes(lab, extra, sentence):
+    proc = playbook("site.yml", "-e", json.dumps(extra))
+    assert proc.returncode != 0
+    assert sentence in proc.stdout, proc.stdout
+    assert "Base OS on every node" not in proc.stdout  # stopped before the first change
 
 
 def test_missing_podman_that_cannot_be_installed(tmp_path):

@@ -35,8 +35,9 @@ def test_example_passes_the_site_preflight(tmp_path):
     hostvars = data["_meta"]["hostvars"]
     groups = {"all": list(hostvars),
               "regions": [h for g in data["regions"]["children"] for h in data[g]["hosts"]]}
-    initial = next(iter(hostvars.values()))["baton_initial_primary_region"]
-    assert baton_inventory_problems(groups, hostvars, initial) == []
+    first = next(iter(hostvars.values()))
+    assert baton_inventory_problems(groups, hostvars, first["baton_initial_primary_region"],
+                                    first["baton_region_names"]) == []
 
 
 def test_example_secrets_are_vault_encrypted_and_decrypt_with_the_example_password(tmp_path):

@@ -87,6 +87,9 @@ def test_ansible_reads_the_lab_inventory_at_each_size(size, count):
     data = _inventory(size)
     assert len(data["_meta"]["hostvars"]) == count
     assert data["regions"]["children"] == ["us_east", "us_west", "eu_west"]
+    names = data["_meta"]["hostvars"]["us-east-1"]["baton_region_names"]
+    assert [n.get("__ansible_unsafe", n) if isinstance(n, dict) else n for n in names] == [
+        "us-east", "us-west", "eu-west"]
 
 
 def test_ansible_refuses_an_unknown_size_instead_of_running_on_no_hosts():

@@ -3,19 +3,20 @@
 from baton_topology import baton_inventory_problems, baton_regions, baton_sites
 
 GROUPS = {
-    "all": ["gtm-1", "a1", "a2", "b1"],
-    "regions": ["a1", "a2", "b1"],
+    "all": ["gtm-1", "a1", "a2", "a3", "b1"],
+    "regions": ["a1", "a2", "a3", "b1"],
 }
 HOSTVARS = {
     "gtm-1": {"baton_site": "global", "baton_address": "10.0.9.1"},
     "a1": {"baton_site": "us-east", "baton_address": "10.0.1.1"},
     "a2": {"baton_site": "us-east", "baton_address": "10.0.1.2"},
+    "a3": {"baton_site": "us-east", "baton_address": "10.0.1.3"},
     "b1": {"baton_site": "us-west", "baton_address": "10.0.2.1"},
 }
 
 
 def test_regions_map_to_their_hosts_in_inventory_order():
-    assert baton_regions(GROUPS, HOSTVARS) == {"us-east": ["a1", "a2"], "us-west": ["b1"]}
+    assert baton_regions(GROUPS, HOSTVARS) == {"us-east": ["a1", "a2", "a3"], "us-west": ["b1"]}
 
 
 def test_sites_list_regions_first_then_the_global_site():
@@ -48,3 +49,39 @@ def test_a_host_without_site_or_address_is_named():
 def test_an_inventory_without_regions_is_refused():
     problems = baton_inventory_problems({"all": ["gtm-1"]}, HOSTVARS, None)
     assert problems[0].startswith("the inventory has no group 'regions' with hosts")
+
+
+def test_a_declared_region_that_lost_its_hosts_is_named():
+    problems = baton_inventory_problems(GROUPS, HOSTVARS, "us-east",
+                                        ["us-east", "us-west", "eu-west"])
+    assert problems == ["region eu-west (baton_region_names) has no database host: add its "
+                        "hosts to its group under 'regions', or remove it from "
+                        "baton_region_names"]
+
+
+def test_a_region_that_is_not_declared_is_named():
+    problems = baton_inventory_problems(GROUPS, HOSTVARS, "us-east", ["us-east"])
+    assert problems == ["hosts b1 are in region us-west, which baton_region_names does not "
+                        "list: fix their baton_site or add us-west to baton_region_names"]
+
+
+def test_an_initial_primary_without_hosts_leaves_the_standbys_without_a_source():
+    problems = baton_inventory_problems(GROUPS, HOSTVARS, "eu-west",
+                                        ["us-east", "us-west", "eu-west"])
+    assert problems[-1] == ("baton_initial_primary_region eu-west has no database host, so the "
+                            "standby regions would have no source: give it hosts or choose one "
+                            "of us-east, us-west")
+
+
+def test_duplicate_patroni_member_names_across_regions_are_named():
+    hostvars = {**HOSTVARS, "b1": {**HOSTVARS["b1"], "patroni_name": "a1"}}
+    assert baton_inventory_problems(GROUPS, hostvars, "us-east") == [
+        "hosts a1 and b1 both use Patroni member name a1: member names must be unique across "
+        "all regions"]
+
+
+def test_a_region_with_an_even_number_of_hosts_cannot_form_an_etcd_quorum():
+    groups = {"all": ["a1", "a2", "b1"], "regions": ["a1", "a2", "b1"]}
+    assert baton_inventory_problems(groups, HOSTVARS, "us-east") == [
+        "region us-east has 2 database hosts: its etcd needs an odd number of members (1, 3 "
+        "or 5); add or remove a host, or set etcd_members"]
