@@ -289,7 +289,17 @@ def build_image(force: bool = False) -> str:
         shutil.rmtree(work, ignore_errors=True)
     run(["podman", "tag", ref, f"{IMAGE_REPO}:current"])
     say(f"built {ref} in {time.monotonic() - started:.0f} s")
+    prune_images(keep=ref)
     return ref
+
+
+def prune_images(keep: str) -> None:
+    """Remove the lab's older images (other content hashes) that no container uses."""
+    listed = out(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}", IMAGE_REPO],
+                 check=False).split()
+    for old in listed:
+        if old not in (keep, f"{IMAGE_REPO}:current"):
+            run(["podman", "rmi", old], check=False)  # refused while a container uses it
 
 
 # --------------------------------------------------------------------------- networks, firewall
