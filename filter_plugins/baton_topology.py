@@ -37,9 +37,9 @@ def baton_inventory_problems(groups: Groups, hostvars: Hostvars,
     whose group lost all its hosts cannot be told from one that never existed).
     """
     problems: list[str] = []
-    if not groups.get("regions"):
-        problems.append("the inventory has no group 'regions' with hosts: put each region's "
-                        "group (us_east, ...) under 'regions'")
+    if not groups.get("regions"):  # nothing else can be judged without regions
+        return ["the inventory has no group 'regions' with hosts: put each region's group "
+                "(us_east, ...) under 'regions', and check that -i names the inventory"]
     addresses: dict[str, str] = {}
     for host in groups.get("all", []):
         hv = hostvars[host]
