@@ -30,3 +30,11 @@ def test_choices_in_argument_specs_include_the_default(role):
     for name, option in options.items():
         if "choices" in option:
             assert str(defaults[name]).lower() in [str(c).lower() for c in option["choices"]], name
+
+
+@pytest.mark.parametrize("role", ROLES, ids=[r.name for r in ROLES])
+def test_the_roles_readme_lists_every_variable(role):
+    readme = (role / "README.md").read_text()
+    options = yaml.safe_load((role / "meta/argument_specs.yml").read_text())[
+        "argument_specs"]["main"]["options"]
+    assert [name for name in options if f"| `{name}` |" not in readme] == []
