@@ -7,7 +7,7 @@ SHELL := /bin/bash
 LAB ?= mini
 REGION ?=
 SCENARIO ?=
-SCENARIOS := common etcd haproxy patroni pgbouncer data
+SCENARIOS := common etcd haproxy patroni pgbouncer redis redis_sentinel data cache
 PYTHON ?= python3
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
@@ -71,6 +71,7 @@ bench: deps ## Benchmarks; each prints its figures (replaces any lab that is up)
 	$(LABCTL) up --size full
 	ansible-playbook site.yml
 	$(BIN)/python bench/inregion_failover.py
+	$(BIN)/python bench/sentinel_failover.py
 	$(LABCTL) down
 
 ## --- the lab -----------------------------------------------------------------------------

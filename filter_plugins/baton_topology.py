@@ -101,6 +101,90 @@ def baton_region_addresses(regions: Mapping[str, list[str]],
             for region, hosts in regions.items()}
 
 
+# The redis_sentinel role's default quorum (a unit test keeps the two equal): the preflight runs
+# before any role, so it cannot read role defaults.
+SENTINEL_QUORUM_DEFAULT = 2
+
+
+def baton_redis_regions(groups: Groups, hostvars: Hostvars) -> dict[str, list[str]]:
+    """Region -> its hosts that run Redis and Sentinel (redis_enabled, true unless set false)."""
+    return {region: [h for h in hosts if _truthy(hostvars[h].get("redis_enabled", True))]
+            for region, hosts in baton_regions(groups, hostvars).items()}
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() not in ("false", "no", "0", "off", "none", "")
+
+
+def baton_redis_problems(groups: Groups, hostvars: Hostvars,
+                         declared_regions: list[str] | None = None) -> list[str]:
+    """Everything wrong with the inventory's Redis tier, one sentence each; [] when sane."""
+    problems: list[str] = []
+    regions = baton_redis_regions(groups, hostvars)
+    for region in [*(declared_regions or []), *[r for r in regions
+                                                 if r not in (declared_regions or [])]]:
+        hosts = regions.get(region, [])
+        if not hosts:
+            problems.append(f"region {region} has no Redis host: set redis_enabled true on at "
+                            f"least one of its hosts (Redis must run in every region so that "
+                            f"it can take the baton)")
+            continue
+        first = hostvars[hosts[0]]
+        if not str(first.get("redis_password") or ""):
+            problems.append(f"region {region}: redis_password is not set: set it (from "
+                            f"ansible-vault) for every Redis host")
+        raw = first.get("redis_sentinel_quorum", SENTINEL_QUORUM_DEFAULT)
+        try:
+            quorum = int(raw)
+        except (TypeError, ValueError):
+            problems.append(f"region {region}: redis_sentinel_quorum is '{raw}', not a number")
+            continue
+        if not 1 <= quorum <= len(hosts):
+            problems.append(f"region {region} has {len(hosts)} Sentinel(s) "
+                            f"({', '.join(hosts)}) but redis_sentinel_quorum is {quorum}: set "
+                            f"it from 1 to {len(hosts)} (a majority of them, "
+                            f"{len(hosts) // 2 + 1}, is the usual choice)")
+    return problems
+
+
+def baton_redis_source(host: str, groups: Groups, hostvars: Hostvars, primary_region: str,
+                       masters: Mapping[str, str | None] | None = None) -> str | None:
+    """Whom a Redis host replicates from when its configuration is first written: 'address
+    port', or None for the master itself.
+
+    In the writable region every host follows the region's live master (masters[region], as
+    host:port), or its first host when none runs yet. In another region the first host follows
+    the writable region's master, and the others follow their region's first host.
+    """
+    regions = baton_redis_regions(groups, hostvars)
+    region = str(hostvars[host].get("baton_site"))
+    if region == primary_region:
+        source = baton_redis_master(primary_region, groups, hostvars, masters)
+        own = f"{hostvars[host]['baton_address']} {hostvars[host].get('redis_port', 6379)}"
+        return None if source == own else source
+    if host == regions[region][0]:
+        return baton_redis_master(primary_region, groups, hostvars, masters)
+    head = regions[region][0]
+    return f"{hostvars[head]['baton_address']} {hostvars[head].get('redis_port', 6379)}"
+
+
+def baton_redis_master(region: str, groups: Groups, hostvars: Hostvars,
+                       masters: Mapping[str, str | None] | None = None) -> str:
+    """'address port' of a region's Redis master: the live one (masters[region], host:port)
+    when it runs, else the region's first Redis host."""
+    live = (masters or {}).get(region)
+    if live:
+        return " ".join(str(live).rsplit(":", 1))
+    first = baton_redis_regions(groups, hostvars)[region][0]
+    return f"{hostvars[first]['baton_address']} {hostvars[first].get('redis_port', 6379)}"
+
+
+def baton_redis_quote(value: Any) -> str:
+    """A value as a double-quoted redis.conf / sentinel.conf string (spaces, quotes, #)."""
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -108,4 +192,9 @@ class FilterModule:
             "baton_sites": baton_sites,
             "baton_region_addresses": baton_region_addresses,
             "baton_inventory_problems": baton_inventory_problems,
+            "baton_redis_regions": baton_redis_regions,
+            "baton_redis_problems": baton_redis_problems,
+            "baton_redis_source": baton_redis_source,
+            "baton_redis_quote": baton_redis_quote,
+            "baton_redis_master": baton_redis_master,
         }

@@ -1,4 +1,6 @@
-"""The full lab (3 nodes per region): Patroni roles in every region, and in-region failover
+"""The full lab (3 nodes per region): Redis's in-region failover by Sentinel in the primary
+region (clients that ask Sentinel find the new master; a re-run of site.yml afterwards changes
+and restarts nothing); Patroni roles in every region, and in-region failover
 in the primary region, with writes through PgBouncer working again without any client change:
 when the leader's PostgreSQL is stopped (through Patroni, which hands the leader key over at
 once) and when the leader's node dies (PostgreSQL and Patroni together: the key must expire).
@@ -16,7 +18,8 @@ import urllib.request
 
 import psycopg
 import pytest
-from test_lab import labctl, playbook, sh  # same helpers, same environment
+import redis
+from test_lab import REDIS_PASSWORD, SENTINEL_PASSWORD, labctl, playbook, recap, sh
 
 APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 2}  # lab throwaway
 REGIONS = {"us-east": 1, "us-west": 2, "eu-west": 3}
@@ -49,6 +52,90 @@ def full_lab():
     assert site.returncode == 0, site.stdout[-4000:]
     yield
     labctl("down")
+
+
+def sentinel_master() -> str | None:
+    """The master's address as the first us-east Sentinel that answers says (as clients do)."""
+    for index in (1, 2, 3):
+        try:
+            reply = redis.Redis(host=address(f"us-east-{index}"), port=26379,
+                                password=SENTINEL_PASSWORD, socket_timeout=1,
+                                socket_connect_timeout=1, decode_responses=True).execute_command(
+                "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "baton")
+            if reply:
+                return str(reply[0])
+        except redis.RedisError:
+            continue
+    return None
+
+
+def redis_at(addr: str) -> redis.Redis:
+    return redis.Redis(host=addr, port=6379, password=REDIS_PASSWORD, socket_timeout=1,
+                       socket_connect_timeout=1, decode_responses=True)
+
+
+def node_of(addr: str) -> str:
+    region = {v: k for k, v in REGIONS.items()}[int(addr.split(".")[2])]
+    return f"{region}-{int(addr.split('.')[3]) - 10}"
+
+
+def redis_pids() -> dict[str, str]:
+    """'node/unit' -> MainPID of redis-server and redis-sentinel on every region node."""
+    pids = {}
+    for region in REGIONS:
+        for index in (1, 2, 3):
+            node = f"{region}-{index}"
+            shown = sh("podman", "exec", f"baton-{node}", "systemctl", "show", "-p", "MainPID",
+                       "--value", "redis-server", "redis-sentinel", timeout=30).stdout.split()
+            pids[f"{node}/redis-server"], pids[f"{node}/redis-sentinel"] = shown
+    return pids
+
+
+def test_stopping_the_redis_master_makes_the_sentinels_promote_a_replica(full_lab):
+    old = sentinel_master()
+    assert old is not None and old.startswith("10.231.1."), old
+    stopped_at = time.monotonic()
+    stop = sh("podman", "exec", f"baton-{node_of(old)}", "systemctl", "stop", "redis-server")
+    assert stop.returncode == 0, stop.stderr
+    new, recovered = None, None
+    while time.monotonic() - stopped_at < 90 and recovered is None:
+        new = sentinel_master()
+        if new and new != old:
+            try:
+                redis_at(new).set("baton:failover", str(time.time()))
+                recovered = time.monotonic() - stopped_at
+            except redis.RedisError:
+                pass
+        time.sleep(0.2)
+    assert recovered is not None, f"no write through Sentinel discovery within 90 s ({new})"
+    print(f"Redis writes resumed {recovered:.1f} s after the master was stopped")
+    assert new.startswith("10.231.1."), f"Sentinel promoted {new}, outside us-east"
+
+    # The old master comes back as a replica of the new one (Sentinel reconfigures it), and
+    # us-west's head, a replica of the old master, was moved to the new one too.
+    assert sh("podman", "exec", f"baton-{node_of(old)}", "systemctl", "start",
+              "redis-server").returncode == 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if (redis_at(old).execute_command("ROLE")[:4] == ["slave", new, 6379, "connected"]
+                    and redis_at(address("us-west-1")).execute_command("ROLE")[1] == new):
+                break
+        except redis.RedisError:
+            pass
+        time.sleep(1)
+    assert redis_at(old).execute_command("ROLE")[:4] == ["slave", new, 6379, "connected"]
+    assert redis_at(address("us-west-1")).execute_command("ROLE")[1] == new
+
+
+def test_site_yml_after_a_sentinel_failover_changes_and_restarts_nothing(full_lab):
+    master = sentinel_master()
+    pids = redis_pids()
+    rerun = playbook("site.yml")
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    assert {h: c for h, (c, _u, _f) in recap(rerun.stdout).items() if c} == {}
+    assert redis_pids() == pids
+    assert sentinel_master() == master
 
 
 def test_each_region_has_a_leader_and_two_streaming_replicas(full_lab):

@@ -1,8 +1,8 @@
 """Lab tests on real containers: the mini lab comes up, every host answers, site.yml deploys
-the PostgreSQL tier (etcd, Patroni standby clusters, HAProxy, PgBouncer) and then changes
-nothing, rows cross regions, a region promoted by hand stays primary when site.yml runs again,
-the fault tools really cut traffic, bad input gets one clear sentence, and `lab-down` leaves
-nothing behind.
+the PostgreSQL tier (etcd, Patroni standby clusters, HAProxy, PgBouncer) and the Redis tier
+(Redis chained across regions, Sentinel) and then changes nothing, rows and keys cross regions,
+a region promoted by hand stays primary when site.yml runs again, the fault tools really cut
+traffic, bad input gets one clear sentence, and `lab-down` leaves nothing behind.
 
 Needs root, podman and iptables (`make deps` installs them). Replaces any lab that is up.
 Tests run in file order: the last ones take the lab down themselves.
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -35,7 +36,7 @@ LISTEN_PORT = 18080
 RECAP = re.compile(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
-def sh(*cmd: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def sh(*cmd: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run(list(cmd), capture_output=True, text=True, env=env or ENV, cwd=ROOT,
                           timeout=timeout)
 
@@ -117,6 +118,8 @@ def test_site_yml_converges_then_a_second_run_changes_nothing(lab):
 
 
 APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 3}  # lab throwaway
+REDIS_PASSWORD = "lab-redis-not-secret"  # lab throwaway (inventories/lab secrets.yml)
+SENTINEL_PASSWORD = "lab-sentinel-not-secret"  # lab throwaway
 PATRONICTL = ("patronictl", "-c", "/etc/patroni/patroni.yml")
 
 
@@ -135,6 +138,23 @@ def pgbouncer(host: str, dbname: str) -> psycopg.Connection:
     return psycopg.connect(host=MINI[host], port=6432, dbname=dbname, autocommit=True, **APP)
 
 
+def cache(host: str, port: int = 6379) -> redis.Redis:
+    """A client of host's Redis (or, with port 26379, its Sentinel)."""
+    password = SENTINEL_PASSWORD if port == 26379 else REDIS_PASSWORD
+    return redis.Redis(host=MINI[host], port=port, password=password, socket_timeout=2,
+                       socket_connect_timeout=2, decode_responses=True)
+
+
+def redis_pids() -> dict[str, tuple[str, str]]:
+    """host -> (redis-server's PID, redis-sentinel's PID), as systemd reports them."""
+    pids = {}
+    for host in ("us-east-1", "us-west-1", "eu-west-1"):
+        shown = sh("podman", "exec", f"baton-{host}", "systemctl", "show", "-p", "MainPID",
+                   "--value", "redis-server", "redis-sentinel", timeout=30).stdout.split()
+        pids[host] = (shown[0], shown[1])
+    return pids
+
+
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     last = None
@@ -143,7 +163,7 @@ def wait_for(predicate, timeout: float, what: str):
             last = predicate()
             if last:
                 return last
-        except (OSError, psycopg.Error, KeyError, ValueError) as exc:
+        except (OSError, psycopg.Error, redis.RedisError, KeyError, ValueError) as exc:
             last = exc
         time.sleep(0.5)
     raise AssertionError(f"{what} within {timeout} s (last: {last!r})")
@@ -170,6 +190,48 @@ def test_a_row_written_in_us_east_is_read_through_app_ro_in_the_other_regions(la
     print(f"row visible in us-west and eu-west after {time.monotonic() - started:.2f} s")
 
 
+def test_a_key_written_in_us_east_is_read_in_every_other_region_within_two_seconds(lab):
+    token = f"key-{time.time_ns()}"
+    cache("us-east-1").set("baton:probe", token)
+    started = time.monotonic()
+    for host in ("us-west-1", "eu-west-1"):
+        wait_for(lambda host=host: cache(host).get("baton:probe") == token, 2,
+                 f"{token} readable in {host}")
+    print(f"key visible in us-west and eu-west after {time.monotonic() - started:.2f} s")
+
+
+def test_redis_chains_from_us_east_and_only_its_sentinel_watches(lab):
+    assert cache("us-east-1").execute_command("ROLE")[0] == "master"
+    for host in ("us-west-1", "eu-west-1"):
+        role = cache(host).execute_command("ROLE")
+        assert role[:4] == ["slave", MINI["us-east-1"], 6379, "connected"], (host, role)
+        # Never promoted by a Sentinel: the baton moves between regions only by failover.yml.
+        assert cache(host).config_get("replica-priority") == {"replica-priority": "0"}
+    watched = cache("us-east-1", 26379).execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME",
+                                                       "baton")
+    assert watched == [MINI["us-east-1"], "6379"]
+    for host in ("us-west-1", "eu-west-1"):
+        assert cache(host, 26379).execute_command("SENTINEL", "MASTERS") in ([], {}), host
+
+
+def test_redis_and_sentinel_refuse_clients_without_their_password(lab):
+    for port in (6379, 26379):
+        anonymous = redis.Redis(host=MINI["us-east-1"], port=port, socket_timeout=2)
+        with pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+
+
+def promote_redis_by_hand(new: str, old: str, other: str) -> None:
+    """What an operator does by hand: the old region's Sentinel stops watching, the new
+    region's server becomes master, the others follow it; each persists its change."""
+    cache(old, 26379).execute_command("SENTINEL", "REMOVE", "baton")
+    cache(new).execute_command("REPLICAOF", "NO", "ONE")
+    for host in (old, other):
+        cache(host).execute_command("REPLICAOF", MINI[new], "6379")
+    for host in (new, old, other):
+        cache(host).config_rewrite()
+
+
 def test_a_region_promoted_by_hand_stays_primary_when_site_yml_runs_again(lab):
     starts = {h: member(h)["postmaster_start_time"] for h in ("us-east-1", "us-west-1",
                                                                 "eu-west-1")}
@@ -184,10 +246,13 @@ def test_a_region_promoted_by_hand_stays_primary_when_site_yml_runs_again(lab):
     wait_for(lambda: cluster_roles("us-west-1")["us-west-1"] == ("leader", "running"), 60,
              "us-west promoted")
     starts.update({h: member(h)["postmaster_start_time"] for h in ("us-east-1", "us-west-1")})
+    promote_redis_by_hand("us-west-1", "us-east-1", "eu-west-1")
+    pids = redis_pids()
 
     rerun = playbook("site.yml")
     assert rerun.returncode == 0, rerun.stdout[-3000:]
     assert "primary region: us-west (us-west has the only writable Patroni leader)" in rerun.stdout
+    assert "Redis writable region: us-west (us-west has the only Redis master)" in rerun.stdout
     assert cluster_roles("us-west-1")["us-west-1"] == ("leader", "running")
     assert cluster_roles("us-east-1")["us-east-1"][0] == "standby_leader"
     assert cluster_roles("eu-west-1")["eu-west-1"][0] == "standby_leader"
@@ -198,6 +263,19 @@ def test_a_region_promoted_by_hand_stays_primary_when_site_yml_runs_again(lab):
         addr, recovery = conn.execute("SELECT host(inet_server_addr()), pg_is_in_recovery()"
                                       ).fetchone()
     assert (addr, recovery) == (MINI["us-west-1"], False)
+    # Redis: nothing restarted; us-west's Sentinel now watches us-west-1, the others are idle;
+    # us-west-1 may be promoted in-region again, us-east-1 not.
+    assert redis_pids() == pids
+    watched = cache("us-west-1", 26379).execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME",
+                                                       "baton")
+    assert watched == [MINI["us-west-1"], "6379"]
+    for host in ("us-east-1", "eu-west-1"):
+        assert cache(host, 26379).execute_command("SENTINEL", "MASTERS") in ([], {}), host
+    assert cache("us-west-1").config_get("replica-priority")["replica-priority"] == "100"
+    assert cache("us-east-1").config_get("replica-priority")["replica-priority"] == "0"
+    token = f"after-promotion-{time.time_ns()}"
+    cache("us-west-1").set("baton:probe", token)
+    wait_for(lambda: cache("us-east-1").get("baton:probe") == token, 2, "us-east follows us-west")
     third = playbook("site.yml")
     assert third.returncode == 0, third.stdout[-3000:]
     assert {h: c for h, (c, _u, _f) in recap(third.stdout).items() if c} == {}
@@ -285,7 +363,16 @@ LAB_REGIONS = ["us-east", "us-west", "eu-west"]
     ({"baton_region_names": [*LAB_REGIONS, "ap-south"], "baton_initial_primary_region": "ap-south"},
      "baton_initial_primary_region ap-south has no database host, so the standby regions "
      "would have no source: give it hosts or choose one of us-east, us-west, eu-west"),
-], ids=["region-without-hosts", "duplicate-member-names", "standby-source-missing"])
+    ({"redis_sentinel_quorum": 2},
+     "region us-east has 1 Sentinel(s) (us-east-1) but redis_sentinel_quorum is 2: set it from 1 "
+     "to 1 (a majority of them, 1, is the usual choice)"),
+    ({"redis_enabled": False},
+     "region eu-west has no Redis host: set redis_enabled true on at least one of its hosts"),
+    ({"redis_password": "not-the-servers-password"},
+     "Redis at 10.231.1.11:6379, 10.231.2.11:6379, 10.231.3.11:6379 refused the password: "
+     "redis_password in the inventory does not match the running servers"),
+], ids=["region-without-hosts", "duplicate-member-names", "standby-source-missing",
+        "sentinel-quorum-too-large", "region-without-redis", "wrong-redis-password"])
 def test_site_yml_refuses_a_bad_inventory_before_anything_changes(lab, extra, sentence):
     proc = playbook("site.yml", "-e", json.dumps(extra))
     assert proc.returncode != 0

@@ -1,0 +1,212 @@
+"""Redis and Sentinel clients (redis-py), and the decisions Baton takes from what they report.
+
+The decisions are pure functions of what was read, so unit tests feed them recorded replies.
+redis-py is imported lazily: the controller has it in the project's venv, the nodes have
+Debian's python3-redis (4.3), and both speak the small API used here.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+REDIS_MISSING = ("the Python library redis is missing on {where}: install python3-redis "
+                 "(Debian) or `pip install redis`")
+
+
+class RedisProblem(Exception):
+    """One actionable sentence: what failed, where, and what to do."""
+
+
+def client(host: str, port: int, password: str | None, timeout: float, where: str = "this host"):
+    """A redis-py client that raises RedisProblem for a missing library."""
+    try:
+        import redis
+    except ImportError as exc:
+        raise RedisProblem(REDIS_MISSING.format(where=where)) from exc
+    return redis.Redis(host=host, port=port, password=password or None,
+                       socket_timeout=timeout, socket_connect_timeout=timeout,
+                       decode_responses=True)
+
+
+def _error_kind(exc: Exception) -> str:
+    """'auth' for a refused password, 'down' for no answer, 'error' otherwise."""
+    name = type(exc).__name__
+    text = str(exc)
+    if name in ("AuthenticationError", "AuthenticationWrongNumberOfArgsError") or any(
+            word in text for word in ("WRONGPASS", "NOAUTH", "invalid password",
+                                      "invalid username-password")):
+        return "auth"
+    if name in ("ConnectionError", "TimeoutError") or isinstance(exc, OSError):
+        return "down"
+    return "error"
+
+
+def node_state(host: str, port: int, password: str | None, timeout: float) -> dict[str, Any]:
+    """What one Redis server says of itself (ROLE); never raises for an unreachable server.
+
+    Returns {address, answered, role ('master'|'replica'|None), master (host:port or None),
+    link ('up'|'down'|None), offset, error, error_kind ('auth'|'down'|'error'|None)}.
+    """
+    state: dict[str, Any] = {"address": f"{host}:{port}", "answered": False, "role": None,
+                             "master": None, "link": None, "offset": None, "error": None,
+                             "error_kind": None}
+    try:
+        reply = client(host, port, password, timeout).execute_command("ROLE")
+    except RedisProblem:
+        raise
+    except Exception as exc:  # redis-py raises its own tree; all mean "no usable answer"
+        state.update(error=f"{type(exc).__name__}: {exc}", error_kind=_error_kind(exc))
+        return state
+    state["answered"] = True
+    state.update(parse_role(reply))
+    return state
+
+
+def parse_role(reply: list[Any]) -> dict[str, Any]:
+    """The ROLE reply of a master or a replica, as a flat dict."""
+    kind = str(reply[0])
+    if kind == "master":
+        return {"role": "master", "offset": int(reply[1]), "master": None, "link": None}
+    if kind in ("slave", "replica"):
+        state = "up" if str(reply[3]) == "connected" else "down"
+        return {"role": "replica", "master": f"{reply[1]}:{reply[2]}", "link": state,
+                "offset": int(reply[4])}
+    return {"role": kind, "master": None, "link": None, "offset": None}
+
+
+def read_regions(regions: dict[str, list[str]], port: int, password: str | None,
+                 timeout: float) -> dict[str, list[dict[str, Any]]]:
+    """node_state of every node of every region, all in parallel: a dead region costs one
+    timeout, not one per node."""
+    jobs = [(r, a) for r, addrs in regions.items() for a in addrs]
+    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+        futures = [(r, pool.submit(node_state, a, port, password, timeout)) for r, a in jobs]
+        states: dict[str, list[dict[str, Any]]] = {r: [] for r in regions}
+        for region, future in futures:
+            states[region].append(future.result())
+    return states
+
+
+def decide_writable_region(states: dict[str, list[dict[str, Any]]],
+                           database_primary: str) -> tuple[str, str]:
+    """The region whose Redis takes writes, from what every node reports.
+
+    The writable region is the one with a node that reports itself master. None anywhere is a
+    first deploy (no server answered) or a region whose servers are all down: the database's
+    primary region then. A refused password, or masters in two regions, or a writable region
+    other than the database's, stop the run: each means the operator must look first.
+    """
+    refused = [n["address"] for nodes in states.values() for n in nodes
+               if n["error_kind"] == "auth"]
+    if refused:
+        raise RedisProblem(
+            f"Redis at {', '.join(refused)} refused the password: redis_password in the "
+            "inventory does not match the running servers; set it to their password "
+            "(ansible-vault), or change the servers' requirepass and masterauth first")
+    masters = {r: [n["address"] for n in nodes if n["role"] == "master"]
+               for r, nodes in states.items()}
+    writable = [r for r, addrs in masters.items() if addrs]
+    if len(writable) > 1:
+        detail = "; ".join(f"{r}: {', '.join(masters[r])}" for r in writable)
+        raise RedisProblem(
+            f"Redis masters in more than one region ({detail}): make the regions that do not "
+            "hold the baton replicas (REPLICAOF) before deploying")
+    if len(writable) == 1:
+        region = writable[0]
+        if region != database_primary:
+            raise RedisProblem(
+                f"Redis takes writes in {region} but PostgreSQL's primary region is "
+                f"{database_primary}: a failover did not finish; finish it before deploying")
+        return region, f"{region} has the only Redis master"
+    if not any(n["answered"] for nodes in states.values() for n in nodes):
+        return database_primary, (f"no Redis server answered: first deploy, "
+                                  f"{database_primary} as PostgreSQL's primary region")
+    return database_primary, (f"no Redis master answered: {database_primary} as PostgreSQL's "
+                              "primary region")
+
+
+def region_master(nodes: list[dict[str, Any]]) -> str | None:
+    """host:port of the node of a region that reports itself master, if one does."""
+    return next((n["address"] for n in nodes if n["role"] == "master"), None)
+
+
+# Sentinel -------------------------------------------------------------------------------
+
+# Module option -> the name SENTINEL MASTERS and SENTINEL SET use.
+MONITOR_SETTINGS = {
+    "quorum": "quorum",
+    "down_after_milliseconds": "down-after-milliseconds",
+    "failover_timeout": "failover-timeout",
+    "parallel_syncs": "parallel-syncs",
+}
+
+
+def monitor_settings_to_set(current: dict[str, Any], wanted: dict[str, Any]) -> dict[str, str]:
+    """The SENTINEL SET pairs (sentinel name -> value) that make current hold wanted.
+
+    current is one entry of SENTINEL MASTERS (flat strings); wanted maps module options to
+    values, None meaning 'leave as is'.
+    """
+    changes: dict[str, str] = {}
+    for option, name in MONITOR_SETTINGS.items():
+        value = wanted.get(option)
+        if value is not None and str(current.get(name)) != str(value):
+            changes[name] = str(value)
+    return changes
+
+
+def masters_by_name(reply: Any) -> dict[str, dict[str, Any]]:
+    """SENTINEL MASTERS as name -> flat dict, whichever shape redis-py returned."""
+    if isinstance(reply, dict):  # redis-py parses it into {name: {...}}
+        return {str(k): dict(v) for k, v in reply.items()}
+    masters = {}
+    for entry in reply or []:
+        if isinstance(entry, dict):
+            masters[str(entry["name"])] = entry
+        else:  # a flat [k1, v1, k2, v2, ...] list
+            pairs = dict(zip(entry[::2], entry[1::2], strict=False))
+            masters[str(pairs["name"])] = pairs
+    return masters
+
+
+def config_settings_to_set(current: dict[str, str], wanted: dict[str, Any]) -> dict[str, str]:
+    """The CONFIG SET pairs that make a server's live configuration hold wanted.
+
+    Values compare as Redis prints them (CONFIG GET): booleans as yes/no, sizes in bytes.
+    """
+    changes = {}
+    for name, value in wanted.items():
+        text = redis_value(value)
+        if current.get(name) != text:
+            changes[name] = text
+    return changes
+
+
+def redis_value(value: Any) -> str:
+    """A setting as CONFIG GET prints it: yes/no for booleans, plain text otherwise."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def monitor_commands(name: str, current: dict[str, Any] | None, state: str,
+                     master_host: str | None, master_port: int, auth_pass: str | None,
+                     wanted: dict[str, Any]) -> list[list[str]]:
+    """The Sentinel commands that take a monitor from current (None: absent) to what is wanted.
+
+    An existing monitor keeps its address (Sentinel moves it on failover); auth-pass is sent
+    only with a new monitor, since SENTINEL MASTERS never shows it.
+    """
+    if state == "absent":
+        return [] if current is None else [["SENTINEL", "REMOVE", name]]
+    commands: list[list[str]] = []
+    if current is None:
+        commands.append(["SENTINEL", "MONITOR", name, str(master_host), str(master_port),
+                         str(wanted["quorum"])])
+        if auth_pass:
+            commands.append(["SENTINEL", "SET", name, "auth-pass", auth_pass])
+        current = {"quorum": str(wanted["quorum"])}
+    for setting, value in monitor_settings_to_set(current, wanted).items():
+        commands.append(["SENTINEL", "SET", name, setting, value])
+    return commands
