@@ -13,6 +13,7 @@ Needs root, podman and iptables; replaces any lab that is up and takes it down a
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.request
 
@@ -51,7 +52,8 @@ def full_lab():
     site = playbook("site.yml")
     assert site.returncode == 0, site.stdout[-4000:]
     yield
-    labctl("down")
+    if os.environ.get("BATON_KEEP_LAB") != "1":  # 1: leave it up, e.g. for bench/ scripts
+        labctl("down")
 
 
 def sentinel_master() -> str | None:

@@ -16,6 +16,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -37,8 +38,22 @@ RECAP = re.compile(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+fai
 
 
 def sh(*cmd: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(list(cmd), capture_output=True, text=True, env=env or ENV, cwd=ROOT,
-                          timeout=timeout)
+    """Run cmd; its output goes to files, not pipes, so that a process it leaves behind cannot
+    hold the run open, and a run that times out shows where it stopped."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                text=True, env=env or ENV, cwd=ROOT)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            out.seek(0)
+            raise AssertionError(f"{' '.join(cmd)} still ran after {timeout} s; its output "
+                                 f"ends with:\n{out.read()[-4000:]}") from None
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(list(cmd), code, out.read(), err.read())
 
 
 def labctl(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
