@@ -17,6 +17,7 @@ import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,6 @@ from pathlib import Path
 import dns.message
 import dns.query
 import dns.rcode
-import dns.tsig
 import dns.tsigkeyring
 import dns.update
 import psycopg
@@ -252,15 +252,26 @@ ZONE = "baton.internal"
 
 
 def dns_update(name: str, rdtype: str, values: list[str], secret: str | None) -> str:
-    """Replace name's records with one RFC 2136 update to the primary; its RCODE as text
-    (NOTAUTH when the server rejects the signature)."""
+    """Replace name's records with one RFC 2136 update to the primary; the RCODE of the
+    response, read from its header (a signature error comes back as NOTAUTH, unsigned)."""
     keyring = dns.tsigkeyring.from_text({"baton-update": secret}) if secret else None
     update = dns.update.UpdateMessage(ZONE, keyring=keyring, keyalgorithm="hmac-sha256")
     update.replace(name, 10, rdtype, *values)
-    try:
-        return dns.rcode.to_text(dns.query.tcp(update, MINI["global-1"], timeout=5).rcode())
-    except dns.tsig.PeerError:
-        return "NOTAUTH"
+    with socket.create_connection((MINI["global-1"], 53), timeout=5) as sock:
+        dns.query.send_tcp(sock, update.to_wire())
+        (length,) = struct.unpack("!H", _recv(sock, 2))
+        header = _recv(sock, length)[:4]
+    return dns.rcode.to_text(header[3] & 0x0F)
+
+
+def _recv(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise OSError("the name server closed the connection")
+        data += chunk
+    return data
 
 
 def dns_answer(server: str, name: str, rdtype: str = "A") -> list[str]:
