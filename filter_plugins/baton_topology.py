@@ -19,13 +19,26 @@ def baton_regions(groups: Groups, hostvars: Hostvars) -> dict[str, list[str]]:
 
 
 def baton_sites(groups: Groups, hostvars: Hostvars) -> dict[str, list[str]]:
-    """Every site -> its hosts: the regions first, then the other sites (the global site)."""
+    """Every site -> its hosts: the regions first, then the other sites by name.
+
+    The order is stable from one run to the next. Ansible's groups['all'] is not: it walks
+    the group tree through sets, so a host list rendered from it into a file would change
+    between runs and break idempotence.
+    """
     sites = baton_regions(groups, hostvars)
+    others: dict[str, list[str]] = {}
     for host in groups.get("all", []):
         site = str(hostvars[host].get("baton_site"))
         if host not in sites.get(site, []):
-            sites.setdefault(site, []).append(host)
+            others.setdefault(site, []).append(host)
+    for site in sorted(others):
+        sites.setdefault(site, []).extend(sorted(others[site]))
     return sites
+
+
+def baton_hosts(groups: Groups, hostvars: Hostvars) -> list[str]:
+    """Every host of the inventory in baton_sites' stable order (use it, not groups['all'])."""
+    return [host for hosts in baton_sites(groups, hostvars).values() for host in hosts]
 
 
 def baton_inventory_problems(groups: Groups, hostvars: Hostvars,
@@ -190,6 +203,7 @@ class FilterModule:
         return {
             "baton_regions": baton_regions,
             "baton_sites": baton_sites,
+            "baton_hosts": baton_hosts,
             "baton_region_addresses": baton_region_addresses,
             "baton_inventory_problems": baton_inventory_problems,
             "baton_redis_regions": baton_redis_regions,

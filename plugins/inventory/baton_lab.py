@@ -178,7 +178,7 @@ class InventoryModule(BaseInventoryPlugin):
             name = host["name"]
             self.inventory.add_host(name, group=host["group"])
             for key, value in (
-                ("ansible_connection", "containers.podman.podman"),
+                ("ansible_connection", "baton_podman"),
                 ("ansible_host", host["container"]),
                 ("ansible_python_interpreter", "/usr/bin/python3"),
                 ("baton_address", host["address"]),

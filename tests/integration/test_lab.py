@@ -1,8 +1,11 @@
 """Lab tests on real containers: the mini lab comes up, every host answers, site.yml deploys
 the PostgreSQL tier (etcd, Patroni standby clusters, HAProxy, PgBouncer), the Redis tier
-(Redis chained across regions, Sentinel) and then changes nothing, rows and keys cross
-regions, a region promoted by hand stays primary when site.yml runs again, the fault tools
-really cut traffic, bad input gets one clear sentence, and `lab-down` leaves nothing behind.
+(Redis chained across regions, Sentinel), DNS (BIND primary and secondaries) and monitoring
+(exporters, regional and global Prometheus) and then changes nothing, rows and keys cross
+regions, signed DNS updates reach every secondary and others are refused, the global
+Prometheus sees every region, a region promoted by hand stays primary (and DNS keeps what a
+failover wrote) when site.yml runs again, the fault tools really cut traffic, bad input gets
+one clear sentence, and `lab-down` leaves nothing behind.
 
 Needs root, podman and iptables (`make deps` installs them). Replaces any lab that is up.
 Tests run in file order: the last ones take the lab down themselves.
@@ -14,16 +17,24 @@ import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import dns.message
+import dns.query
+import dns.rcode
+import dns.tsigkeyring
+import dns.update
 import psycopg
 import pytest
 import redis
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -86,6 +97,23 @@ def recap(output: str) -> dict[str, tuple[int, int, int]]:
     return {m[1]: (int(m[2]), int(m[3]), int(m[4])) for m in RECAP.finditer(output)}
 
 
+def changed_tasks(output: str) -> list[str]:
+    """'host: task' for each change a playbook run reported: what an idempotence failure says."""
+    task, found = "", []
+    for line in output.splitlines():
+        if started := re.match(r"(?:TASK|RUNNING HANDLER) \[(.+?)\] \*", line):
+            task = started[1]
+        elif changed := re.match(r"changed: \[([^\]]+)\]", line):
+            found.append(f"{changed[1]}: {task}")
+    return found
+
+
+def assert_nothing_changed(run: subprocess.CompletedProcess) -> None:
+    assert run.returncode == 0, run.stdout[-3000:]
+    changed = {host: n for host, (n, _u, _f) in recap(run.stdout).items() if n}
+    assert changed == {}, changed_tasks(run.stdout)
+
+
 @pytest.fixture(scope="module")
 def lab():
     if os.geteuid() != 0:
@@ -126,10 +154,8 @@ def test_site_yml_converges_then_a_second_run_changes_nothing(lab):
     first = playbook("site.yml")
     assert first.returncode == 0, first.stdout[-3000:]
     second = playbook("site.yml")
-    assert second.returncode == 0, second.stdout[-3000:]
-    result = recap(second.stdout)
-    assert set(MINI) <= set(result)
-    assert {host: changed for host, (changed, _u, _f) in result.items() if changed} == {}
+    assert set(MINI) <= set(recap(second.stdout))
+    assert_nothing_changed(second)
 
 
 APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 3}  # lab throwaway
@@ -236,6 +262,86 @@ def test_redis_and_sentinel_refuse_clients_without_their_password(lab):
             anonymous.ping()
 
 
+SECRETS = yaml.safe_load((ROOT / "inventories/lab/group_vars/all/secrets.yml").read_text())
+ZONE = "baton.internal"
+
+
+def dns_update(name: str, rdtype: str, values: list[str], secret: str | None) -> str:
+    """Replace name's records with one RFC 2136 update to the primary; the RCODE of the
+    response, read from its header (a signature error comes back as NOTAUTH, unsigned)."""
+    keyring = dns.tsigkeyring.from_text({"baton-update": secret}) if secret else None
+    update = dns.update.UpdateMessage(ZONE, keyring=keyring, keyalgorithm="hmac-sha256")
+    update.replace(name, 10, rdtype, *values)
+    with socket.create_connection((MINI["global-1"], 53), timeout=5) as sock:
+        dns.query.send_tcp(sock, update.to_wire())
+        (length,) = struct.unpack("!H", _recv(sock, 2))
+        header = _recv(sock, length)[:4]
+    return dns.rcode.to_text(header[3] & 0x0F)
+
+
+def _recv(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise OSError("the name server closed the connection")
+        data += chunk
+    return data
+
+
+def dns_answer(server: str, name: str, rdtype: str = "A") -> list[str]:
+    response = dns.query.udp(dns.message.make_query(f"{name}.{ZONE}", rdtype), MINI[server],
+                             timeout=2)
+    return sorted(item.to_text() for rrset in response.answer for item in rrset)
+
+
+def test_every_name_server_answers_db_with_the_primary_region(lab):
+    for server in MINI:
+        assert dns_answer(server, "db") == [MINI["us-east-1"]], server
+        assert dns_answer(server, "db-ro.eu-west") == [MINI["eu-west-1"]], server
+        assert dns_answer(server, "redis") == [MINI["us-east-1"]], server
+
+
+def test_a_signed_update_reaches_every_secondary_and_unsigned_or_wrong_key_are_refused(lab):
+    token = f'"probe-{time.time_ns()}"'
+    assert dns_update("probe", "TXT", [token], SECRETS["dns_tsig_secret"]) == "NOERROR"
+    started = time.monotonic()
+    for server in ("us-east-1", "us-west-1", "eu-west-1"):
+        wait_for(lambda server=server: dns_answer(server, "probe", "TXT") == [token], 10,
+                 f"the update on the secondary of {server}")
+    print(f"signed update served by every secondary after {time.monotonic() - started:.2f} s")
+    assert dns_update("probe", "TXT", ['"unsigned"'], None) == "REFUSED"
+    wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmc="
+    assert dns_update("probe", "TXT", ['"wrong-key"'], wrong) == "NOTAUTH"
+    assert dns_answer("global-1", "probe", "TXT") == [token]
+
+
+def prometheus_query(host: str, query: str) -> list[dict]:
+    url = f"http://{MINI[host]}:9090/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)["data"]["result"]
+
+
+def test_the_global_prometheus_has_up_series_from_every_region(lab):
+    wanted = {(region, job) for region in ("us-east", "us-west", "eu-west")
+              for job in ("node", "postgres", "patroni", "etcd", "pgbouncer", "redis", "sentinel",
+                          "prometheus", "federate")}
+    wanted |= {("global", "node"), ("global", "prometheus"), ("global", "alertmanager")}
+
+    def missing():
+        series = prometheus_query("global-1", "up == 1")
+        return wanted - {(s["metric"].get("region"), s["metric"].get("job")) for s in series}
+    deadline = time.monotonic() + 120
+    while (left := missing()) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert not left, f"not up in the global Prometheus after 120 s: {sorted(left)}"
+    # Every series carries its region; the federated Patroni roles: us-east holds the primary.
+    assert [s["metric"] for s in prometheus_query("global-1", "up")
+            if "region" not in s["metric"]] == []
+    primaries = prometheus_query("global-1", "patroni_primary == 1")
+    assert [s["metric"]["region"] for s in primaries] == ["us-east"]
+
+
 def promote_redis_by_hand(new: str, old: str, other: str) -> None:
     """What an operator does by hand: the old region's Sentinel stops watching, the new
     region's server becomes master, the others follow it; each persists its change."""
@@ -263,6 +369,9 @@ def test_a_region_promoted_by_hand_stays_primary_when_site_yml_runs_again(lab):
     starts.update({h: member(h)["postmaster_start_time"] for h in ("us-east-1", "us-west-1")})
     promote_redis_by_hand("us-west-1", "us-east-1", "eu-west-1")
     pids = redis_pids()
+    # What a failover's DNS step does: db and redis to us-west, by a signed update.
+    for name in ("db", "redis"):
+        assert dns_update(name, "A", [MINI["us-west-1"]], SECRETS["dns_tsig_secret"]) == "NOERROR"
 
     rerun = playbook("site.yml")
     assert rerun.returncode == 0, rerun.stdout[-3000:]
@@ -271,6 +380,10 @@ def test_a_region_promoted_by_hand_stays_primary_when_site_yml_runs_again(lab):
     assert cluster_roles("us-west-1")["us-west-1"] == ("leader", "running")
     assert cluster_roles("us-east-1")["us-east-1"][0] == "standby_leader"
     assert cluster_roles("eu-west-1")["eu-west-1"][0] == "standby_leader"
+    # The failover records keep what the update wrote, on every name server.
+    for server in MINI:
+        assert dns_answer(server, "db") == [MINI["us-west-1"]], server
+        assert dns_answer(server, "redis") == [MINI["us-west-1"]], server
     # Nothing destructive: no PostgreSQL was restarted by the re-run.
     assert {h: member(h)["postmaster_start_time"] for h in starts} == starts
     # PgBouncer in us-east now sends `app` to us-west's primary.
@@ -291,9 +404,7 @@ def test_a_region_promoted_by_hand_stays_primary_when_site_yml_runs_again(lab):
     token = f"after-promotion-{time.time_ns()}"
     cache("us-west-1").set("baton:probe", token)
     wait_for(lambda: cache("us-east-1").get("baton:probe") == token, 2, "us-east follows us-west")
-    third = playbook("site.yml")
-    assert third.returncode == 0, third.stdout[-3000:]
-    assert {h: c for h, (c, _u, _f) in recap(third.stdout).items() if c} == {}
+    assert_nothing_changed(playbook("site.yml"))
 
 
 def test_health_shows_every_host_by_site(lab):

@@ -1,6 +1,6 @@
 """Topology filters used by plays and templates, and the inventory preflight."""
 
-from baton_topology import baton_inventory_problems, baton_regions, baton_sites
+from baton_topology import baton_hosts, baton_inventory_problems, baton_regions, baton_sites
 
 GROUPS = {
     "all": ["gtm-1", "a1", "a2", "a3", "b1"],
@@ -21,6 +21,15 @@ def test_regions_map_to_their_hosts_in_inventory_order():
 
 def test_sites_list_regions_first_then_the_global_site():
     assert list(baton_sites(GROUPS, HOSTVARS)) == ["us-east", "us-west", "global"]
+
+
+def test_every_host_comes_in_the_same_order_whatever_order_groups_all_has():
+    # Ansible's groups['all'] changes order between runs; files rendered from this must not.
+    witness = {**HOSTVARS, "gtm-0": {"baton_site": "witness", "baton_address": "10.0.8.1"}}
+    expected = ["a1", "a2", "a3", "b1", "gtm-1", "gtm-0"]
+    for order in (["gtm-1", "gtm-0", "a1", "a2", "a3", "b1"],
+                  ["b1", "gtm-0", "a3", "gtm-1", "a1", "a2"]):
+        assert baton_hosts({**GROUPS, "all": order}, witness) == expected
 
 
 def test_a_sane_inventory_has_no_problems():
