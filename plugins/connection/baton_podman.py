@@ -13,6 +13,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from ansible.errors import AnsibleConnectionFailure
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.connection import ensure_connect
 from ansible_collections.containers.podman.plugins.connection.podman import (
@@ -87,5 +88,17 @@ class Connection(PodmanConnection):
             args.append("-i")
         if self.user:
             args.extend(("--user", self.user))
-        return self._podman(args, shlex.split(to_native(cmd, errors="surrogate_or_strict")),
-                            in_data)
+        rc, stdout, stderr = self._podman(
+            args, shlex.split(to_native(cmd, errors="surrogate_or_strict")), in_data)
+        if rc != 0 and stderr.startswith(b"Error: ") and not self._running():
+            # podman could not run anything because the container is stopped or gone: the
+            # host is unreachable (as when the module's file copy fails without pipelining),
+            # not a module that failed.
+            raise AnsibleConnectionFailure(
+                f"container {self._container_id}: {to_native(stderr).strip()}")
+        return rc, stdout, stderr
+
+    def _running(self) -> bool:
+        rc, stdout, _err = self._podman(["container", "inspect", "--format",
+                                         "{{.State.Running}}"])
+        return rc == 0 and stdout.strip() == b"true"
