@@ -316,6 +316,55 @@ def test_a_signed_update_reaches_every_secondary_and_unsigned_or_wrong_key_are_r
     assert dns_answer("global-1", "probe", "TXT") == [token]
 
 
+def baton_dns(check: bool = False, **args) -> dict:
+    """Run the baton_dns module once on the controller; its result (failed or not)."""
+    params = {"zone": ZONE, "type": "TXT", "server": MINI["global-1"],
+              "key_name": "baton-update", "key_secret": SECRETS["dns_tsig_secret"],
+              "verify_servers": sorted(MINI.values()), "wait_timeout": 10, **args}
+    env = dict(ENV, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json")
+    proc = sh(str(BIN / "ansible"), "localhost", "-m", "baton_dns", "-a", json.dumps(params),
+              *(["--check"] if check else []), env=env, timeout=120)
+    return json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+
+def test_baton_dns_sets_a_record_once_then_reports_ok_and_sends_nothing(lab):
+    values = [f"set-{time.time_ns()}"]
+    first = baton_dns(name="module-probe", values=values)
+    assert first["changed"] and first["update_sent"], first
+    assert set(first["servers"]) == set(MINI.values())
+    for server in MINI:
+        assert dns_answer(server, "module-probe", "TXT") == [f'"{values[0]}"'], server
+    print(f"baton_dns: every server served the update after {first['elapsed']} s")
+    again = baton_dns(name="module-probe", values=values)
+    assert not again["changed"] and not again["update_sent"], again
+    checked = baton_dns(check=True, name="module-probe", values=["other"])
+    assert checked["changed"] and not checked["update_sent"], checked
+    assert dns_answer("global-1", "module-probe", "TXT") == [f'"{values[0]}"']
+
+
+def test_baton_dns_compare_and_swap_that_no_longer_holds_fails_and_changes_nothing(lab):
+    held = f"held-{time.time_ns()}"
+    assert baton_dns(name="cas-probe", values=[held])["changed"]
+    lost = baton_dns(name="cas-probe", values=["mine"], expected_values=["stale"])
+    assert lost.get("failed") and not lost["changed"], lost
+    assert f'holds "{held}", not the expected "stale"' in lost["msg"]
+    assert dns_answer("global-1", "cas-probe", "TXT") == [f'"{held}"']
+    won = baton_dns(name="cas-probe", values=["mine"], expected_values=[held])
+    assert won["changed"] and dns_answer("global-1", "cas-probe", "TXT") == ['"mine"'], won
+    # Run again (e.g. a failover re-run): already swapped, so ok although `held` is gone.
+    assert not baton_dns(name="cas-probe", values=["mine"], expected_values=[held])["changed"]
+
+
+def test_baton_dns_names_a_wrong_secret_or_key(lab):
+    wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmc="
+    bad_secret = baton_dns(name="module-probe", values=["x"], key_secret=wrong)
+    assert bad_secret.get("failed") and "(BADSIG)" in bad_secret["msg"], bad_secret
+    bad_name = baton_dns(name="module-probe", values=["x"], key_name="nobody")
+    assert bad_name.get("failed") and "(BADKEY)" in bad_name["msg"], bad_name
+    outside = baton_dns(name="module-probe", values=["x"], zone="other.internal")
+    assert outside.get("failed") and "not authoritative for zone other.internal" in outside["msg"]
+
+
 def prometheus_query(host: str, query: str) -> list[dict]:
     url = f"http://{MINI[host]}:9090/api/v1/query?" + urllib.parse.urlencode({"query": query})
     with urllib.request.urlopen(url, timeout=5) as response:

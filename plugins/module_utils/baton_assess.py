@@ -1,0 +1,421 @@
+"""Health assessment of every region: the probes (I/O) and the verdicts (pure functions).
+
+Every probe of every node of every region runs at once, each bounded by its own timeout, so
+a dead or black-holed region costs one timeout, not one per check or per node. Probes never
+raise: a failure is a dict with "error". The verdicts and the global view are computed from
+those dicts alone, so unit tests feed them recorded probes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+try:  # inside a module (AnsiballZ) ...
+    from ansible.module_utils.baton_dns import absolute_name, parse_server, read, serial
+except ImportError:  # ... or imported directly by tests and bench/ scripts
+    from baton_dns import absolute_name, parse_server, read, serial
+
+Probe = dict[str, Any]
+
+HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
+
+
+def lsn_to_int(lsn: str | None) -> int | None:
+    """'16/B374D848' -> byte position; None stays None."""
+    if not lsn:
+        return None
+    high, _, low = str(lsn).partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def _error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _http_json(url: str, timeout: float) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return json.loads(resp.read().decode())
+    except urllib.error.HTTPError as exc:  # Patroni answers 503 with a body on replicas
+        return json.loads(exc.read().decode() or "{}")
+
+
+# --- probes: one node, one service; a dict, never an exception ---------------------------
+
+def probe_patroni(address: str, port: int, timeout: float) -> Probe:
+    """GET /patroni: this member's role, state, timeline, WAL positions, pending restart."""
+    try:
+        data = _http_json(f"http://{address}:{port}/patroni", timeout)
+    except Exception as exc:  # a probe reports every failure as data, never raises
+        return {"ok": False, "error": _error(exc)}
+    xlog = data.get("xlog", {})
+    return {"ok": True, "name": data.get("patroni", {}).get("name") or data.get("name"),
+            "role": data.get("role"), "state": data.get("state"),
+            "timeline": data.get("timeline"),
+            "pending_restart": bool(data.get("pending_restart", False)),
+            "standby_cluster": "standby_leader" in str(data.get("role", "")),
+            "wal_position": xlog.get("location"),
+            "received_position": xlog.get("received_location"),
+            "replayed_position": xlog.get("replayed_location")}
+
+
+def probe_cluster(address: str, port: int, timeout: float) -> Probe:
+    """GET /cluster: every member of the region's Patroni cluster as one member sees them."""
+    try:
+        data = _http_json(f"http://{address}:{port}/cluster", timeout)
+    except Exception as exc:
+        return {"ok": False, "error": _error(exc)}
+    members = [{"name": m.get("name"), "role": m.get("role"), "state": m.get("state"),
+                "host": m.get("host"), "timeline": m.get("timeline"), "lag": m.get("lag"),
+                "pending_restart": bool(m.get("pending_restart", False))}
+               for m in data.get("members", [])]
+    return {"ok": True, "members": members}
+
+
+def probe_etcd(address: str, port: int, timeout: float) -> Probe:
+    """GET /health: true only when this member sees a leader (its cluster has quorum)."""
+    try:
+        data = _http_json(f"http://{address}:{port}/health", timeout)
+    except Exception as exc:
+        return {"ok": False, "error": _error(exc)}
+    return {"ok": True, "healthy": str(data.get("health")).lower() == "true"}
+
+
+def probe_postgres(address: str, port: int, user: str, password: str, timeout: float,
+                   dbname: str = "postgres") -> Probe:
+    """In recovery or not, WAL positions and replay delay, as the monitoring user."""
+    try:
+        import psycopg
+
+        with psycopg.connect(host=address, port=port, user=user, password=password,
+                             dbname=dbname, connect_timeout=max(2, round(timeout)),
+                             options=f"-c statement_timeout={int(timeout * 1000)}",
+                             autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT pg_is_in_recovery(),"
+                " CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,"
+                " pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,"
+                " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8"
+            ).fetchone()
+    except Exception as exc:
+        return {"ok": False, "error": _error(exc)}
+    in_recovery, current, received, replayed, replay_delay = row
+    return {"ok": True, "in_recovery": bool(in_recovery), "current_lsn": current,
+            "receive_lsn": received, "replay_lsn": replayed,
+            "replay_delay_seconds": None if replay_delay is None else round(replay_delay, 3)}
+
+
+def probe_pgbouncer(address: str, port: int, user: str, password: str, timeout: float,
+                    database: str = "app") -> Probe:
+    """SHOW DATABASES on the admin console (a stats user): where `database` goes, paused."""
+    try:
+        import psycopg
+
+        with psycopg.connect(host=address, port=port, user=user, password=password,
+                             dbname="pgbouncer", connect_timeout=max(2, round(timeout)),
+                             autocommit=True, prepare_threshold=None) as conn:
+            cur = conn.execute("SHOW DATABASES")
+            names = [c.name for c in cur.description]
+            rows = [dict(zip(names, r, strict=False)) for r in cur.fetchall()]
+    except Exception as exc:
+        return {"ok": False, "error": _error(exc)}
+    for row in rows:
+        if row.get("name") == database:
+            return {"ok": True, "host": row.get("host"), "port": row.get("port"),
+                    "paused": bool(row.get("paused")), "disabled": bool(row.get("disabled"))}
+    return {"ok": False, "error": f"PgBouncer has no database {database}"}
+
+
+def probe_endpoint(address: str, port: int, user: str, password: str,
+                   timeout: float) -> Probe:
+    """One HAProxy endpoint, end to end: a PostgreSQL answers through it, in recovery or not."""
+    found = probe_postgres(address, port, user, password, timeout)
+    return ({"ok": True, "in_recovery": found["in_recovery"]} if found["ok"] else found)
+
+
+def probe_redis(address: str, port: int, password: str, timeout: float) -> Probe:
+    """INFO replication: role, offsets, where a replica's master is and its link status."""
+    try:
+        import redis
+
+        info = redis.Redis(host=address, port=port, password=password or None,
+                           socket_timeout=timeout, socket_connect_timeout=timeout,
+                           decode_responses=True).info("replication")
+    except Exception as exc:
+        return {"ok": False, "error": _error(exc)}
+    role = info.get("role")
+    out = {"ok": True, "role": role, "offset": info.get("master_repl_offset")}
+    if role == "slave":
+        out.update(master=f"{info.get('master_host')}:{info.get('master_port')}",
+                   link=info.get("master_link_status"),
+                   offset=info.get("slave_repl_offset", out["offset"]))
+    return out
+
+
+def probe_sentinel(address: str, port: int, password: str, name: str,
+                   timeout: float) -> Probe:
+    """What this Sentinel watches (SENTINEL MASTERS) and whether its quorum holds."""
+    try:
+        import redis
+
+        client = redis.Redis(host=address, port=port, password=password or None,
+                             socket_timeout=timeout, socket_connect_timeout=timeout,
+                             decode_responses=True)
+        masters = client.execute_command("SENTINEL", "MASTERS")
+        if isinstance(masters, dict):
+            masters = list(masters.values())
+        watched = None
+        for entry in masters or []:
+            fields = entry if isinstance(entry, dict) else dict(zip(entry[::2], entry[1::2],
+                                                                    strict=False))
+            if fields.get("name") == name:
+                watched = f"{fields.get('ip')}:{fields.get('port')}"
+        quorum, quorum_msg = None, None
+        if watched:
+            try:
+                quorum_msg = str(client.execute_command("SENTINEL", "CKQUORUM", name))
+                quorum = True
+            except redis.ResponseError as exc:
+                quorum, quorum_msg = False, str(exc)
+    except Exception as exc:
+        return {"ok": False, "error": _error(exc)}
+    return {"ok": True, "watching": watched, "quorum": quorum, "quorum_message": quorum_msg}
+
+
+def probe_dns(server: str, zone: str, names: list[str], timeout: float) -> Probe:
+    """Where the failover records point on one authoritative server, and its serial."""
+    try:
+        import dns.name
+
+        target = parse_server(server)
+        origin = dns.name.from_text(zone)
+        records = {n: list(read(target, origin, absolute_name(n, origin), "A", timeout).values)
+                   for n in names}
+        return {"ok": True, "records": records, "serial": serial(target, origin, timeout)}
+    except Exception as exc:
+        return {"ok": False, "error": str(exc)}
+
+
+# --- running them --------------------------------------------------------------------------
+
+def run_probes(jobs: dict[tuple[str, ...], Callable[[], Probe]], timeout: float) -> dict:
+    """Run every probe at once; each reports its own elapsed time. Keys are kept."""
+    def timed(fn: Callable[[], Probe]) -> Probe:
+        started = time.monotonic()
+        result = fn()
+        result["elapsed"] = round(time.monotonic() - started, 3)
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), 128))) as pool:
+        futures = {key: pool.submit(timed, fn) for key, fn in jobs.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
+# --- verdicts: pure ---------------------------------------------------------------------
+
+def _first_ok(probes: dict[str, Probe]) -> Probe | None:
+    return next((p for p in probes.values() if p.get("ok")), None)
+
+
+def region_summary(region: str, nodes: dict[str, dict[str, Probe]]) -> dict[str, Any]:
+    """One region's facts from its nodes' probes: {node: {service: probe}}."""
+    by_service: dict[str, dict[str, Probe]] = {}
+    for node, services in nodes.items():
+        for service, probe in services.items():
+            by_service.setdefault(service, {})[node] = probe
+
+    def service(name: str) -> dict[str, Probe]:
+        return by_service.get(name, {})
+
+    cluster = _first_ok(service("cluster"))
+    patroni = {n: p for n, p in service("patroni").items() if p.get("ok")}
+    leader = next((n for n, p in patroni.items()
+                   if p.get("role") in ("primary", "master", "standby_leader")), None)
+    leader_role = patroni[leader]["role"] if leader else None
+    postgres = service("postgres")
+    leader_pg = postgres.get(leader, {}) if leader else {}
+    etcd = service("etcd")
+    etcd_healthy = sum(1 for p in etcd.values() if p.get("ok") and p.get("healthy"))
+    redis_nodes = service("redis")
+    sentinels = service("sentinel")
+    pgbouncers = service("pgbouncer")
+    return {
+        "region": region,
+        "reachable": any(p.get("ok") for s in nodes.values() for p in s.values()),
+        "patroni": {
+            "answered": bool(patroni),
+            "leader": leader,
+            "cluster_role": ("primary" if leader_role in ("primary", "master")
+                             else "standby" if leader_role == "standby_leader" else None),
+            "timeline": patroni[leader].get("timeline") if leader else None,
+            "members": cluster["members"] if cluster else [],
+            "pending_restart": sorted(n for n, p in patroni.items() if p.get("pending_restart")),
+        },
+        "etcd": {"members": len(etcd), "healthy": etcd_healthy,
+                 "quorum": bool(etcd) and etcd_healthy > len(etcd) // 2},
+        "postgres": {
+            "leader_answers": bool(leader_pg.get("ok")),
+            "in_recovery": leader_pg.get("in_recovery"),
+            "current_lsn": leader_pg.get("current_lsn"),
+            "receive_lsn": leader_pg.get("receive_lsn"),
+            "replay_lsn": leader_pg.get("replay_lsn"),
+            "replay_delay_seconds": leader_pg.get("replay_delay_seconds"),
+            # Any node that accepts writes, whatever Patroni says (split brain evidence).
+            "writable_nodes": sorted(n for n, p in postgres.items()
+                                     if p.get("ok") and p.get("in_recovery") is False),
+        },
+        "redis": {n: {k: v for k, v in p.items() if k != "elapsed"}
+                  for n, p in redis_nodes.items()},
+        "sentinel": {n: {k: v for k, v in p.items() if k != "elapsed"}
+                     for n, p in sentinels.items()},
+        "pgbouncer": {n: {k: v for k, v in p.items() if k != "elapsed"}
+                      for n, p in pgbouncers.items()},
+        "haproxy": {n: {"rw": services.get("haproxy_rw", {}), "ro": services.get("haproxy_ro", {})}
+                    for n, services in nodes.items()
+                    if "haproxy_rw" in services or "haproxy_ro" in services},
+        "errors": {f"{n}/{s}": p["error"] for n, ss in nodes.items() for s, p in ss.items()
+                   if not p.get("ok") and p.get("error")},
+    }
+
+
+def region_verdict(summary: dict[str, Any], max_lag_bytes: int | None = None,
+                   primary_position: int | None = None) -> tuple[str, list[str]]:
+    """healthy / degraded / unhealthy for one region, with the reasons (pure)."""
+    reasons: list[str] = []
+    unhealthy = False
+    if not summary["reachable"]:
+        return UNHEALTHY, ["no node of the region answers (down or cut off)"]
+    patroni = summary["patroni"]
+    if not patroni["answered"]:
+        unhealthy = True
+        reasons.append("no Patroni member answers")
+    elif not patroni["leader"]:
+        unhealthy = True
+        reasons.append("Patroni has no leader (nor standby leader)")
+    if summary["etcd"]["members"] and not summary["etcd"]["quorum"]:
+        unhealthy = True
+        reasons.append(f"etcd has no quorum ({summary['etcd']['healthy']} of "
+                       f"{summary['etcd']['members']} healthy)")
+    pg = summary["postgres"]
+    if patroni["leader"] and not pg["leader_answers"]:
+        unhealthy = True
+        reasons.append(f"PostgreSQL on the leader {patroni['leader']} does not answer")
+    if patroni["cluster_role"] == "primary" and pg["in_recovery"]:
+        unhealthy = True
+        reasons.append("the leader of the primary cluster is in recovery")
+    bouncers = summary["pgbouncer"]
+    if bouncers and not any(p.get("ok") for p in bouncers.values()):
+        unhealthy = True
+        reasons.append("no PgBouncer answers")
+    for node, probe in sorted(bouncers.items()):
+        if not probe.get("ok"):
+            reasons.append(f"PgBouncer on {node} does not answer")
+        elif probe.get("paused"):
+            reasons.append(f"PgBouncer on {node} has app paused")
+    for member in patroni["members"]:
+        if member["name"] != patroni["leader"] and member.get("state") not in ("streaming",
+                                                                              "running"):
+            reasons.append(f"member {member['name']} is {member.get('state')}")
+    if patroni["pending_restart"]:
+        reasons.append(f"pending restart: {', '.join(patroni['pending_restart'])}")
+    for node, probe in sorted(summary["redis"].items()):
+        if not probe.get("ok"):
+            reasons.append(f"Redis on {node} does not answer")
+        elif probe.get("role") == "slave" and probe.get("link") != "up":
+            reasons.append(f"Redis on {node}: link to its master is {probe.get('link')}")
+    for node, probe in sorted(summary["sentinel"].items()):
+        if not probe.get("ok"):
+            reasons.append(f"Sentinel on {node} does not answer")
+        elif probe.get("quorum") is False:
+            reasons.append(f"Sentinel on {node}: no quorum ({probe.get('quorum_message')})")
+    for node, ends in sorted(summary["haproxy"].items()):
+        for kind, probe in sorted(ends.items()):
+            if probe and not probe.get("ok"):
+                name = "read-write" if kind == "rw" else "read-only"
+                reasons.append(f"HAProxy {name} endpoint on {node} does not reach PostgreSQL")
+    lag = standby_lag_bytes(summary, primary_position)
+    if max_lag_bytes is not None and lag is not None and lag > max_lag_bytes:
+        reasons.append(f"standby lags {lag} bytes, above the budget of {max_lag_bytes}")
+    if unhealthy:
+        return UNHEALTHY, reasons
+    return (DEGRADED if reasons else HEALTHY), reasons
+
+
+def standby_lag_bytes(summary: dict[str, Any], primary_position: int | None) -> int | None:
+    """Bytes of WAL the region's standby leader has not received (None: unknown)."""
+    if summary["patroni"]["cluster_role"] != "standby" or primary_position is None:
+        return None
+    received = lsn_to_int(summary["postgres"]["receive_lsn"] or summary["postgres"]["replay_lsn"])
+    return None if received is None else max(0, primary_position - received)
+
+
+def writable_regions(summaries: dict[str, dict[str, Any]]) -> list[str]:
+    """Regions whose Patroni cluster is a primary, or where any node accepts writes."""
+    return sorted(r for r, s in summaries.items()
+                  if s["patroni"]["cluster_role"] == "primary" or s["postgres"]["writable_nodes"])
+
+
+def primary_position(summaries: dict[str, dict[str, Any]],
+                     last_known: int | None = None) -> tuple[int | None, str | None]:
+    """The WAL position data loss is measured against, and where it comes from: the single
+    writable region's live position, else the last known one, else the most advanced standby."""
+    writable = writable_regions(summaries)
+    if len(writable) == 1:
+        live = lsn_to_int(summaries[writable[0]]["postgres"]["current_lsn"])
+        if live is not None:
+            return live, "live"
+    if last_known is not None:
+        return last_known, "last known"
+    known = [lsn_to_int(s["postgres"]["receive_lsn"]) for s in summaries.values()]
+    best = max((k for k in known if k is not None), default=None)
+    return best, ("most advanced standby" if best is not None else None)
+
+
+def global_view(summaries: dict[str, dict[str, Any]], verdicts: dict[str, str],
+                last_known_position: int | None = None) -> dict[str, Any]:
+    """Who holds the baton, split brain, and the failover candidates ranked (pure)."""
+    writable = writable_regions(summaries)
+    primary = writable[0] if len(writable) == 1 else None
+    position, source = primary_position(summaries, last_known_position)
+    candidates = []
+    for region, summary in summaries.items():
+        if region in writable or summary["patroni"]["cluster_role"] != "standby":
+            continue
+        candidates.append({
+            "region": region, "verdict": verdicts[region],
+            "data_loss_bytes": standby_lag_bytes(summary, position),
+            "replay_delay_seconds": summary["postgres"]["replay_delay_seconds"]})
+    order = {HEALTHY: 0, DEGRADED: 1, UNHEALTHY: 2}
+    candidates.sort(key=lambda c: (order[c["verdict"]],
+                                   c["data_loss_bytes"] if c["data_loss_bytes"] is not None
+                                   else float("inf"), c["region"]))
+    if len(writable) > 1:
+        problem = f"split brain: {', '.join(writable)} all accept writes"
+    elif not writable:
+        problem = "no region accepts writes"
+    else:
+        problem = None
+    return {"baton_holder": primary, "writable_regions": writable,
+            "split_brain": len(writable) > 1, "primary_position": position,
+            "primary_position_source": source,
+            "candidates": candidates, "problem": problem}
+
+
+def dns_view(probes: dict[str, Probe], address_regions: dict[str, str]) -> dict[str, Any]:
+    """Per failover name: which region each server's answer points at; serials; agreement."""
+    names: dict[str, dict[str, Any]] = {}
+    for server, probe in probes.items():
+        for name, values in (probe.get("records") or {}).items():
+            regions = sorted({address_regions.get(v, "?") for v in values})
+            names.setdefault(name, {})[server] = {"values": values, "regions": regions}
+    serials = {s: p.get("serial") for s, p in probes.items() if p.get("ok")}
+    return {"names": names, "serials": serials,
+            "errors": {s: p["error"] for s, p in probes.items() if not p.get("ok")},
+            "in_sync": len(set(serials.values())) <= 1}

@@ -1,0 +1,157 @@
+"""baton_assess's verdicts and global view from recorded probes (healthy, lagging, split
+brain, no primary, a region unreachable): pure decision logic, no server needed."""
+
+import pytest
+from baton_assess import (
+    DEGRADED,
+    HEALTHY,
+    UNHEALTHY,
+    dns_view,
+    global_view,
+    lsn_to_int,
+    primary_position,
+    region_summary,
+    region_verdict,
+)
+
+DOWN = {"ok": False, "error": "TimeoutError: timed out"}
+
+
+def node(name, role, *, lsn="0/5000000", received=None, in_recovery=None, paused=False,
+         redis_role="master", sentinel_quorum=True, etcd=True):
+    """Probes of one node as the module records them."""
+    primary = role == "primary"
+    recovering = (not primary) if in_recovery is None else in_recovery
+    return {
+        "patroni": {"ok": True, "name": name, "role": role,
+                    "state": "running" if role in ("primary", "standby_leader") else "streaming",
+                    "timeline": 1, "pending_restart": False},
+        "cluster": {"ok": True, "members": [{"name": name, "role": role, "state": "running"}]},
+        "etcd": {"ok": True, "healthy": etcd},
+        "postgres": {"ok": True, "in_recovery": recovering,
+                     "current_lsn": None if recovering else lsn,
+                     "receive_lsn": received if recovering else None,
+                     "replay_lsn": received if recovering else None,
+                     "replay_delay_seconds": 0.5 if recovering else None},
+        "pgbouncer": {"ok": True, "host": "10.231.1.11", "port": 5000, "paused": paused},
+        "haproxy_rw": {"ok": True, "in_recovery": recovering},
+        "haproxy_ro": {"ok": True, "in_recovery": recovering},
+        "redis": {"ok": True, "role": redis_role, "offset": 100,
+                  **({"link": "up", "master": "10.231.1.11:6379"} if redis_role == "slave"
+                     else {})},
+        "sentinel": {"ok": True, "watching": "10.231.1.11:6379" if primary else None,
+                     "quorum": sentinel_quorum if primary else None},
+    }
+
+
+def unreachable(name):
+    return dict.fromkeys(node(name, "replica"), DOWN)
+
+
+def assess(regions, max_lag=None, last_known=None):
+    summaries = {r: region_summary(r, nodes) for r, nodes in regions.items()}
+    position, _ = primary_position(summaries, last_known)
+    verdicts = {r: region_verdict(s, max_lag, position) for r, s in summaries.items()}
+    view = global_view(summaries, {r: v[0] for r, v in verdicts.items()}, last_known)
+    return verdicts, view
+
+
+def healthy_lab(west_received="0/5000000", east=None):
+    return {
+        "us-east": {"us-east-1": east or node("us-east-1", "primary", lsn="0/5000000")},
+        "us-west": {"us-west-1": node("us-west-1", "standby_leader", received=west_received,
+                                      redis_role="slave")},
+        "eu-west": {"eu-west-1": node("eu-west-1", "standby_leader", received="0/4F00000",
+                                      redis_role="slave")},
+    }
+
+
+def test_a_healthy_lab_has_one_baton_holder_and_ranked_candidates():
+    verdicts, view = assess(healthy_lab())
+    assert {r: v[0] for r, v in verdicts.items()} == dict.fromkeys(verdicts, HEALTHY)
+    assert view["baton_holder"] == "us-east" and not view["split_brain"]
+    assert view["problem"] is None and view["primary_position_source"] == "live"
+    assert [(c["region"], c["data_loss_bytes"]) for c in view["candidates"]] == [
+        ("us-west", 0), ("eu-west", 0x100000)]
+
+
+def test_a_standby_lagging_beyond_the_budget_is_degraded_and_ranked_last():
+    verdicts, view = assess(healthy_lab(west_received="0/1000000"), max_lag=0x200000)
+    assert verdicts["us-west"][0] == DEGRADED
+    assert "standby lags 67108864 bytes, above the budget of 2097152" in verdicts["us-west"][1]
+    assert [c["region"] for c in view["candidates"]] == ["eu-west", "us-west"]
+
+
+def test_two_writable_regions_are_split_brain_with_no_holder():
+    regions = healthy_lab()
+    regions["us-west"] = {"us-west-1": node("us-west-1", "primary", lsn="0/5100000")}
+    _verdicts, view = assess(regions)
+    assert view["split_brain"] and view["baton_holder"] is None
+    assert view["writable_regions"] == ["us-east", "us-west"]
+    assert view["problem"] == "split brain: us-east, us-west all accept writes"
+
+
+def test_a_node_that_accepts_writes_behind_patronis_back_counts_as_writable():
+    regions = healthy_lab()
+    regions["eu-west"]["eu-west-1"] = node("eu-west-1", "standby_leader", in_recovery=False)
+    _verdicts, view = assess(regions)
+    assert view["split_brain"] and "eu-west" in view["writable_regions"]
+
+
+def test_no_writable_region_is_a_problem_and_the_most_advanced_standby_sets_the_position():
+    regions = healthy_lab()
+    regions["us-east"] = {"us-east-1": unreachable("us-east-1")}
+    verdicts, view = assess(regions)
+    assert verdicts["us-east"] == (UNHEALTHY, ["no node of the region answers (down or cut off)"])
+    assert view["baton_holder"] is None and view["problem"] == "no region accepts writes"
+    assert view["primary_position_source"] == "most advanced standby"
+    assert view["candidates"][0] == {"region": "us-west", "verdict": HEALTHY,
+                                     "data_loss_bytes": 0, "replay_delay_seconds": 0.5}
+
+
+def test_a_last_known_primary_position_gives_the_data_loss_of_each_candidate():
+    regions = healthy_lab()
+    regions["us-east"] = {"us-east-1": unreachable("us-east-1")}
+    _verdicts, view = assess(regions, last_known=lsn_to_int("0/5000100"))
+    assert view["primary_position_source"] == "last known"
+    assert {c["region"]: c["data_loss_bytes"] for c in view["candidates"]} == {
+        "us-west": 0x100, "eu-west": 0x100100}
+
+
+def test_etcd_without_quorum_and_a_dead_postgres_leader_make_a_region_unhealthy():
+    east = node("us-east-1", "primary", etcd=False)
+    east["postgres"] = DOWN
+    verdict, reasons = assess(healthy_lab(east=east))[0]["us-east"]
+    assert verdict == UNHEALTHY
+    assert "etcd has no quorum (0 of 1 healthy)" in reasons
+    assert "PostgreSQL on the leader us-east-1 does not answer" in reasons
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"pgbouncer": {"ok": True, "host": "x", "port": 1, "paused": True}},
+     "PgBouncer on us-east-1 has app paused"),
+    ({"sentinel": {"ok": True, "watching": "10.231.1.11:6379", "quorum": False,
+                   "quorum_message": "NOQUORUM 1 usable Sentinels"}},
+     "Sentinel on us-east-1: no quorum (NOQUORUM 1 usable Sentinels)"),
+    ({"redis": DOWN}, "Redis on us-east-1 does not answer"),
+    ({"haproxy_ro": DOWN}, "HAProxy read-only endpoint on us-east-1 does not reach PostgreSQL"),
+])
+def test_a_problem_outside_the_database_core_degrades_the_region(change, reason):
+    east = {**node("us-east-1", "primary"), **change}
+    verdict, reasons = assess(healthy_lab(east=east))[0]["us-east"]
+    assert (verdict, reasons) == (DEGRADED, [reason])
+
+
+def test_dns_answers_are_traced_to_regions_and_serials_compared():
+    probes = {"10.231.0.11": {"ok": True, "records": {"db": ["10.231.1.11"]}, "serial": 7},
+              "10.231.2.11": {"ok": True, "records": {"db": ["10.231.2.11"]}, "serial": 6},
+              "10.231.3.11": DOWN}
+    view = dns_view(probes, {"10.231.1.11": "us-east", "10.231.2.11": "us-west"})
+    assert view["names"]["db"]["10.231.0.11"]["regions"] == ["us-east"]
+    assert view["names"]["db"]["10.231.2.11"]["regions"] == ["us-west"]
+    assert not view["in_sync"] and view["errors"] == {"10.231.3.11": DOWN["error"]}
+
+
+def test_wal_positions_parse_as_postgresql_writes_them():
+    assert lsn_to_int("16/B374D848") == (0x16 << 32) + 0xB374D848
+    assert lsn_to_int(None) is None
