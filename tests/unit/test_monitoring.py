@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible.errors import AnsibleFilterError
-from baton_zone import baton_address_regions, baton_dns_label, baton_dns_records
 from baton_monitoring import baton_prometheus_servers, baton_scrape_targets
+from baton_zone import baton_address_regions, baton_dns_label, baton_dns_records
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "roles/prometheus/templates/baton-dr.rules.yml.j2"
