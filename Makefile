@@ -72,6 +72,7 @@ bench: deps ## Benchmarks; each prints its figures (replaces any lab that is up)
 	ansible-playbook site.yml
 	$(BIN)/python bench/inregion_failover.py
 	$(BIN)/python bench/sentinel_failover.py
+	$(BIN)/python bench/assess_timing.py
 	$(LABCTL) down
 
 ## --- the lab -----------------------------------------------------------------------------

@@ -125,6 +125,20 @@ def baton_redis_regions(groups: Groups, hostvars: Hostvars) -> dict[str, list[st
             for region, hosts in baton_regions(groups, hostvars).items()}
 
 
+def baton_other_regions(groups: Groups, hostvars: Hostvars, region: str) -> list[str]:
+    """Every region but `region`, in inventory order (e.g. the standbys of a primary)."""
+    return [r for r in baton_regions(groups, hostvars) if r != region]
+
+
+def baton_assess_regions(groups: Groups, hostvars: Hostvars) -> dict[str, list[dict[str, Any]]]:
+    """Region -> its nodes as baton_assess takes them: name, address, and whether it runs
+    Redis and Sentinel."""
+    redis = baton_redis_regions(groups, hostvars)
+    return {region: [{"name": h, "address": str(hostvars[h]["baton_address"]),
+                      "redis": h in redis.get(region, [])} for h in hosts]
+            for region, hosts in baton_regions(groups, hostvars).items()}
+
+
 def _truthy(value: Any) -> bool:
     return str(value).strip().lower() not in ("false", "no", "0", "off", "none", "")
 
@@ -204,6 +218,8 @@ class FilterModule:
             "baton_regions": baton_regions,
             "baton_sites": baton_sites,
             "baton_hosts": baton_hosts,
+            "baton_other_regions": baton_other_regions,
+            "baton_assess_regions": baton_assess_regions,
             "baton_region_addresses": baton_region_addresses,
             "baton_inventory_problems": baton_inventory_problems,
             "baton_redis_regions": baton_redis_regions,

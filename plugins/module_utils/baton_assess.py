@@ -140,14 +140,22 @@ def probe_endpoint(address: str, port: int, user: str, password: str,
     return ({"ok": True, "in_recovery": found["in_recovery"]} if found["ok"] else found)
 
 
+def _redis_client(address: str, port: int, password: str, timeout: float):
+    """A redis-py client that tries once: its default retries would multiply the timeout."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis(host=address, port=port, password=password or None,
+                       socket_timeout=timeout, socket_connect_timeout=timeout,
+                       retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
+                       decode_responses=True)
+
+
 def probe_redis(address: str, port: int, password: str, timeout: float) -> Probe:
     """INFO replication: role, offsets, where a replica's master is and its link status."""
     try:
-        import redis
-
-        info = redis.Redis(host=address, port=port, password=password or None,
-                           socket_timeout=timeout, socket_connect_timeout=timeout,
-                           decode_responses=True).info("replication")
+        info = _redis_client(address, port, password, timeout).info("replication")
     except Exception as exc:
         return {"ok": False, "error": _error(exc)}
     role = info.get("role")
@@ -165,9 +173,7 @@ def probe_sentinel(address: str, port: int, password: str, name: str,
     try:
         import redis
 
-        client = redis.Redis(host=address, port=port, password=password or None,
-                             socket_timeout=timeout, socket_connect_timeout=timeout,
-                             decode_responses=True)
+        client = _redis_client(address, port, password, timeout)
         masters = client.execute_command("SENTINEL", "MASTERS")
         if isinstance(masters, dict):
             masters = list(masters.values())

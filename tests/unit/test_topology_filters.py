@@ -1,6 +1,13 @@
 """Topology filters used by plays and templates, and the inventory preflight."""
 
-from baton_topology import baton_hosts, baton_inventory_problems, baton_regions, baton_sites
+from baton_topology import (
+    baton_assess_regions,
+    baton_hosts,
+    baton_inventory_problems,
+    baton_other_regions,
+    baton_regions,
+    baton_sites,
+)
 
 GROUPS = {
     "all": ["gtm-1", "a1", "a2", "a3", "b1"],
@@ -30,6 +37,20 @@ def test_every_host_comes_in_the_same_order_whatever_order_groups_all_has():
     for order in (["gtm-1", "gtm-0", "a1", "a2", "a3", "b1"],
                   ["b1", "gtm-0", "a3", "gtm-1", "a1", "a2"]):
         assert baton_hosts({**GROUPS, "all": order}, witness) == expected
+
+
+def test_the_other_regions_keep_inventory_order():
+    assert baton_other_regions(GROUPS, HOSTVARS, "us-east") == ["us-west"]
+    assert baton_other_regions(GROUPS, HOSTVARS, "us-west") == ["us-east"]
+
+
+def test_assess_regions_list_each_node_and_whether_it_runs_redis():
+    hostvars = {**HOSTVARS, "a3": {**HOSTVARS["a3"], "redis_enabled": False}}
+    assert baton_assess_regions(GROUPS, hostvars) == {
+        "us-east": [{"name": "a1", "address": "10.0.1.1", "redis": True},
+                    {"name": "a2", "address": "10.0.1.2", "redis": True},
+                    {"name": "a3", "address": "10.0.1.3", "redis": False}],
+        "us-west": [{"name": "b1", "address": "10.0.2.1", "redis": True}]}
 
 
 def test_a_sane_inventory_has_no_problems():
