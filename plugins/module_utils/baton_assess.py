@@ -120,7 +120,8 @@ def probe_pgbouncer(address: str, port: int, user: str, password: str, timeout: 
 
         with psycopg.connect(host=address, port=port, user=user, password=password,
                              dbname="pgbouncer", connect_timeout=max(2, round(timeout)),
-                             autocommit=True, prepare_threshold=None) as conn:
+                             autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+            # ClientCursor: the simple query protocol, the only one the admin console speaks.
             cur = conn.execute("SHOW DATABASES")
             names = [c.name for c in cur.description]
             rows = [dict(zip(names, r, strict=False)) for r in cur.fetchall()]
