@@ -9,16 +9,18 @@ those dicts alone, so unit tests feed them recorded probes.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 try:  # inside a module (AnsiballZ) ...
     from ansible.module_utils.baton_dns import absolute_name, parse_server, read, serial
-except ImportError:  # ... or imported directly by tests and bench/ scripts
+except ModuleNotFoundError as missing:  # ... or imported directly by tests and bench/ scripts
+    if missing.name != "ansible.module_utils.baton_dns":
+        raise  # e.g. dnspython itself is missing: say that, not something else
     from baton_dns import absolute_name, parse_server, read, serial
 
 Probe = dict[str, Any]
@@ -39,9 +41,13 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+# Straight to the node: a controller's HTTP proxy settings must not reroute (or time) probes.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _http_json(url: str, timeout: float) -> Any:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with _DIRECT.open(url, timeout=timeout) as resp:
             return json.loads(resp.read().decode())
     except urllib.error.HTTPError as exc:  # Patroni answers 503 with a body on replicas
         return json.loads(exc.read().decode() or "{}")
@@ -88,6 +94,14 @@ def probe_etcd(address: str, port: int, timeout: float) -> Probe:
     return {"ok": True, "healthy": str(data.get("health")).lower() == "true"}
 
 
+def _pg_limits(timeout: float) -> dict[str, int]:
+    """libpq settings that bound a connection whose peer goes silent, not only its set-up
+    (connect_timeout is whole seconds, at least 2)."""
+    return {"connect_timeout": max(2, round(timeout)),
+            "tcp_user_timeout": int(timeout * 1000), "keepalives": 1,
+            "keepalives_idle": 1, "keepalives_interval": 1, "keepalives_count": 2}
+
+
 def probe_postgres(address: str, port: int, user: str, password: str, timeout: float,
                    dbname: str = "postgres") -> Probe:
     """In recovery or not, WAL positions and replay delay, as the monitoring user."""
@@ -95,9 +109,8 @@ def probe_postgres(address: str, port: int, user: str, password: str, timeout: f
         import psycopg
 
         with psycopg.connect(host=address, port=port, user=user, password=password,
-                             dbname=dbname, connect_timeout=max(2, round(timeout)),
-                             options=f"-c statement_timeout={int(timeout * 1000)}",
-                             autocommit=True) as conn:
+                             dbname=dbname, options=f"-c statement_timeout={int(timeout * 1000)}",
+                             autocommit=True, **_pg_limits(timeout)) as conn:
             row = conn.execute(
                 "SELECT pg_is_in_recovery(),"
                 " CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,"
@@ -119,8 +132,8 @@ def probe_pgbouncer(address: str, port: int, user: str, password: str, timeout: 
         import psycopg
 
         with psycopg.connect(host=address, port=port, user=user, password=password,
-                             dbname="pgbouncer", connect_timeout=max(2, round(timeout)),
-                             autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+                             dbname="pgbouncer", autocommit=True,
+                             cursor_factory=psycopg.ClientCursor, **_pg_limits(timeout)) as conn:
             # ClientCursor: the simple query protocol, the only one the admin console speaks.
             cur = conn.execute("SHOW DATABASES")
             names = [c.name for c in cur.description]
@@ -207,22 +220,34 @@ def probe_dns(server: str, zone: str, names: list[str], timeout: float) -> Probe
                    for n in names}
         return {"ok": True, "records": records, "serial": serial(target, origin, timeout)}
     except Exception as exc:
-        return {"ok": False, "error": str(exc)}
+        return {"ok": False, "error": str(exc) or _error(exc)}
 
 
 # --- running them --------------------------------------------------------------------------
 
-def run_probes(jobs: dict[tuple[str, ...], Callable[[], Probe]], timeout: float) -> dict:
-    """Run every probe at once; each reports its own elapsed time. Keys are kept."""
-    def timed(fn: Callable[[], Probe]) -> Probe:
+def run_probes(jobs: dict[tuple[str, ...], Callable[[], Probe]], deadline: float) -> dict:
+    """Run every probe at once, one thread each, and wait at most `deadline` seconds in all.
+
+    A probe still running then (a connection that went silent after it was made) is
+    reported as not answering; its daemon thread is abandoned and cannot hold the run open.
+    """
+    results: dict[tuple[str, ...], Probe] = {}
+
+    def run(key: tuple[str, ...], fn: Callable[[], Probe]) -> None:
         started = time.monotonic()
         result = fn()
         result["elapsed"] = round(time.monotonic() - started, 3)
-        return result
+        results[key] = result
 
-    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), 128))) as pool:
-        futures = {key: pool.submit(timed, fn) for key, fn in jobs.items()}
-        return {key: future.result() for key, future in futures.items()}
+    threads = [threading.Thread(target=run, args=(key, fn), daemon=True)
+               for key, fn in jobs.items()]
+    for thread in threads:
+        thread.start()
+    end = time.monotonic() + deadline
+    for thread in threads:
+        thread.join(max(0.0, end - time.monotonic()))
+    late = {"ok": False, "error": f"no answer within {deadline:g} s", "elapsed": deadline}
+    return {key: dict(results.get(key) or late) for key in jobs}
 
 
 # --- verdicts: pure ---------------------------------------------------------------------
@@ -277,6 +302,7 @@ def region_summary(region: str, nodes: dict[str, dict[str, Probe]]) -> dict[str,
             # Any node that accepts writes, whatever Patroni says (split brain evidence).
             "writable_nodes": sorted(n for n, p in postgres.items()
                                      if p.get("ok") and p.get("in_recovery") is False),
+            "answering_nodes": sorted(n for n, p in postgres.items() if p.get("ok")),
         },
         "redis": {n: {k: v for k, v in p.items() if k != "elapsed"}
                   for n, p in redis_nodes.items()},
@@ -391,6 +417,10 @@ def global_view(summaries: dict[str, dict[str, Any]], verdicts: dict[str, str],
     writable = writable_regions(summaries)
     primary = writable[0] if len(writable) == 1 else None
     position, source = primary_position(summaries, last_known_position)
+    # Regions where neither Patroni nor PostgreSQL answers: whether they accept writes is
+    # unknown (a cut-off old primary may), so the writable list is only what could be seen.
+    unknown = sorted(r for r, s in summaries.items()
+                     if not s["patroni"]["answered"] and not s["postgres"]["answering_nodes"])
     candidates = []
     for region, summary in summaries.items():
         if region in writable or summary["patroni"]["cluster_role"] != "standby":
@@ -410,7 +440,8 @@ def global_view(summaries: dict[str, dict[str, Any]], verdicts: dict[str, str],
     else:
         problem = None
     return {"baton_holder": primary, "writable_regions": writable,
-            "split_brain": len(writable) > 1, "primary_position": position,
+            "split_brain": len(writable) > 1, "unknown_regions": unknown,
+            "primary_position": position,
             "primary_position_source": source,
             "candidates": candidates, "problem": problem}
 

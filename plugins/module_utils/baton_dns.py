@@ -6,7 +6,9 @@ Every error is a DnsError whose message is one sentence naming the server and wh
 
 from __future__ import annotations
 
+import ipaddress
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +58,12 @@ def parse_server(text: str, default_port: int = 53) -> Server:
         host, port = text.split(":")
     else:
         host, port = text, ""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        host = ""
     if not host or (port and not port.isdigit()):
-        raise DnsError(f"'{text}' is not a name server address: write it as an address, "
+        raise DnsError(f"'{text}' is not a name server address: write it as an IP address, "
                        "optionally with ':port'")
     return Server(host, int(port) if port else default_port)
 
@@ -253,32 +259,47 @@ def update(server: Server, zone: dns.name.Name, desired: Record, action: str,
 def wait_until_served(servers: list[Server], zone: dns.name.Name, desired: Record, state: str,
                       timeout: float, query_timeout: float,
                       interval: float = 0.25) -> dict[str, Any]:
-    """Poll every server until each answers the desired values; per server: values, serial.
+    """Poll every server (in parallel) until each answers the desired values and TTL; per
+    server, the values it answered last and the zone's serial then (None if unread).
 
-    Raises DnsError naming the servers that still lag (and what they answer) at the deadline.
+    Raises DnsError naming the servers that still lag (and what they answer) at the deadline,
+    which no single query can overrun by more than its own timeout.
     """
-    wanted = () if state == "absent" else desired.values
+    wanted = (() if state == "absent" else desired.values,
+              None if state == "absent" else desired.ttl)
     deadline = time.monotonic() + timeout
     seen: dict[str, Any] = {}
     pending = list(servers)
-    while True:
-        for server in list(pending):
-            try:
-                held = read(server, zone, desired.name, desired.rdtype, query_timeout).values
-            except DnsError as exc:
-                seen[str(server)] = {"values": None, "error": str(exc)}
-                continue
-            seen[str(server)] = {"values": list(held)}
-            if held == wanted:
-                pending.remove(server)
-        if not pending:
-            return seen
-        if time.monotonic() >= deadline:
-            lag = "; ".join(f"{s} answers {_describe(seen.get(str(s)))}" for s in pending)
-            raise DnsError(f"after {timeout:g} s not every name server serves {desired.name} "
-                           f"{desired.rdtype} {', '.join(wanted) or '(deleted)'}: {lag}; "
-                           "check their transfers from the primary (NOTIFY/IXFR)")
-        time.sleep(interval)
+
+    def check(server: Server, budget: float) -> tuple[Server, dict[str, Any], bool]:
+        try:
+            held = read(server, zone, desired.name, desired.rdtype, budget)
+        except DnsError as exc:
+            return server, {"values": None, "error": str(exc)}, False
+        answer: dict[str, Any] = {"values": list(held.values), "ttl": held.ttl}
+        if (held.values, held.ttl if held.values else None) != wanted:
+            return server, answer, False
+        try:
+            answer["serial"] = serial(server, zone, budget)
+        except DnsError:
+            answer["serial"] = None  # the record is served; the serial is only for the report
+        return server, answer, True
+
+    with ThreadPoolExecutor(max_workers=max(1, len(servers))) as pool:
+        while True:
+            budget = max(0.2, min(query_timeout, deadline - time.monotonic()))
+            for server, answer, done in pool.map(lambda s, b=budget: check(s, b), pending):
+                seen[str(server)] = answer
+                if done:
+                    pending.remove(server)
+            if not pending:
+                return seen
+            if time.monotonic() >= deadline:
+                lag = "; ".join(f"{s} answers {_describe(seen.get(str(s)))}" for s in pending)
+                raise DnsError(f"after {timeout:g} s not every name server serves {desired.name} "
+                               f"{desired.rdtype} {', '.join(wanted[0]) or '(deleted)'}: {lag}; "
+                               "check their transfers from the primary (NOTIFY/IXFR)")
+            time.sleep(interval)
 
 
 def _describe(seen: dict[str, Any] | None) -> str:
@@ -286,4 +307,5 @@ def _describe(seen: dict[str, Any] | None) -> str:
         return "nothing"
     if seen.get("error"):
         return f"an error ({seen['error']})"
-    return ", ".join(seen["values"]) or "no record"
+    return (", ".join(seen["values"]) + f" (TTL {seen.get('ttl')})") if seen["values"] else \
+        "no record"

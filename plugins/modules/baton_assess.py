@@ -101,9 +101,11 @@ EXAMPLES = r"""
   run_once: true
   register: assessment
 
-- name: Refuse to go on with two writable regions
+- name: Refuse to go on with two writable regions, or a region nobody can see
   ansible.builtin.assert:
-    that: not assessment.global.split_brain
+    that:
+      - not assessment.global.split_brain
+      - assessment.global.unknown_regions | length == 0
 """
 
 RETURN = r"""
@@ -117,15 +119,20 @@ regions:
       reasons: [Sentinel on us-west-1 does not answer]
       facts: {patroni: {leader: us-west-1, cluster_role: standby, timeline: 1}}
 global:
-  description: The baton holder, the writable regions, split brain, the primary WAL
-    position used for estimates (and where it came from), the failover candidates ranked
-    (healthy first, then least data loss) and the global problem if any.
+  description:
+    - The baton holder, the writable regions, split brain, the primary WAL position used for
+      estimates (and where it came from), the failover candidates ranked (healthy first, then
+      least data loss) and the global problem if any.
+    - C(unknown_regions) lists the regions where neither Patroni nor PostgreSQL answered;
+      whether they accept writes is unknown (a cut-off old primary may), so C(baton_holder)
+      and C(split_brain) describe only the regions that answered.
   returned: always
   type: dict
   sample:
     baton_holder: us-east
     writable_regions: [us-east]
     split_brain: false
+    unknown_regions: []
     candidates: [{region: us-west, verdict: healthy, data_loss_bytes: 0,
                   replay_delay_seconds: 0.4}]
 dns:
@@ -215,6 +222,9 @@ def main() -> None:
         module.fail_json(msg=f"ports: unknown service {', '.join(unknown)}: use "
                              f"{', '.join(sorted(PORTS))}")
     ports = {**PORTS, **{k: int(v) for k, v in p["ports"].items()}}
+    if p["dns_servers"] and not p["dns_names"]:
+        module.fail_json(msg="dns_names is empty: name the failover records to check "
+                             "(default db, redis), or give no dns_servers")
     regions: dict[str, list[dict]] = {}
     for region, nodes in p["regions"].items():
         if not isinstance(nodes, list) or not nodes or not all(
@@ -239,7 +249,8 @@ def main() -> None:
         address = server if ":" in server else f"{server}:{ports['dns']}"
         jobs[("dns", server)] = partial(probe_dns, address, p["dns_zone"], p["dns_names"],
                                         p["timeout"])
-    probes = run_probes(jobs, p["timeout"])
+    # psycopg connects in whole seconds (at least 2); half a second more for the threads.
+    probes = run_probes(jobs, max(p["timeout"], 2) + 0.5)
 
     summaries, verdicts, out = {}, {}, {}
     for region, nodes in regions.items():

@@ -36,10 +36,9 @@ options:
     default: A
   values:
     description: The values the record set must hold (all of them; order does not matter).
-      Required when O(state=present).
+      Required, and not empty, when O(state=present).
     type: list
     elements: str
-    default: []
   ttl:
     description: TTL of the record set, in seconds.
     type: int
@@ -158,8 +157,8 @@ update_sent:
   returned: success
   type: bool
 servers:
-  description: Per verified server, the values it answered last (and an error when it did not
-    answer) and the zone's serial once it served the new values.
+  description: Per verified server, the values and TTL it answered last (and an error when it
+    did not answer) and the zone's serial once it served the new values.
   returned: when an update was sent
   type: dict
   sample: {"10.231.2.11": {values: [10.231.2.11], serial: 2026112503}}
@@ -186,7 +185,6 @@ try:
         decide,
         parse_server,
         read,
-        serial,
         update,
         wait_until_served,
     )
@@ -204,7 +202,7 @@ def main() -> None:
             "zone": {"type": "str", "required": True},
             "name": {"type": "str", "required": True},
             "type": {"type": "str", "choices": list(RDTYPES), "default": "A"},
-            "values": {"type": "list", "elements": "str", "default": []},
+            "values": {"type": "list", "elements": "str"},
             "ttl": {"type": "int", "default": 60},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
             "expected_values": {"type": "list", "elements": "str"},
@@ -231,9 +229,11 @@ def main() -> None:
         result["record"] = name.to_text()
         primary = parse_server(p["server"], p["port"])
         verify = [parse_server(s, p["port"]) for s in p["verify_servers"]] or [primary]
-        desired = Record(name, p["type"], canonical(p["values"], p["type"], zone), p["ttl"])
-        if p["state"] == "absent":
-            desired = Record(name, p["type"], (), p["ttl"])
+        if p["state"] == "present" and not p["values"]:
+            module.fail_json(msg=f"{p['name']}: values is empty: give the values the record "
+                                 "must hold, or state=absent to delete it")
+        values = () if p["state"] == "absent" else canonical(p["values"], p["type"], zone)
+        desired = Record(name, p["type"], values, p["ttl"])
         expected = (None if p["expected_values"] is None
                     else canonical(p["expected_values"], p["type"], zone))
 
@@ -257,12 +257,15 @@ def main() -> None:
                Key(p["key_name"], p["key_secret"], p["key_algorithm"]), p["timeout"])
         result.update(changed=True, update_sent=True)
         started = time.monotonic()
-        served = wait_until_served(verify, zone, desired, p["state"], p["wait_timeout"],
-                                   p["timeout"])
+        held = read(primary, zone, name, p["type"], p["timeout"])
+        if held.values != desired.values:
+            module.fail_json(msg=f"{p['name']}: {primary} answered NOERROR but holds "
+                                 f"{', '.join(held.values) or 'nothing'}: it ignored the change "
+                                 "(RFC 2136 ignores e.g. a CNAME beside other data); check the "
+                                 "record's type and the names around it", **result)
+        result["servers"] = wait_until_served(verify, zone, desired, p["state"],
+                                              p["wait_timeout"], p["timeout"])
         result["elapsed"] = round(time.monotonic() - started, 3)
-        for server in verify:
-            served[str(server)]["serial"] = serial(server, zone, p["timeout"])
-        result["servers"] = served
     except DnsError as exc:  # changed stays False unless the update was applied
         module.fail_json(msg=f"{p['name']}: {exc}", **result)
     module.exit_json(**result)

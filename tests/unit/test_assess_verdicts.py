@@ -109,6 +109,15 @@ def test_no_writable_region_is_a_problem_and_the_most_advanced_standby_sets_the_
                                      "data_loss_bytes": 0, "replay_delay_seconds": 0.5}
 
 
+def test_a_region_nobody_can_see_is_unknown_not_counted_as_a_standby():
+    regions = healthy_lab()
+    regions["us-east"] = {"us-east-1": unreachable("us-east-1")}
+    regions["us-west"] = {"us-west-1": node("us-west-1", "primary", lsn="0/5100000")}
+    _verdicts, view = assess(regions)
+    assert view["baton_holder"] == "us-west" and view["unknown_regions"] == ["us-east"]
+    assert "us-east" not in [c["region"] for c in view["candidates"]]
+
+
 def test_a_last_known_primary_position_gives_the_data_loss_of_each_candidate():
     regions = healthy_lab()
     regions["us-east"] = {"us-east-1": unreachable("us-east-1")}
