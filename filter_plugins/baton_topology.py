@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ansible.errors import AnsibleFilterError
+
 Groups = Mapping[str, list[str]]
 Hostvars = Mapping[str, Any]
 
@@ -130,6 +132,20 @@ def baton_other_regions(groups: Groups, hostvars: Hostvars, region: str) -> list
     return [r for r in baton_regions(groups, hostvars) if r != region]
 
 
+def baton_standby_source(groups: Groups, hostvars: Hostvars, region: str,
+                         primary_region: str) -> str | None:
+    """What a standby region's Patroni cluster replicates from: the primary region's nodes
+    (their read-write endpoint), comma-separated as Patroni's standby_cluster.host takes
+    them; None for the primary region itself."""
+    if region == primary_region:
+        return None
+    regions = baton_regions(groups, hostvars)
+    if primary_region not in regions:
+        raise AnsibleFilterError(f"baton_standby_source: the primary region {primary_region} "
+                                 "has no hosts in this inventory: check baton_primary_region")
+    return ",".join(str(hostvars[h]["baton_address"]) for h in regions[primary_region])
+
+
 def baton_assess_regions(groups: Groups, hostvars: Hostvars) -> dict[str, list[dict[str, Any]]]:
     """Region -> its nodes as baton_assess takes them: name, address, and whether it runs
     Redis and Sentinel."""
@@ -219,6 +235,7 @@ class FilterModule:
             "baton_sites": baton_sites,
             "baton_hosts": baton_hosts,
             "baton_other_regions": baton_other_regions,
+            "baton_standby_source": baton_standby_source,
             "baton_assess_regions": baton_assess_regions,
             "baton_region_addresses": baton_region_addresses,
             "baton_inventory_problems": baton_inventory_problems,

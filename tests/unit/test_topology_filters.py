@@ -1,5 +1,7 @@
 """Topology filters used by plays and templates, and the inventory preflight."""
 
+import pytest
+from ansible.errors import AnsibleFilterError
 from baton_topology import (
     baton_assess_regions,
     baton_hosts,
@@ -7,6 +9,7 @@ from baton_topology import (
     baton_other_regions,
     baton_regions,
     baton_sites,
+    baton_standby_source,
 )
 
 GROUPS = {
@@ -42,6 +45,18 @@ def test_every_host_comes_in_the_same_order_whatever_order_groups_all_has():
 def test_the_other_regions_keep_inventory_order():
     assert baton_other_regions(GROUPS, HOSTVARS, "us-east") == ["us-west"]
     assert baton_other_regions(GROUPS, HOSTVARS, "us-west") == ["us-east"]
+
+
+def test_a_standby_region_replicates_from_every_node_of_the_primary_region():
+    assert baton_standby_source(GROUPS, HOSTVARS, "us-west", "us-east") == \
+        "10.0.1.1,10.0.1.2,10.0.1.3"
+    assert baton_standby_source(GROUPS, HOSTVARS, "us-east", "us-east") is None
+    assert baton_standby_source(GROUPS, HOSTVARS, "us-east", "us-west") == "10.0.2.1"
+
+
+def test_a_primary_region_without_hosts_is_one_sentence():
+    with pytest.raises(AnsibleFilterError, match="the primary region ap-south has no hosts"):
+        baton_standby_source(GROUPS, HOSTVARS, "us-east", "ap-south")
 
 
 def test_assess_regions_list_each_node_and_whether_it_runs_redis():
