@@ -33,16 +33,20 @@ def baton_health_rows(assessment: dict[str, Any]) -> list[str]:
 
 
 def baton_health_metrics(assessment: dict[str, Any], now: float) -> str:
-    """The assessment as Prometheus metrics (prometheus-client's text format)."""
+    """The assessment as Prometheus metrics (prometheus-client's text format).
+
+    The assessed region is the label `assessed_region`: Prometheus gives every series scraped
+    from the global site's node exporter `region="global"` already.
+    """
     from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
     registry = CollectorRegistry()
     status = Gauge("baton_region_status", "Verdict of baton_assess: 0 healthy, 1 degraded, "
-                   "2 unhealthy", ["region"], registry=registry)
+                   "2 unhealthy", ["assessed_region"], registry=registry)
     holder = Gauge("baton_region_holds_baton", "1 for the region that holds the baton",
-                   ["region"], registry=registry)
+                   ["assessed_region"], registry=registry)
     loss = Gauge("baton_region_data_loss_bytes", "WAL a failover to this standby region "
-                 "would lose now, in bytes", ["region"], registry=registry)
+                 "would lose now, in bytes", ["assessed_region"], registry=registry)
     view = assessment.get("global", {})
     for region, entry in assessment.get("regions", {}).items():
         status.labels(region).set(STATUS[entry["verdict"]])
