@@ -18,10 +18,12 @@ from typing import Any
 
 try:  # inside a module (AnsiballZ) ...
     from ansible.module_utils.baton_dns import absolute_name, parse_server, read, serial
+    from ansible.module_utils.baton_redis import client as redis_client
 except ModuleNotFoundError as missing:  # ... or imported directly by tests and bench/ scripts
-    if missing.name != "ansible.module_utils.baton_dns":
+    if not (missing.name or "").startswith("ansible.module_utils.baton_"):
         raise  # e.g. dnspython itself is missing: say that, not something else
     from baton_dns import absolute_name, parse_server, read, serial
+    from baton_redis import client as redis_client
 
 Probe = dict[str, Any]
 
@@ -154,22 +156,10 @@ def probe_endpoint(address: str, port: int, user: str, password: str,
     return ({"ok": True, "in_recovery": found["in_recovery"]} if found["ok"] else found)
 
 
-def _redis_client(address: str, port: int, password: str, timeout: float):
-    """A redis-py client that tries once: its default retries would multiply the timeout."""
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    return redis.Redis(host=address, port=port, password=password or None,
-                       socket_timeout=timeout, socket_connect_timeout=timeout,
-                       retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
-                       decode_responses=True)
-
-
 def probe_redis(address: str, port: int, password: str, timeout: float) -> Probe:
     """INFO replication: role, offsets, where a replica's master is and its link status."""
     try:
-        info = _redis_client(address, port, password, timeout).info("replication")
+        info = redis_client(address, port, password, timeout, once=True).info("replication")
     except Exception as exc:
         return {"ok": False, "error": _error(exc)}
     role = info.get("role")
@@ -187,7 +177,7 @@ def probe_sentinel(address: str, port: int, password: str, name: str,
     try:
         import redis
 
-        client = _redis_client(address, port, password, timeout)
+        client = redis_client(address, port, password, timeout, once=True)
         masters = client.execute_command("SENTINEL", "MASTERS")
         if isinstance(masters, dict):
             masters = list(masters.values())
@@ -256,6 +246,11 @@ def _first_ok(probes: dict[str, Probe]) -> Probe | None:
     return next((p for p in probes.values() if p.get("ok")), None)
 
 
+def _per_node(probes: dict[str, Probe]) -> dict[str, Probe]:
+    """A service's probes by node, without their timing (facts, not measurements)."""
+    return {node: {k: v for k, v in p.items() if k != "elapsed"} for node, p in probes.items()}
+
+
 def region_summary(region: str, nodes: dict[str, dict[str, Probe]]) -> dict[str, Any]:
     """One region's facts from its nodes' probes: {node: {service: probe}}."""
     by_service: dict[str, dict[str, Probe]] = {}
@@ -275,9 +270,6 @@ def region_summary(region: str, nodes: dict[str, dict[str, Probe]]) -> dict[str,
     leader_pg = postgres.get(leader, {}) if leader else {}
     etcd = service("etcd")
     etcd_healthy = sum(1 for p in etcd.values() if p.get("ok") and p.get("healthy"))
-    redis_nodes = service("redis")
-    sentinels = service("sentinel")
-    pgbouncers = service("pgbouncer")
     return {
         "region": region,
         "reachable": any(p.get("ok") for s in nodes.values() for p in s.values()),
@@ -304,12 +296,9 @@ def region_summary(region: str, nodes: dict[str, dict[str, Probe]]) -> dict[str,
                                      if p.get("ok") and p.get("in_recovery") is False),
             "answering_nodes": sorted(n for n, p in postgres.items() if p.get("ok")),
         },
-        "redis": {n: {k: v for k, v in p.items() if k != "elapsed"}
-                  for n, p in redis_nodes.items()},
-        "sentinel": {n: {k: v for k, v in p.items() if k != "elapsed"}
-                     for n, p in sentinels.items()},
-        "pgbouncer": {n: {k: v for k, v in p.items() if k != "elapsed"}
-                      for n, p in pgbouncers.items()},
+        "redis": _per_node(service("redis")),
+        "sentinel": _per_node(service("sentinel")),
+        "pgbouncer": _per_node(service("pgbouncer")),
         "haproxy": {n: {"rw": services.get("haproxy_rw", {}), "ro": services.get("haproxy_ro", {})}
                     for n, services in nodes.items()
                     if "haproxy_rw" in services or "haproxy_ro" in services},

@@ -18,15 +18,26 @@ class RedisProblem(Exception):
     """One actionable sentence: what failed, where, and what to do."""
 
 
-def client(host: str, port: int, password: str | None, timeout: float, where: str = "this host"):
-    """A redis-py client that raises RedisProblem for a missing library."""
+def client(host: str, port: int, password: str | None, timeout: float, where: str = "this host",
+           once: bool = False):
+    """A redis-py client that raises RedisProblem for a missing library.
+
+    once: try each command a single time. Recent redis-py retries a failed connection by
+    default, which multiplies `timeout` against a host that drops packets.
+    """
     try:
         import redis
     except ImportError as exc:
         raise RedisProblem(REDIS_MISSING.format(where=where)) from exc
+    extra = {}
+    if once:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        extra = {"retry": Retry(NoBackoff(), 0)}
     return redis.Redis(host=host, port=port, password=password or None,
                        socket_timeout=timeout, socket_connect_timeout=timeout,
-                       decode_responses=True)
+                       decode_responses=True, **extra)
 
 
 def _error_kind(exc: Exception) -> str:
