@@ -18,24 +18,18 @@ from typing import Any
 
 try:  # inside a module (AnsiballZ) ...
     from ansible.module_utils.baton_dns import absolute_name, parse_server, read, serial
+    from ansible.module_utils.baton_patroni import lsn_to_int
     from ansible.module_utils.baton_redis import client as redis_client
 except ModuleNotFoundError as missing:  # ... or imported directly by tests and bench/ scripts
     if not (missing.name or "").startswith("ansible.module_utils.baton_"):
         raise  # e.g. dnspython itself is missing: say that, not something else
     from baton_dns import absolute_name, parse_server, read, serial
+    from baton_patroni import lsn_to_int
     from baton_redis import client as redis_client
 
 Probe = dict[str, Any]
 
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
-
-
-def lsn_to_int(lsn: str | None) -> int | None:
-    """'16/B374D848' -> byte position; None stays None."""
-    if not lsn:
-        return None
-    high, _, low = str(lsn).partition("/")
-    return (int(high, 16) << 32) + int(low, 16)
 
 
 def _error(exc: BaseException) -> str:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+
+def lsn_to_int(lsn: str | None) -> int | None:
+    """'16/B374D848' -> byte position; None stays None."""
+    if not lsn:
+        return None
+    high, _, low = str(lsn).partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
 
 
 def get_cluster(address: str, port: int, timeout: float) -> dict[str, Any] | None:
@@ -70,3 +80,167 @@ def decide_primary(states: dict[str, dict[str, Any]], initial: str) -> tuple[str
     raise PrimaryUndecided(
         f"Patroni clusters exist ({return_hint}) but no region has a writable leader: run "
         "failover.yml to choose one, or wait for the primary region's in-region failover")
+
+
+# --- moving a region's cluster between primary and standby (failover, switchover) ---------
+
+# Straight to the node: a controller's HTTP proxy settings must not reroute Patroni calls.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class PatroniProblem(Exception):
+    """One actionable sentence: what failed, where, and what to do."""
+
+
+def rest(method: str, url: str, timeout: float, auth: tuple[str, str] | None = None,
+         body: Any = None) -> tuple[int, Any]:
+    """One REST call; (status, parsed JSON body or None). Raises OSError when nobody answers."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    try:
+        with _DIRECT.open(req, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    try:
+        return status, json.loads(raw.decode() or "null")
+    except ValueError:
+        return status, raw.decode(errors="replace").strip()
+
+
+def read_cluster(addresses: list[str], port: int, timeout: float) -> dict[str, Any]:
+    """/cluster and /config from the first member that answers both; raises PatroniProblem
+    when none does."""
+    errors = []
+    for address in addresses:
+        try:
+            status, cluster = rest("GET", f"http://{address}:{port}/cluster", timeout)
+            status2, config = rest("GET", f"http://{address}:{port}/config", timeout)
+        except OSError as exc:
+            errors.append(f"{address}: {exc}")
+            continue
+        if status == 200 and status2 == 200 and isinstance(cluster, dict):
+            return {"answered_by": address, "members": cluster.get("members", []),
+                    "config": config if isinstance(config, dict) else {}}
+        errors.append(f"{address}: HTTP {status}/{status2}")
+    raise PatroniProblem(f"no Patroni member answers at {', '.join(addresses)} (port {port}): "
+                         f"{'; '.join(errors)}")
+
+
+def standby_source(hosts: list[str], port: int, slot: str) -> dict[str, Any]:
+    """The standby_cluster section that makes a cluster follow `hosts` through `slot`."""
+    return {"host": ",".join(hosts), "port": port, "primary_slot_name": slot,
+            "create_replica_methods": ["basebackup"]}
+
+
+def cluster_role(members: list[dict[str, Any]]) -> str | None:
+    """'primary' (a writable leader), 'standby' (a standby leader) or None (no leader)."""
+    roles = {m.get("role") for m in members}
+    if roles & {"leader", "primary", "master"}:
+        return "primary"
+    if "standby_leader" in roles:
+        return "standby"
+    return None
+
+
+def plan_cluster(config: dict[str, Any], members: list[dict[str, Any]], want: str,
+                 source: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, str]:
+    """The PATCH /config body that takes a cluster to `want` ('primary', or 'standby' of
+    `source`), or None when it already is; with the reason (pure).
+
+    A primary cluster is one whose dynamic configuration has no standby_cluster; a standby
+    cluster follows exactly `source` (host list, port, slot)."""
+    current = config.get("standby_cluster") or None
+    if want == "primary":
+        if current is None:
+            role = cluster_role(members)
+            return None, ("already a primary cluster" if role == "primary"
+                          else "already a primary cluster (its leader is being elected)")
+        return {"standby_cluster": None}, (f"promote: remove standby_cluster (it followed "
+                                            f"{current.get('host')})")
+    if source is None:
+        raise ValueError("a standby cluster needs a source")
+    if current is not None and all(str(current.get(k)) == str(v) for k, v in source.items()
+                                   if k != "create_replica_methods"):
+        return None, f"already a standby cluster of {source['host']}"
+    if current is None:
+        return {"standby_cluster": source}, f"demote: follow {source['host']}"
+    return {"standby_cluster": source}, (f"repoint: follow {source['host']} instead of "
+                                         f"{current.get('host')}")
+
+
+def reached(members: list[dict[str, Any]], want: str, streaming: bool = False) -> bool:
+    """Whether a cluster's members show the outcome of `want` (its leader runs in that role;
+    with streaming, a standby leader must be streaming from its source)."""
+    standby_states = ("streaming",) if streaming else ("running", "streaming")
+    for m in members:
+        role, state = m.get("role"), m.get("state")
+        if want == "primary" and role in ("leader", "primary", "master") and state == "running":
+            return True
+        if want == "standby" and role == "standby_leader" and state in standby_states:
+            return True
+    return False
+
+
+def apply_cluster(addresses: list[str], port: int, auth: tuple[str, str], body: dict[str, Any],
+                  timeout: float) -> str:
+    """PATCH /config through the first member that takes it; returns who took it."""
+    errors = []
+    for address in addresses:
+        try:
+            status, reply = rest("PATCH", f"http://{address}:{port}/config", timeout, auth, body)
+        except OSError as exc:
+            errors.append(f"{address}: {exc}")
+            continue
+        if status == 200:
+            return address
+        if status == 401:
+            raise PatroniProblem(f"Patroni REST API at {address}:{port} refused the PATCH "
+                                 "(401): check patroni_restapi_username/password")
+        errors.append(f"{address}: HTTP {status} {reply}")
+    raise PatroniProblem(f"no Patroni member took PATCH /config at {', '.join(addresses)}: "
+                         f"{'; '.join(errors)}")
+
+
+def wait_cluster(addresses: list[str], port: int, want: str, deadline: float,
+                 timeout: float, streaming: bool = False) -> dict[str, Any]:
+    """Poll /cluster until `reached`; returns the last read; raises PatroniProblem at the
+    deadline (monotonic clock) naming what the members say."""
+    last: dict[str, Any] = {}
+    while True:
+        try:
+            last = read_cluster(addresses, port, timeout)
+            if reached(last["members"], want, streaming):
+                return last
+        except PatroniProblem:
+            pass
+        if time.monotonic() >= deadline:
+            seen = ", ".join(f"{m.get('name')}: {m.get('role')}/{m.get('state')}"
+                             for m in last.get("members", [])) or "no answer"
+            raise PatroniProblem(f"the cluster did not become {want} in time ({seen}): look at "
+                                 "`patronictl list` and the Patroni log on its members, then "
+                                 "re-run")
+        time.sleep(1)
+
+
+def member_positions(addresses: list[str], port: int, timeout: float) -> dict[str, Any]:
+    """/patroni of every member that answers: role, WAL positions (for catch-up checks)."""
+    out = {}
+    for address in addresses:
+        try:
+            _status, data = rest("GET", f"http://{address}:{port}/patroni", timeout)
+        except OSError:
+            continue
+        if isinstance(data, dict) and data.get("role"):
+            xlog = data.get("xlog", {})
+            out[address] = {"role": data.get("role"), "state": data.get("state"),
+                            "timeline": data.get("timeline"),
+                            "location": xlog.get("location"),
+                            "received": xlog.get("received_location"),
+                            "replayed": xlog.get("replayed_location")}
+    return out

@@ -86,6 +86,23 @@ def parse_role(reply: list[Any]) -> dict[str, Any]:
     return {"role": kind, "master": None, "link": None, "offset": None}
 
 
+def plan_server(role: dict[str, Any], priority: str | None, want_master: str,
+                want_priority: int | None) -> list[list[str]]:
+    """The commands that make one server what is wanted (pure). want_master is '' for a
+    master, else host:port of its master."""
+    commands: list[list[str]] = []
+    if not want_master and role["role"] != "master":
+        commands.append(["REPLICAOF", "NO", "ONE"])
+    elif want_master and (role["role"] != "replica" or role["master"] != want_master):
+        host, port = want_master.rsplit(":", 1)
+        commands.append(["REPLICAOF", host, port])
+    if want_priority is not None and str(priority) != str(want_priority):
+        commands.append(["CONFIG", "SET", "replica-priority", str(want_priority)])
+    if commands:
+        commands.append(["CONFIG", "REWRITE"])
+    return commands
+
+
 def read_regions(regions: dict[str, list[str]], port: int, password: str | None,
                  timeout: float) -> dict[str, list[dict[str, Any]]]:
     """node_state of every node of every region, all in parallel: a dead region costs one

@@ -26,7 +26,8 @@ import pytest
 import redis
 from test_lab import REDIS_PASSWORD, SENTINEL_PASSWORD, assert_nothing_changed, labctl, playbook, sh
 
-APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 2}  # lab throwaway
+APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 2,  # lab throwaway
+       "prepare_threshold": None}  # PgBouncer pools `app` by transaction
 REGIONS = {"us-east": 1, "us-west": 2, "eu-west": 3}
 
 

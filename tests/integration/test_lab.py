@@ -3,8 +3,10 @@ the PostgreSQL tier (etcd, Patroni standby clusters, HAProxy, PgBouncer), the Re
 (Redis chained across regions, Sentinel), DNS (BIND primary and secondaries) and monitoring
 (exporters, regional and global Prometheus) and then changes nothing, rows and keys cross
 regions, signed DNS updates reach every secondary and others are refused, the global
-Prometheus sees every region, a region promoted by hand stays primary (and DNS keeps what a
-failover wrote) when site.yml runs again, the fault tools really cut traffic, bad input gets
+Prometheus sees every region; the baton moves: failover.yml (--check, refusals, a region
+lost, a region partitioned that fences itself), switchover.yml under a writer with no lost
+write, failback.yml, re-runs that change nothing, and site.yml keeps the region that holds the
+baton (and what a failover wrote in DNS); the fault tools really cut traffic, bad input gets
 one clear sentence, and `lab-down` leaves nothing behind.
 
 Needs root, podman and iptables (`make deps` installs them). Replaces any lab that is up.
@@ -158,10 +160,10 @@ def test_site_yml_converges_then_a_second_run_changes_nothing(lab):
     assert_nothing_changed(second)
 
 
-APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 3}  # lab throwaway
+APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 3,  # lab throwaway
+       "prepare_threshold": None}  # PgBouncer pools `app` by transaction
 REDIS_PASSWORD = "lab-redis-not-secret"  # lab throwaway (inventories/lab secrets.yml)
 SENTINEL_PASSWORD = "lab-sentinel-not-secret"  # lab throwaway
-PATRONICTL = ("patronictl", "-c", "/etc/patroni/patroni.yml")
 
 
 def cluster_roles(host: str) -> dict[str, tuple[str, str]]:
@@ -428,69 +430,336 @@ def test_health_yml_assesses_every_region_healthy_with_us_east_holding_the_baton
              "baton_region_status in the global Prometheus")
 
 
-def promote_redis_by_hand(new: str, old: str, other: str) -> None:
-    """What an operator does by hand: the old region's Sentinel stops watching, the new
-    region's server becomes master, the others follow it; each persists its change."""
-    cache(old, 26379).execute_command("SENTINEL", "REMOVE", "baton")
-    cache(new).execute_command("REPLICAOF", "NO", "ONE")
-    for host in (old, other):
-        cache(host).execute_command("REPLICAOF", MINI[new], "6379")
-    for host in (new, old, other):
-        cache(host).config_rewrite()
+# --- moving the baton: failover.yml, switchover.yml, failback.yml (issue 7) ------------------
+
+REGION_OF = {"us-east-1": "us-east", "us-west-1": "us-west", "eu-west-1": "eu-west"}
+WITNESS = [f"{MINI[h]}:2391" for h in ("us-east-1", "us-west-1", "eu-west-1")]
 
 
-def test_a_region_promoted_by_hand_stays_primary_when_site_yml_runs_again(lab):
-    starts = {h: member(h)["postmaster_start_time"] for h in ("us-east-1", "us-west-1",
-                                                                "eu-west-1")}
-    demote = sh("podman", "exec", "baton-us-east-1", *PATRONICTL, "demote-cluster", "--force",
-                "--host", MINI["us-west-1"], "--port", "5000", "--primary-slot-name",
-                "baton_us_east")
-    assert demote.returncode == 0, demote.stdout + demote.stderr
-    wait_for(lambda: cluster_roles("us-east-1")["us-east-1"][0] == "standby_leader", 60,
-             "us-east demoted to a standby cluster")
-    promote = sh("podman", "exec", "baton-us-west-1", *PATRONICTL, "promote-cluster", "--force")
-    assert promote.returncode == 0, promote.stdout + promote.stderr
-    wait_for(lambda: cluster_roles("us-west-1")["us-west-1"] == ("leader", "running"), 60,
-             "us-west promoted")
-    starts.update({h: member(h)["postmaster_start_time"] for h in ("us-east-1", "us-west-1")})
-    promote_redis_by_hand("us-west-1", "us-east-1", "eu-west-1")
+def witness():
+    from baton_witness import Witness
+
+    return Witness(WITNESS, 3)
+
+
+def holder() -> dict:
+    return json.loads(witness().get("/baton/holder").value)
+
+
+def writable_regions() -> list[str]:
+    found = []
+    for host, region in REGION_OF.items():
+        try:
+            with psycopg.connect(host=MINI[host], port=5432, dbname="postgres",
+                                 user="baton_monitor", connect_timeout=2,
+                                 password=SECRETS["baton_monitoring_password"]) as conn:
+                if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                    found.append(region)
+        except psycopg.Error:
+            pass
+    return found
+
+
+def report(kind: str) -> dict:
+    return json.loads((ROOT / f"reports/{kind}-latest.json").read_text())
+
+
+def total_changed(run: subprocess.CompletedProcess) -> int:
+    return sum(n for n, _u, _f in recap(run.stdout).values())
+
+
+def write_through_db(token: str, timeout: float = 30) -> str:
+    """A client's write through db.baton.internal (resolved at the global name server);
+    returns the address that took it."""
+    def attempt():
+        address = dns_answer("global-1", "db")[0]
+        with psycopg.connect(host=address, port=6432, dbname="app", autocommit=True,
+                             **APP) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS baton_tokens (v text)")
+            conn.execute("INSERT INTO baton_tokens VALUES (%s)", (token,))
+        return address
+    return wait_for(attempt, timeout, f"a write through db.{ZONE}")
+
+
+def read_ro(host: str, token: str) -> bool:
+    with pgbouncer(host, "app_ro") as conn:
+        return conn.execute("SELECT count(*) FROM baton_tokens WHERE v = %s",
+                            (token,)).fetchone()[0] == 1
+
+
+class Writer:
+    """A client that keeps writing numbered rows through one PgBouncer, and remembers which
+    writes it was told succeeded, its errors and its longest gap between two successes."""
+
+    def __init__(self, host: str):
+        import threading
+
+        self.host, self.acked, self.errors = host, [], 0
+        self.longest_gap, self._stop = 0.0, threading.Event()
+        with pgbouncer(host, "app") as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS baton_writer (id bigint PRIMARY KEY, "
+                         "at timestamptz DEFAULT clock_timestamp())")
+            self._next = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM baton_writer"
+                                      ).fetchone()[0]
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        last = time.monotonic()
+        conn = None
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = pgbouncer(self.host, "app")
+                conn.execute("INSERT INTO baton_writer (id) VALUES (%s)", (self._next,))
+                self.acked.append(self._next)
+                self._next += 1
+                now = time.monotonic()
+                self.longest_gap, last = max(self.longest_gap, now - last), now
+            except psycopg.Error:
+                self.errors += 1
+                self._next += 1  # an unacknowledged id is never reused
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.1)
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc):
+        self._stop.set()
+        self._thread.join(30)
+
+
+def test_failover_check_evaluates_the_gates_prints_the_plan_and_changes_nothing(lab):
+    before = holder()
+    run = playbook("failover.yml", "-e", "target=us-west", "--check")
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "PLAN (failover to us-west)" in run.stdout
+    assert "demote us-east to a standby cluster of us-west" in run.stdout
+    assert total_changed(run) == 0, changed_tasks(run.stdout)
+    assert holder() == before and writable_regions() == ["us-east"]
+    assert witness().get("/baton/lock") is None
+
+
+def test_failover_refuses_an_unknown_target_naming_the_regions(lab):
+    run = playbook("failover.yml", "-e", "target=us-north")
+    assert run.returncode != 0
+    assert ("unknown target region us-north: choose one of us-east, us-west, eu-west"
+            in " ".join(run.stdout.split()))
+
+
+def test_failover_refuses_a_lagging_target_and_shows_the_estimate(lab):
+    # eu-west stops receiving WAL (its connections to us-east's endpoint are reset) while
+    # us-east takes ~4 MB of writes: a failover to it would lose them.
+    rule = ["FORWARD", "-s", "10.231.3.0/24", "-d", "10.231.1.0/24", "-p", "tcp", "--dport",
+            "5000", "-j", "REJECT", "--reject-with", "tcp-reset"]
+    assert sh("iptables", "-I", *rule).returncode == 0
+    try:
+        with pgbouncer("us-east-1", "app") as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS baton_fill (v text)")
+            conn.execute("INSERT INTO baton_fill SELECT repeat('x', 1000) "
+                         "FROM generate_series(1, 4000)")
+        run = playbook("failover.yml", "-e", "target=eu-west", "-e", "max_data_loss=1048576")
+    finally:
+        sh("iptables", "-D", *rule)
+    text = " ".join(run.stdout.split())
+    assert run.returncode != 0
+    found = re.search(r"target eu-west lags (\d+) bytes of WAL behind the live primary position, "
+                      r"above max_data_loss \(1048576 bytes\)", text)
+    assert found, text[-3000:]
+    assert int(found[1]) > 4_000_000
+    assert "-e force=true" in text
+    assert holder()["region"] == "us-east" and writable_regions() == ["us-east"]
+    wait_for(lambda: cluster_roles("eu-west-1")["eu-west-1"] == ("standby_leader", "streaming"),
+             90, "eu-west streaming again")
+
+
+def test_switchover_under_a_writer_loses_no_acknowledged_write_and_a_second_run_is_refused(lab):
+    epoch = holder()["epoch"]
+    with Writer("us-west-1") as writer:
+        time.sleep(2)
+        first = subprocess.Popen([str(BIN / "ansible-playbook"), "switchover.yml", "-e",
+                                  "target=eu-west"], cwd=ROOT, env=ENV, text=True,
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT)
+        wait_for(lambda: witness().get("/baton/lock") is not None, 60, "the first run's lock")
+        second = playbook("failover.yml", "-e", "target=us-west")
+        out, _ = first.communicate(timeout=600)
+        time.sleep(3)
+    text = " ".join(second.stdout.split())
+    assert second.returncode != 0
+    assert re.search(r"held by run switchover-eu-west-\S+ \(switchover to eu-west", text) or \
+        ("switchover" in text and "eu-west" in text and "lock" in text), text[-2000:]
+    assert first.returncode == 0, out[-4000:]
+    assert holder() == {**holder(), "region": "eu-west", "epoch": epoch + 1}
+    assert writable_regions() == ["eu-west"]
+    with pgbouncer("eu-west-1", "app") as conn:
+        stored = {r[0] for r in conn.execute("SELECT id FROM baton_writer")}
+    lost = [i for i in writer.acked if i not in stored]
+    print(f"switchover under a writer: {len(writer.acked)} acknowledged writes, "
+          f"{writer.errors} client errors, longest gap {writer.longest_gap:.2f} s")
+    assert writer.acked and lost == []
+    done = report("switchover")
+    assert done["target"] == "eu-west" and done["old"] == "us-east"
+    assert done["data_lost_bytes"] == 0 and done["rto_seconds"] > 0
+
+
+def test_rerunning_the_switchover_changes_nothing(lab):
+    run = playbook("switchover.yml", "-e", "target=eu-west")
+    assert_nothing_changed(run)
+    assert "eu-west already holds the baton" in run.stdout
+
+
+def test_site_yml_keeps_the_region_that_holds_the_baton(lab):
+    starts = {h: member(h)["postmaster_start_time"] for h in REGION_OF}
     pids = redis_pids()
-    # What a failover's DNS step does: db and redis to us-west, by a signed update.
-    for name in ("db", "redis"):
-        assert dns_update(name, "A", [MINI["us-west-1"]], SECRETS["dns_tsig_secret"]) == "NOERROR"
-
     rerun = playbook("site.yml")
     assert rerun.returncode == 0, rerun.stdout[-3000:]
-    assert "primary region: us-west (us-west has the only writable Patroni leader)" in rerun.stdout
-    assert "Redis writable region: us-west (us-west has the only Redis master)" in rerun.stdout
-    assert cluster_roles("us-west-1")["us-west-1"] == ("leader", "running")
-    assert cluster_roles("us-east-1")["us-east-1"][0] == "standby_leader"
-    assert cluster_roles("eu-west-1")["eu-west-1"][0] == "standby_leader"
-    # The failover records keep what the update wrote, on every name server.
+    assert "primary region: eu-west (eu-west has the only writable Patroni leader)" in rerun.stdout
+    assert "Redis writable region: eu-west (eu-west has the only Redis master)" in rerun.stdout
+    assert cluster_roles("eu-west-1")["eu-west-1"] == ("leader", "running")
+    for host in ("us-east-1", "us-west-1"):
+        assert cluster_roles(host)[host][0] == "standby_leader"
+    # The failover records keep what the switchover wrote, on every name server.
     for server in MINI:
-        assert dns_answer(server, "db") == [MINI["us-west-1"]], server
-        assert dns_answer(server, "redis") == [MINI["us-west-1"]], server
-    # Nothing destructive: no PostgreSQL was restarted by the re-run.
+        assert dns_answer(server, "db") == [MINI["eu-west-1"]], server
+        assert dns_answer(server, "redis") == [MINI["eu-west-1"]], server
+    # Nothing destructive: no PostgreSQL, Redis or Sentinel was restarted by the re-run.
     assert {h: member(h)["postmaster_start_time"] for h in starts} == starts
-    # PgBouncer in us-east now sends `app` to us-west's primary.
+    assert redis_pids() == pids
     with pgbouncer("us-east-1", "app") as conn:
         addr, recovery = conn.execute("SELECT host(inet_server_addr()), pg_is_in_recovery()"
                                       ).fetchone()
-    assert (addr, recovery) == (MINI["us-west-1"], False)
-    # Redis: nothing restarted; us-west's Sentinel now watches us-west-1, the others are idle;
-    # us-west-1 may be promoted in-region again, us-east-1 not.
-    assert redis_pids() == pids
-    watched = cache("us-west-1", 26379).execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME",
+    assert (addr, recovery) == (MINI["eu-west-1"], False)
+    watched = cache("eu-west-1", 26379).execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME",
                                                        "baton")
-    assert watched == [MINI["us-west-1"], "6379"]
-    for host in ("us-east-1", "eu-west-1"):
+    assert watched == [MINI["eu-west-1"], "6379"]
+    for host in ("us-east-1", "us-west-1"):
         assert cache(host, 26379).execute_command("SENTINEL", "MASTERS") in ([], {}), host
-    assert cache("us-west-1").config_get("replica-priority")["replica-priority"] == "100"
+    assert cache("eu-west-1").config_get("replica-priority")["replica-priority"] == "100"
     assert cache("us-east-1").config_get("replica-priority")["replica-priority"] == "0"
-    token = f"after-promotion-{time.time_ns()}"
-    cache("us-west-1").set("baton:probe", token)
-    wait_for(lambda: cache("us-east-1").get("baton:probe") == token, 2, "us-east follows us-west")
+    token = f"after-switchover-{time.time_ns()}"
+    cache("eu-west-1").set("baton:probe", token)
+    wait_for(lambda: cache("us-east-1").get("baton:probe") == token, 2, "us-east follows eu-west")
     assert_nothing_changed(playbook("site.yml"))
+
+
+def test_switchover_back_to_us_east_leaves_every_region_healthy(lab):
+    run = playbook("switchover.yml", "-e", "target=us-east")
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert holder()["region"] == "us-east" and writable_regions() == ["us-east"]
+    health = healthy_again()
+    assert health.returncode == 0, health.stdout[-3000:]
+
+
+def test_unplanned_failover_after_losing_us_east(lab):
+    token = f"before-loss-{time.time_ns()}"
+    write_through_db(token)
+    wait_for(lambda: read_ro("us-west-1", token), 10, "the row in us-west")
+    assert playbook("health.yml").returncode == 0  # the last known primary position
+    assert labctl("stop-region", "us-east").returncode == 0
+    run = playbook("failover.yml", "-e", "target=us-west")
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert holder()["region"] == "us-west"
+    assert writable_regions() == ["us-west"]
+    # Clients write again through db.baton.internal; eu-west follows us-west.
+    after = f"after-failover-{time.time_ns()}"
+    assert write_through_db(after) == MINI["us-west-1"]
+    wait_for(lambda: read_ro("eu-west-1", after), 15, "eu-west follows us-west")
+    assert read_ro("us-west-1", token), "a write acknowledged before the loss was lost"
+    # Redis in us-west takes writes, eu-west follows it.
+    key = f"failover-{time.time_ns()}"
+    cache("us-west-1").set("baton:failover", key)
+    wait_for(lambda: cache("eu-west-1").get("baton:failover") == key, 5, "eu-west's Redis")
+    done = report("failover")
+    print(f"unplanned failover: RTO {done['rto_seconds']} s, data lost "
+          f"{done['data_lost_bytes']} bytes, epoch {done['epoch']}")
+    assert done["rto_seconds"] > 0 and done["data_lost_bytes"] == 0
+    assert done["unreachable"] == ["us-east"]
+    assert "RTO:" in run.stdout and "data lost: 0 bytes of WAL" in run.stdout
+
+
+def test_rerunning_the_failover_changes_nothing(lab):
+    run = playbook("failover.yml", "-e", "target=us-west")
+    assert_nothing_changed(run)
+
+
+def test_failback_makes_us_east_a_standby_and_a_switchover_brings_the_baton_home(lab):
+    assert labctl("start-region", "us-east").returncode == 0
+    # Back from the dead, us-east must not take writes: its agent fences it.
+    wait_for(lambda: "us-east" not in writable_regions() and holder()["region"] == "us-west",
+             60, "us-east not writable after it came back")
+    run = playbook("failback.yml")
+    assert run.returncode == 0, run.stdout[-4000:]
+    wait_for(lambda: cluster_roles("us-east-1")["us-east-1"] == ("standby_leader", "streaming"),
+             60, "us-east streaming from us-west")
+    assert_nothing_changed(playbook("failback.yml"))
+    home = playbook("switchover.yml", "-e", "target=us-east")
+    assert home.returncode == 0, home.stdout[-4000:]
+    health = healthy_again()
+    assert health.returncode == 0, health.stdout[-3000:]
+    state = health_report()
+    assert state["global"]["baton_holder"] == "us-east"
+    assert state["global"]["writable_regions"] == ["us-east"]
+    for region in ("us-west", "eu-west"):
+        assert state["regions"][region]["verdict"] == "healthy", state["regions"][region]
+
+
+def test_a_partitioned_primary_fences_itself_and_takes_no_write_after_the_promotion(lab):
+    # A client inside us-east keeps writing through its own PgBouncer, logging each
+    # acknowledged write with its time.
+    writer = ("while true; do psql -XAtq -h 127.0.0.1 -p 6432 -U app app -c "
+              "\"INSERT INTO baton_fence (at) VALUES (clock_timestamp()) RETURNING "
+              "extract(epoch FROM at)\" >> /tmp/baton-acks 2>/dev/null; sleep 0.2; done")
+    with pgbouncer("us-east-1", "app") as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS baton_fence (at timestamptz)")
+    started = sh("podman", "exec", "-d", "-e", f"PGPASSWORD={APP['password']}",
+                 "baton-us-east-1", "bash", "-c", f"rm -f /tmp/baton-acks; {writer}")
+    assert started.returncode == 0, started.stderr
+    wait_for(lambda: sh("podman", "exec", "baton-us-east-1", "test", "-s", "/tmp/baton-acks"
+                        ).returncode == 0, 20, "the writer inside us-east")
+    assert labctl("partition", "us-east").returncode == 0
+    try:
+        run = playbook("failover.yml", "-e", "target=us-west")
+        assert run.returncode == 0, run.stdout[-4000:]
+        promoted_at = report("failover")
+        marks = {t["step"]: t["at"] for t in promoted_at["timeline"]}
+        assert holder()["region"] == "us-west"
+    finally:
+        assert labctl("heal", "us-east").returncode == 0
+    sh("podman", "exec", "baton-us-east-1", "pkill", "-f", "baton-acks")
+    acks = [float(x) for x in sh("podman", "exec", "baton-us-east-1", "cat", "/tmp/baton-acks"
+                                 ).stdout.split()]
+    fenced = sh("podman", "exec", "baton-us-east-1", "cat", "/var/lib/baton/fenced")
+    assert fenced.returncode == 0, "us-east-1 is not fenced"
+    # The baton moved after us-east's lease expired; us-east's last acknowledged write came
+    # before that, so before us-west's promotion too.
+    moved = json.loads(witness().get("/baton/holder").value)["since"]
+    from datetime import datetime
+
+    moved_at = datetime.fromisoformat(moved).timestamp()
+    print(f"partition: last write acknowledged by us-east {moved_at - max(acks):.1f} s before "
+          f"the baton moved; failover timeline {marks}")
+    assert acks and max(acks) < moved_at
+    # Healed, us-east stays fenced: it takes no write, even now that it reaches everyone.
+    time.sleep(5)
+    assert "us-east" not in writable_regions()
+    assert sh("podman", "exec", "baton-us-east-1", "systemctl", "is-active", "patroni"
+              ).stdout.strip() != "active"
+    run = playbook("failback.yml", "-e", "region=us-east")
+    assert run.returncode == 0, run.stdout[-4000:]
+    wait_for(lambda: cluster_roles("us-east-1")["us-east-1"] == ("standby_leader", "streaming"),
+             60, "us-east streaming from us-west")
+    # No row that us-east wrote after the baton moved exists in the new primary's history.
+    with pgbouncer("us-west-1", "app") as conn:
+        newest = conn.execute("SELECT extract(epoch FROM max(at)) FROM baton_fence").fetchone()[0]
+    assert newest is None or float(newest) < moved_at
+    home = playbook("switchover.yml", "-e", "target=us-east")
+    assert home.returncode == 0, home.stdout[-4000:]
+    assert healthy_again().returncode == 0
 
 
 def test_health_shows_every_host_by_site(lab):

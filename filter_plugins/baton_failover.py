@@ -1,0 +1,254 @@
+"""The decisions of a failover, switchover or failback run: gates, plan and report (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+Hostvars = Mapping[str, Any]
+
+
+def baton_lsn(position: int | str | None) -> str:
+    """A WAL byte position as PostgreSQL prints it ('' for none)."""
+    if position in (None, ""):
+        return ""
+    value = int(position)
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def baton_redis_chain(regions: Mapping[str, list[str]], hostvars: Hostvars, target: str,
+                      skip: list[str] | None = None) -> list[dict[str, Any]]:
+    """The Redis servers as baton_redis_replication takes them once `target` holds the baton:
+    target's first node a master, its other nodes its replicas (replica priority as the
+    inventory sets it), every other region's first node a replica of it and their other nodes
+    replicas of their first node (priority 0: Sentinel never promotes them). Regions in skip
+    (not reachable) are left out. The new master comes first. regions: region -> its Redis
+    hosts (baton_redis_regions)."""
+
+    def server(host: str, source: str | None, priority: int) -> dict[str, Any]:
+        hv = hostvars[host]
+        return {"address": str(hv["baton_address"]), "port": int(hv.get("redis_port", 6379)),
+                "replicaof": source or "", "priority": priority}
+
+    head = regions[target][0]
+    master = f"{hostvars[head]['baton_address']}:{hostvars[head].get('redis_port', 6379)}"
+    chain = []
+    for region, hosts in regions.items():
+        if region in (skip or []) or not hosts:
+            continue
+        first = hosts[0]
+        first_at = f"{hostvars[first]['baton_address']}:{hostvars[first].get('redis_port', 6379)}"
+        for host in hosts:
+            priority = (int(hostvars[host].get("redis_replica_priority", 100))
+                        if region == target else 0)
+            source = (None if host == head else master if host == first else first_at)
+            chain.append(server(host, source, priority))
+    chain.sort(key=lambda s: s["replicaof"] != "")
+    return chain
+
+
+def baton_lsn_int(lsn: str | None) -> int | None:
+    """'16/B374D848' -> its byte position (None for none)."""
+    if not lsn:
+        return None
+    high, _, low = str(lsn).partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def _facts(assessment: Mapping[str, Any], region: str) -> dict[str, Any]:
+    return assessment["regions"][region]["facts"]
+
+
+def baton_failover_plan(assessment: Mapping[str, Any], holder: Mapping[str, Any] | None,
+                        target: str, kind: str, max_data_loss: int, force: bool = False
+                        ) -> dict[str, Any]:
+    """What a run that gives the baton to `target` must do, or why it must not (pure).
+
+    assessment is baton_assess's result, holder the witness's /baton/holder record (None when
+    it could not be read). kind is failover (unplanned: the old region may be gone) or
+    switchover (planned: the old region must answer, zero data loss).
+    Returns {refuse: sentence or None, already, old, old_answers, data_loss_bytes,
+    position_source, others, unreachable, steps}.
+    """
+    regions = list(assessment["regions"])
+    view = assessment["global"]
+    plan: dict[str, Any] = {"refuse": None, "already": False, "old": None, "old_answers": False,
+                            "target": target, "kind": kind, "data_loss_bytes": None,
+                            "position_source": view.get("primary_position_source"),
+                            "others": [], "unreachable": [], "steps": []}
+    if target not in regions:
+        plan["refuse"] = (f"unknown target region '{target}': choose one of "
+                          f"{', '.join(regions)}")
+        return plan
+    reachable = {r: bool(_facts(assessment, r)["reachable"]) for r in regions}
+    plan["unreachable"] = [r for r in regions if not reachable[r]]
+    held = (holder or {}).get("region") or view.get("baton_holder")
+    writable = list(view.get("writable_regions") or [])
+    tfacts = _facts(assessment, target)
+    trole = tfacts["patroni"]["cluster_role"]
+    if held == target and trole == "primary" and writable == [target]:
+        plan["already"] = True
+    elif writable and len(writable) > 1 and not force:
+        plan["refuse"] = (f"split brain: {', '.join(writable)} all accept writes; Baton will "
+                          "not choose for you: fence the wrong one by hand, or re-run with "
+                          "-e force=true to make " + target + " the only one")
+        return plan
+    plan["old"] = held if held != target else next((r for r in writable if r != target), None)
+    old = plan["old"]
+    if old is not None and old in regions:
+        plan["old_answers"] = bool(_facts(assessment, old)["patroni"]["answered"])
+    verdict = assessment["regions"][target]["verdict"]
+    if not plan["already"]:
+        if verdict == "unhealthy":
+            reasons = "; ".join(assessment["regions"][target]["reasons"])
+            ranked = [c["region"] for c in view.get("candidates", [])
+                      if c["verdict"] != "unhealthy"]
+            others = f"candidates: {', '.join(ranked)}" if ranked else "no healthy candidate"
+            plan["refuse"] = (f"target {target} is unhealthy ({reasons}): it cannot take "
+                              f"writes; {others}")
+            return plan
+        if trole != "standby" and not (trole == "primary" and held == target):
+            plan["refuse"] = (f"target {target} has no standby leader (Patroni cluster role "
+                              f"{trole}): fix its cluster (patronictl list) before moving the "
+                              "baton there")
+            return plan
+        if kind == "switchover" and (old is None or not plan["old_answers"]):
+            plan["refuse"] = (f"a switchover needs the old primary region {old or '(none)'} to "
+                              "answer, to demote it without losing data: it does not; use "
+                              "failover.yml for an unplanned failover")
+            return plan
+        candidate = next((c for c in view.get("candidates", []) if c["region"] == target), {})
+        plan["data_loss_bytes"] = candidate.get("data_loss_bytes")
+        if kind == "failover" and not force:
+            loss = plan["data_loss_bytes"]
+            if loss is None:
+                plan["refuse"] = (f"the data loss of a failover to {target} cannot be "
+                                  "estimated (no primary position is known): run health.yml "
+                                  "while the primary answers, or re-run with -e force=true")
+                return plan
+            if loss > max_data_loss:
+                better = [c["region"] for c in view.get("candidates", [])
+                          if c["region"] != target and c["data_loss_bytes"] is not None
+                          and c["data_loss_bytes"] <= max_data_loss
+                          and c["verdict"] != "unhealthy"]
+                plan["refuse"] = (f"target {target} lags {loss} bytes of WAL behind the "
+                                  f"{plan['position_source'] or 'known'} primary position, "
+                                  f"above max_data_loss ({max_data_loss} bytes): "
+                                  + (f"fail over to {', '.join(better)} instead, " if better
+                                     else "")
+                                  + "wait for it to catch up, or re-run with -e force=true to "
+                                  "accept the loss")
+                return plan
+    plan["others"] = [r for r in regions if r not in (target, old) and reachable[r]]
+    plan["steps"] = baton_failover_steps(plan)
+    return plan
+
+
+def baton_failover_steps(plan: Mapping[str, Any]) -> list[str]:
+    """The plan in words, as --check prints it."""
+    target, old, kind = plan["target"], plan["old"], plan["kind"]
+    if plan["already"]:
+        head = [f"{target} already holds the baton and is the only writable region: nothing to "
+                "fence or promote; check that everything follows it"]
+    else:
+        head = ["pause `app` on every reachable PgBouncer (clients wait)"]
+        if plan["old_answers"]:
+            head.append(f"demote {old} to a standby cluster of {target}")
+        head.append(f"move the baton on the witness from {old or 'nobody'} to {target} "
+                    "(compare-and-swap, new epoch)")
+        if old:
+            head.append(f"wait until {old}'s fence agents have let their leases go (they "
+                        "fence their nodes first; cut-off ones fence before their leases "
+                        "expire)")
+        if kind == "switchover":
+            head.append(f"wait until {target} has received {old}'s final WAL position")
+        head.append(f"promote {target}'s standby cluster; wait until it takes writes")
+    rest = [f"make {r} a standby cluster of {target}" for r in plan["others"]]
+    rest += [f"Redis: {target}'s first node takes writes, the others follow it; "
+             f"{target}'s Sentinels watch it, the others' stop",
+             f"PgBouncer: `app` to {target}'s read-write endpoints, resume, in every reachable "
+             "region",
+             f"DNS: db and redis to {target} (compare-and-swap), verified on every name server",
+             "report (JSON and summary), metrics, webhook"]
+    if plan["unreachable"]:
+        rest.append(f"left for failback.yml: {', '.join(plan['unreachable'])} (not reachable)")
+    return head + rest
+
+
+def baton_failover_report(plan: Mapping[str, Any], marks: Mapping[str, float],
+                          outcome: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's report: the timeline of its steps (seconds from the start), RTO (start to
+    the first write accepted through the failover name), data lost, the new epoch (pure).
+
+    marks maps step name -> Unix time it ended, 'start' included; outcome carries the facts
+    the steps returned (epoch, positions, write probe, what changed)."""
+    start = float(marks["start"])
+    timeline = [{"step": step, "at": round(float(at) - start, 3)}
+                for step, at in sorted(marks.items(), key=lambda kv: float(kv[1]))
+                if step != "start"]
+    accepted = outcome.get("write_accepted_at")
+    reference, promoted = outcome.get("reference_position"), outcome.get("promoted_position")
+    lost = (max(0, int(reference) - baton_lsn_int(promoted))
+            if outcome.get("promoted") and reference not in (None, "") and promoted else None)
+    return {
+        "kind": plan["kind"], "target": plan["target"], "old": plan["old"],
+        "already": plan["already"], "epoch": outcome.get("epoch"),
+        "rto_seconds": round(float(accepted) - start, 3) if accepted else None,
+        "data_lost_bytes": lost,
+        "data_lost_source": (f"{outcome.get('reference_source')} minus the promoted leader's "
+                             "received position") if lost is not None else None,
+        "unreachable": plan["unreachable"], "actions_taken": outcome.get("actions_taken", []),
+        "timeline": timeline, "plan": plan["steps"],
+    }
+
+
+def baton_failover_summary(report: Mapping[str, Any]) -> list[str]:
+    """The report as a few lines for a human."""
+    rto = report["rto_seconds"]
+    lost = report["data_lost_bytes"]
+    lines = [
+        f"{report['kind']} to {report['target']} (from {report['old'] or 'nobody'}): "
+        + ("nothing to do, it already held the baton" if report["already"] and
+           not report["actions_taken"] else f"epoch {report['epoch']}"),
+        f"RTO: {rto if rto is not None else 'unknown'} s (start of the run to the first write "
+        "accepted through the failover name)",
+        "data lost: " + ("unknown" if lost is None else f"{lost} bytes of WAL")
+        + (f" ({report['data_lost_source']})" if report.get("data_lost_source") else ""),
+        "changed: " + (", ".join(report["actions_taken"]) or "nothing"),
+    ]
+    if report["unreachable"]:
+        lines.append(f"not reachable (run failback.yml once they are back): "
+                     f"{', '.join(report['unreachable'])}")
+    lines += [f"  +{t['at']:>7.1f} s  {t['step']}" for t in report["timeline"]]
+    return lines
+
+
+def baton_failover_metrics(report: Mapping[str, Any], now: float) -> str:
+    """The run as Prometheus metrics (the contract in roles/prometheus/README.md)."""
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+    registry = CollectorRegistry()
+    labels = ["target_region", "source_region", "epoch"]
+    values = [report["target"], report["old"] or "", str(report["epoch"] or "")]
+    Gauge("baton_failover_last_timestamp_seconds", "When the baton last moved", labels,
+          registry=registry).labels(*values).set(now)
+    Gauge("baton_failover_last_duration_seconds", "RTO of the last move: start of the run to "
+          "the first accepted write", registry=registry).set(report["rto_seconds"] or 0)
+    Gauge("baton_failover_last_data_loss_bytes", "WAL bytes the last move lost",
+          registry=registry).set(report["data_lost_bytes"] or 0)
+    Gauge("baton_epoch", "The baton's epoch on the witness", registry=registry).set(
+        report["epoch"] or 0)
+    return generate_latest(registry).decode()
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {
+            "baton_failover_plan": baton_failover_plan,
+            "baton_lsn": baton_lsn,
+            "baton_lsn_int": baton_lsn_int,
+            "baton_redis_chain": baton_redis_chain,
+            "baton_failover_report": baton_failover_report,
+            "baton_failover_summary": baton_failover_summary,
+            "baton_failover_metrics": baton_failover_metrics,
+        }

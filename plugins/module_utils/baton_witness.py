@@ -1,0 +1,496 @@
+"""The global witness: an etcd v3 client (the JSON gateway, stdlib only) and the baton's
+decisions: who may accept writes, when a node fences itself, who may run a failover.
+
+The witness is an etcd cluster with one member per region. It holds:
+
+    /baton/holder                 which region holds the baton: {"region", "epoch", "since", "by"}
+    /baton/lock                   the failover lock of a controller run (attached to a lease)
+    /baton/alive/<region>/<node>  one key per database node of the holder region, attached to the
+                                  node's lease: it vanishes when the node stops renewing
+
+This file is also copied next to the agent (roles/witness/files/baton_agent.py), which imports
+it: keep it free of Ansible imports.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import math
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+PREFIX = "/baton/"
+HOLDER = PREFIX + "holder"
+LOCK = PREFIX + "lock"
+# etcd 3.4 serves its gRPC gateway at /v3/ (and the older /v3beta/); 3.3 only at /v3beta/.
+API = "/v3/"
+# gRPC codes (the gateway's "code") that mean "this member cannot serve now, ask another":
+# DEADLINE_EXCEEDED (a minority member's linearizable read), UNAVAILABLE (no leader).
+_RETRY_CODES = {4, 14}
+_NOT_FOUND = 5
+
+
+def alive_prefix(region: str) -> str:
+    """Prefix of the liveness keys of a region's nodes."""
+    return f"{PREFIX}alive/{region}/"
+
+
+def alive_key(region: str, node: str) -> str:
+    """A node's liveness key, attached to its lease."""
+    return alive_prefix(region) + node
+
+
+def utc_iso(timestamp: float) -> str:
+    """A Unix time as ISO 8601 UTC to the second, e.g. 2025-01-31T12:00:00Z."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def holder_value(region: str, epoch: int, by: str, now: float) -> str:
+    """The JSON value of HOLDER."""
+    return json.dumps({"region": region, "epoch": int(epoch), "since": utc_iso(now), "by": by},
+                      sort_keys=True)
+
+
+def decode_record(value: str | None) -> dict[str, Any] | None:
+    """A JSON object stored in a key; None when absent or not a JSON object."""
+    if value is None:
+        return None
+    try:
+        record = json.loads(value)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def parse_holder(value: str | None) -> dict[str, Any] | None:
+    """HOLDER's value as {"region", "epoch", ...}; None when absent; ValueError when malformed."""
+    if value is None:
+        return None
+    record = decode_record(value)
+    if record is None or not record.get("region") or "epoch" not in record:
+        raise ValueError(f"{HOLDER} holds {value!r}, not a holder record "
+                         '({"region": ..., "epoch": ...})')
+    try:
+        return {**record, "region": str(record["region"]), "epoch": int(record["epoch"])}
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{HOLDER} has a non-integer epoch: {record['epoch']!r}") from exc
+
+
+# --- the client --------------------------------------------------------------------------------
+
+
+class WitnessError(Exception):
+    """A witness member answered, and refused the request (the message says which and why)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class WitnessUnavailable(WitnessError):
+    """No witness member answered; the message names the members tried and their errors."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One key as etcd returns it."""
+
+    key: str
+    value: str
+    mod_revision: int
+    create_revision: int
+    lease: int
+
+
+def _b64(text: str | bytes) -> str:
+    raw = text.encode() if isinstance(text, str) else text
+    return base64.b64encode(raw).decode()
+
+
+def _unb64(text: str | None) -> str:
+    return base64.b64decode(text or "").decode()
+
+
+def prefix_end(prefix: str) -> bytes:
+    """etcd's range_end that selects every key starting with prefix."""
+    raw = bytearray(prefix.encode())
+    while raw:
+        if raw[-1] < 0xFF:
+            raw[-1] += 1
+            return bytes(raw)
+        raw.pop()
+    return b"\x00"  # every key
+
+
+def _entry(kv: Mapping[str, Any]) -> Entry:
+    return Entry(key=_unb64(kv.get("key")), value=_unb64(kv.get("value")),
+                 mod_revision=int(kv.get("mod_revision", 0)),
+                 create_revision=int(kv.get("create_revision", 0)),
+                 lease=int(kv.get("lease", 0)))
+
+
+class Witness:
+    """The witness etcd cluster, through its members' JSON gateway (HTTP, no TLS).
+
+    endpoints: "host:port" of every member. A call goes to the member that answered last
+    (the first one at start), and moves on to the next on a connection error, a timeout or
+    an answer that says the member cannot serve now (no leader, a minority member's read);
+    WitnessUnavailable when none answers. timeout bounds one attempt; budget, when set,
+    bounds one call over all its attempts (the agent keeps a whole loop within its interval).
+    Reads are linearizable, etcd's default: a member cut off in a minority answers nothing.
+    Never goes through an HTTP proxy of the environment.
+    """
+
+    def __init__(self, endpoints: list[str], timeout: float = 2.0,
+                 budget: float | None = None, opener: Any = None) -> None:
+        if not endpoints:
+            raise ValueError("Witness needs at least one endpoint (host:port)")
+        self.endpoints = list(endpoints)
+        self.timeout = float(timeout)
+        self.budget = budget
+        self._opener = opener or urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._first = 0  # index of the member that answered last
+
+    # --- transport ---
+
+    def call(self, method: str, body: Mapping[str, Any], stream: bool = False) -> dict[str, Any]:
+        """POST /v3/<method> to the members in turn; the decoded JSON reply.
+
+        stream: a streaming RPC (lease/keepalive): the reply is the first message's "result".
+        """
+        data = json.dumps(body).encode()
+        started = time.monotonic()
+        errors: list[str] = []
+        tried: list[str] = []
+        count = len(self.endpoints)
+        for step in range(count):
+            index = (self._first + step) % count
+            endpoint = self.endpoints[index]
+            timeout = self.timeout
+            if self.budget is not None:
+                timeout = min(timeout, self.budget - (time.monotonic() - started))
+                if timeout <= 0.01:
+                    errors.append(f"{endpoint}: not tried, the call's {self.budget:g} s were spent")
+                    break
+            tried.append(endpoint)
+            try:
+                reply = self._post(endpoint, method, data, timeout, stream)
+            except WitnessError as exc:
+                if exc.code in _RETRY_CODES:
+                    errors.append(f"{endpoint}: {exc}")
+                    continue
+                raise
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                errors.append(f"{endpoint}: {_reason(exc)}")
+                continue
+            self._first = index
+            return reply
+        self._first = (self._first + 1) % count  # next call starts elsewhere
+        raise WitnessUnavailable(f"no witness member answered {API}{method} (tried "
+                                 f"{', '.join(tried) or 'none'}): {'; '.join(errors)}")
+
+    def _post(self, endpoint: str, method: str, data: bytes, timeout: float,
+              stream: bool) -> dict[str, Any]:
+        url = f"http://{endpoint}{API}{method}"
+        req = urllib.request.Request(url, data=data, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with self._opener.open(req, timeout=timeout) as resp:
+                raw = resp.readline() if stream else resp.read()
+        except urllib.error.HTTPError as exc:
+            message, code = _error_detail(exc.read())
+            if exc.code >= 500 and code not in _RETRY_CODES:
+                code = 14  # e.g. grant on a member without quorum: 500 "context deadline exceeded"
+            raise WitnessError(f"{endpoint} refused {API}{method} (HTTP {exc.code}): "
+                               f"{message or exc.reason}", code) from None
+        reply = json.loads(raw.decode() or "{}")
+        if not isinstance(reply, dict):
+            raise ValueError(f"not a JSON object: {raw[:200]!r}")
+        if stream:
+            if "error" in reply:  # a stream's error can arrive as a message
+                message, code = _error_detail(raw)
+                raise WitnessError(f"{endpoint} refused {API}{method}: {message}", code)
+            reply = reply.get("result") or {}
+        return reply
+
+    # --- keys ---
+
+    def get(self, key: str) -> Entry | None:
+        """The key, or None when it does not exist."""
+        kvs = self.call("kv/range", {"key": _b64(key)}).get("kvs") or []
+        return _entry(kvs[0]) if kvs else None
+
+    def get_prefix(self, prefix: str) -> list[Entry]:
+        """Every key that starts with prefix, sorted by key."""
+        reply = self.call("kv/range", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
+        return [_entry(kv) for kv in reply.get("kvs") or []]
+
+    def put(self, key: str, value: str, lease: int = 0) -> int:
+        """Writes the key unconditionally; the new revision."""
+        body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        return int(self.call("kv/put", body).get("header", {}).get("revision", 0))
+
+    def _txn(self, compare: dict[str, Any], success: dict[str, Any]) -> bool:
+        return bool(self.call("kv/txn", {"compare": [compare], "success": [success]})
+                    .get("succeeded", False))
+
+    def create(self, key: str, value: str, lease: int = 0) -> bool:
+        """Writes the key only if it does not exist; whether it did."""
+        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        return self._txn({"target": "CREATE", "key": _b64(key), "result": "EQUAL",
+                          "create_revision": "0"}, {"request_put": put})
+
+    def swap(self, key: str, value: str, expect_mod_revision: int, lease: int = 0) -> bool:
+        """Writes the key only if its mod_revision is still expect_mod_revision (compare and
+        swap); whether it did."""
+        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        return self._txn({"target": "MOD", "key": _b64(key), "result": "EQUAL",
+                          "mod_revision": str(int(expect_mod_revision))}, {"request_put": put})
+
+    def delete(self, key: str, expect_mod_revision: int | None = None) -> bool:
+        """Deletes the key (only if its mod_revision is expect_mod_revision, when given);
+        whether a key was deleted."""
+        if expect_mod_revision is None:
+            reply = self.call("kv/deleterange", {"key": _b64(key)})
+            return int(reply.get("deleted", 0)) > 0
+        return self._txn({"target": "MOD", "key": _b64(key), "result": "EQUAL",
+                          "mod_revision": str(int(expect_mod_revision))},
+                         {"request_delete_range": {"key": _b64(key)}})
+
+    # --- leases ---
+
+    def grant(self, ttl: int) -> int:
+        """A new lease of ttl seconds; its id."""
+        reply = self.call("lease/grant", {"TTL": str(int(ttl))})
+        if reply.get("error"):
+            raise WitnessError(f"the witness refused a lease of {ttl} s: {reply['error']}")
+        return int(reply["ID"])
+
+    def keepalive(self, lease_id: int) -> int:
+        """Renews the lease once; its remaining TTL in seconds (0 or less: expired, unknown)."""
+        reply = self.call("lease/keepalive", {"ID": str(int(lease_id))}, stream=True)
+        return int(reply.get("TTL", 0))
+
+    def revoke(self, lease_id: int) -> bool:
+        """Revokes the lease (its keys go with it); False when it was already gone."""
+        try:
+            self.call("lease/revoke", {"ID": str(int(lease_id))})
+        except WitnessError as exc:
+            if exc.code == _NOT_FOUND:
+                return False
+            raise
+        return True
+
+    def time_to_live(self, lease_id: int) -> int:
+        """The lease's remaining TTL in seconds; -1 when it has expired or never existed."""
+        return int(self.call("lease/timetolive", {"ID": str(int(lease_id))}).get("TTL", -1))
+
+
+def _error_detail(raw: bytes) -> tuple[str, int | None]:
+    """(message, gRPC code) of the gateway's error body. Unary calls answer
+    {"error", "message", "code"}; streaming ones {"error": {"message", "grpc_code", ...}}."""
+    try:
+        body = json.loads(raw.decode(errors="replace"))
+    except ValueError:
+        return raw.decode(errors="replace").strip()[:200], None
+    if not isinstance(body, dict):
+        return str(body)[:200], None
+    inner = body.get("error")
+    if isinstance(inner, dict):
+        body = inner
+    code = body.get("code", body.get("grpc_code"))
+    message = body.get("message") or body.get("error") or ""
+    return str(message), int(code) if isinstance(code, int) else None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
+        exc = exc.reason if isinstance(exc.reason, BaseException) else exc
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+# --- timing ------------------------------------------------------------------------------------
+
+
+def timing_problems(interval: float, fence_after: float, lease_ttl: int,
+                    promotion_wait: float) -> list[str]:
+    """Everything wrong with the agent's and the controller's timing, one sentence each.
+
+    The chain that keeps two regions from accepting writes at once: a holder node that cannot
+    renew its lease fences itself after fence_after, noticed within one interval; its lease
+    on the witness lives lease_ttl after its last renewal; the controller waits
+    promotion_wait (>= lease_ttl) after moving the baton before it promotes another region.
+    """
+    problems: list[str] = []
+    if interval <= 0:
+        problems.append(f"baton_agent_interval is {interval:g} s: set it above 0 (1 is usual)")
+    if interval >= fence_after:
+        problems.append(
+            f"baton_agent_interval ({interval:g} s) must be less than baton_fence_after "
+            f"({fence_after:g} s), or one slow loop fences a healthy node: lower "
+            f"baton_agent_interval or raise baton_fence_after")
+    if fence_after + interval >= lease_ttl:
+        problems.append(
+            f"baton_fence_after + baton_agent_interval ({fence_after + interval:g} s) must be "
+            f"less than baton_witness_lease_ttl ({lease_ttl} s), so that a node cut off from "
+            f"the witness has fenced itself before the witness lets its lease go: raise "
+            f"baton_witness_lease_ttl above {fence_after + interval:g} or lower "
+            f"baton_fence_after")
+    if lease_ttl > promotion_wait:
+        problems.append(
+            f"baton_witness_lease_ttl ({lease_ttl} s) must not exceed baton_promotion_wait "
+            f"({promotion_wait:g} s), or a failover could promote another region while the "
+            f"old one's leases are still alive: raise baton_promotion_wait to at least "
+            f"{lease_ttl}")
+    return problems
+
+
+# --- the agent's decision ----------------------------------------------------------------------
+
+# Actions agent_step can ask for, in the order the agent carries them out.
+ACTIONS = ("stay_fenced", "idle", "grant", "keepalive", "release", "fence", "standby", "wait")
+
+
+def fresh_state() -> dict[str, Any]:
+    """The agent's state when it holds nothing."""
+    return {"lease": None, "last_renewal": None, "holder_epoch": None}
+
+
+def agent_step(state: Mapping[str, Any], observed: Mapping[str, Any], now: float,
+               cfg: Mapping[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """The agent's whole decision for one loop (pure): the actions, and the new state.
+
+    state:    {"lease": id|None, "last_renewal": time|None, "holder_epoch": int|None}, what
+              this node holds: the lease it renews, when it last renewed it, and the epoch of
+              its region's baton it renews under. The caller records a successful grant or
+              keepalive in it (lease, last_renewal = now, holder_epoch); agent_step clears it
+              when the node must stop holding.
+    observed: {"witness_ok": bool, "holder": {"region", "epoch"}|None,
+               "writable": bool|None (local PostgreSQL out of recovery; None: no answer),
+               "fenced": bool (the marker file exists)}
+    cfg:      {"region": this node's region, "fence_after": seconds}
+
+    The new state also carries "note": one sentence on why, for the log.
+    """
+    region = str(cfg["region"])
+    fence_after = float(cfg["fence_after"])
+    new: dict[str, Any] = {"lease": state.get("lease"), "last_renewal": state.get("last_renewal"),
+                           "holder_epoch": state.get("holder_epoch")}
+    holder = observed.get("holder")
+    witness_ok = bool(observed.get("witness_ok"))
+    writable = observed.get("writable")
+    held = new["lease"] is not None or new["holder_epoch"] is not None
+
+    if observed.get("fenced"):  # only failback or an operator removes the marker
+        note = "fenced (marker present); stays fenced until failback or an operator unfences it"
+        if witness_ok and holder and holder.get("region") == region:
+            note += (f"; note: the witness says {region} holds the baton "
+                     f"(epoch {holder.get('epoch')})")
+        return ["stay_fenced"], {**fresh_state(), "note": note}
+
+    if not witness_ok:
+        if not held:
+            return ["wait"], {**new, "note": "witness unreachable; this node holds no baton"}
+        age = math.inf if new["last_renewal"] is None else now - float(new["last_renewal"])
+        if age > fence_after:
+            return ["fence"], {**new, "note": f"no lease renewal for {age:.1f} s"}
+        return ["wait"], {**new, "note": (f"witness unreachable; last renewal {age:.1f} s ago, "
+                                          f"fencing after {fence_after:g} s")}
+
+    if holder is None:
+        return ["idle"], {**new, "note": "the witness holds no baton yet (no holder key: the "
+                                          "first deploy has not written it)"}
+
+    epoch = int(holder["epoch"])
+    held_epoch = new["holder_epoch"]
+    moved_back = holder["region"] == region and held_epoch is not None and epoch > held_epoch
+    if holder["region"] == region and not moved_back:
+        action = "keepalive" if new["lease"] is not None else "grant"
+        return [action], {**new, "note": f"{region} holds the baton (epoch {epoch}): renewing"}
+
+    # Another region holds the baton, or it left this region and came back while this node
+    # still held the old epoch (a paused VM): this node's PostgreSQL may be a stale primary.
+    # Fence before releasing: the controller promotes the new region once this node's lease
+    # is gone from the witness, so the lease must outlive this node's writes.
+    release = ["release"] if new["lease"] is not None else []
+    actions: list[str] = []
+    if moved_back:
+        why = (f"the baton left {region} and came back (epoch {held_epoch} -> {epoch}) while "
+               f"this node held it")
+    else:
+        why = f"{holder['region']} holds the baton at epoch {epoch}"
+    if writable is True or (writable is None and held):
+        actions = ["fence", *release]
+        what = ("this node's PostgreSQL is writable" if writable
+                else "this node held the baton and its PostgreSQL does not answer")
+        note = f"{why} and {what}"
+    else:
+        actions = release or ["standby"]
+        note = f"{why}; this node's PostgreSQL is not writable"
+    return actions, {**fresh_state(), "note": note}
+
+
+# --- the failover lock -------------------------------------------------------------------------
+
+
+def lock_decision(existing: Mapping[str, Any] | None, me: Mapping[str, Any], now: float,
+                  pid_alive: Callable[[int, int], bool], hostname: str) -> tuple[str, str]:
+    """Whether this controller run may take the failover lock (pure but for pid_alive).
+
+    existing, me: lock records {"run_id", "target", "kind" (failover|switchover|failback),
+    "user", "host", "pid", "pid_start", "started" (ISO 8601)}; existing is None when the lock
+    is free. pid_alive(pid, pid_start): whether that process still runs on this host (pid_start
+    tells a reused pid apart). Returns ("acquire" | "already_mine" | "take_over" | "refuse",
+    one sentence).
+    """
+    mine = f"run {me.get('run_id')} ({me.get('kind')} to {me.get('target')})"
+    if existing is None:
+        return "acquire", f"the baton lock is free: {mine} takes it"
+    if existing.get("run_id") == me.get("run_id"):
+        return "already_mine", f"{mine} already holds the baton lock"
+    other = (f"run {existing.get('run_id', '?')} ({existing.get('kind', '?')} to "
+             f"{existing.get('target', '?')}) by {existing.get('user', '?')}@"
+             f"{existing.get('host', '?')}, started {existing.get('started', '?')}"
+             f"{_age(existing.get('started'), now)}")
+    pid, pid_start = existing.get("pid"), existing.get("pid_start")
+    if existing.get("host") == hostname and isinstance(pid, int) and not isinstance(pid, bool):
+        if not pid_alive(pid, int(pid_start or 0)):
+            return "take_over", (f"the baton lock is stale: {other} held it, and its process "
+                                 f"{pid} no longer runs on this host; {mine} takes it over")
+        return "refuse", (f"the baton lock is held by {other}, still running here as process "
+                          f"{pid}: wait for it to finish, or stop it first")
+    return "refuse", (f"the baton lock is held by {other}: wait for it to finish; if that run "
+                      f"died, its lease expires by itself after baton_lock_ttl, or break the "
+                      f"lock with -e break_lock=true")
+
+
+def _age(started: Any, now: float) -> str:
+    try:
+        when = datetime.fromisoformat(str(started))
+    except ValueError:
+        return ""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    seconds = int(now - when.timestamp())
+    if seconds < 0:
+        return ""
+    if seconds < 120:
+        return f", {seconds} s ago"
+    if seconds < 7200:
+        return f", {seconds // 60} min ago"
+    return f", {seconds // 3600} h ago"

@@ -1,0 +1,253 @@
+#!/usr/bin/python
+"""Ansible module: make a region's Patroni cluster a primary cluster or a standby cluster."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: baton_cluster
+short_description: Promote, demote or repoint a region's Patroni cluster, and wait for the outcome
+description:
+  - Runs on the controller and talks to the Patroni REST API of the region's members.
+  - Reads the cluster (C(GET /cluster), C(GET /config)) first and decides; sends
+    C(PATCH /config) only when the cluster is not yet what O(state) asks, so a re-run changes
+    nothing.
+  - C(state=primary) removes C(standby_cluster) from the dynamic configuration (Patroni's
+    standby cluster promotion); with O(wait_for_lsn) it first waits until the standby leader
+    has received that WAL position (a planned switchover's zero-loss condition).
+  - C(state=standby) makes the cluster follow O(source_hosts) through the replication slot
+    O(slot). A primary cluster is demoted (its leader restarts as a standby leader), a standby
+    cluster that follows another source is repointed.
+  - Then waits until the members show the outcome (a running leader, or a running or
+    streaming standby leader), up to O(wait_timeout) seconds; also when nothing had to be
+    sent but the outcome is not there yet (a re-run after a killed one).
+  - Check mode reads and returns the decision without sending anything.
+options:
+  region:
+    description: The region's name (for messages).
+    type: str
+    required: true
+  members:
+    description: Addresses of the region's Patroni members.
+    type: list
+    elements: str
+    required: true
+  state:
+    description: What the cluster must be.
+    type: str
+    choices: [primary, standby]
+    required: true
+  source_hosts:
+    description: With C(state=standby), the addresses of the primary region's read-write
+      endpoints to follow.
+    type: list
+    elements: str
+    default: []
+  source_port:
+    description: Port of the read-write endpoints.
+    type: int
+    default: 5000
+  slot:
+    description: With C(state=standby), the permanent slot on the source that this region
+      streams through (C(baton_<region>)).
+    type: str
+  wait_for_lsn:
+    description: With C(state=primary), a WAL position (C(0/3000060)) the standby leader must
+      have received before it is promoted.
+    type: str
+  restapi_username:
+    description: Patroni REST API user (for PATCH).
+    type: str
+    default: patroni
+  restapi_password:
+    description: Its password.
+    type: str
+    required: true
+  port:
+    description: Patroni REST API port.
+    type: int
+    default: 8008
+  timeout:
+    description: Seconds each REST call may take.
+    type: float
+    default: 3
+  streaming:
+    description: With C(state=standby), wait until the standby leader streams from its source
+      (not only runs), as a reprotected region must.
+    type: bool
+    default: false
+  wait_timeout:
+    description: Seconds to wait for the outcome (and for O(wait_for_lsn)).
+    type: float
+    default: 120
+author: Baton
+"""
+
+EXAMPLES = r"""
+- name: Promote us-west's standby cluster
+  baton_cluster:
+    region: us-west
+    members: [10.231.2.11]
+    state: primary
+    restapi_password: "{{ patroni_restapi_password }}"
+  delegate_to: localhost
+
+- name: Make eu-west follow us-west
+  baton_cluster:
+    region: eu-west
+    members: [10.231.3.11]
+    state: standby
+    source_hosts: [10.231.2.11]
+    slot: baton_eu_west
+    restapi_password: "{{ patroni_restapi_password }}"
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+action:
+  description: What was decided (C(none), C(promote), C(demote), C(repoint)) and why.
+  returned: always
+  type: dict
+  sample: {action: promote, reason: "promote: remove standby_cluster (it followed 10.231.1.11)"}
+before:
+  description: The cluster before the task, its role (C(primary), C(standby) or null), the
+    standby_cluster section and the members.
+  returned: always
+  type: dict
+after:
+  description: The cluster after the task (not in check mode).
+  returned: when changed and not in check mode
+  type: dict
+leader_position:
+  description: The leader's WAL position when the task ended (its location as a primary, its
+    received or replayed position as a standby leader), e.g. the final position of a demoted
+    primary.
+  returned: when not in check mode
+  type: str
+  sample: 0/5000148
+position_before:
+  description: The leader's WAL position before the task acted (a promoted standby's received
+    position, what data loss is measured against).
+  returned: always
+  type: str
+elapsed:
+  description: Seconds spent waiting for the outcome.
+  returned: when changed
+  type: float
+"""
+
+import time  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.baton_patroni import (  # noqa: E402
+    PatroniProblem,
+    apply_cluster,
+    cluster_role,
+    lsn_to_int,
+    member_positions,
+    plan_cluster,
+    reached,
+    read_cluster,
+    standby_source,
+    wait_cluster,
+)
+
+
+def leader_position(positions: dict) -> tuple[str | None, str | None]:
+    """(address, WAL position) of the member that leads: its location as a primary, else the
+    furthest of what it received and replayed."""
+    for address, p in positions.items():
+        if p["role"] in ("primary", "master", "leader", "standby_leader"):
+            if p.get("location"):
+                return address, p["location"]
+            known = [x for x in (p.get("received"), p.get("replayed")) if x]
+            return address, max(known, key=lsn_to_int) if known else None
+    return None, None
+
+
+def described(read: dict) -> dict:
+    return {"role": cluster_role(read["members"]),
+            "standby_cluster": read["config"].get("standby_cluster"),
+            "members": [{k: m.get(k) for k in ("name", "role", "state", "host", "timeline",
+                                                 "lag")} for m in read["members"]]}
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "region": {"type": "str", "required": True},
+            "members": {"type": "list", "elements": "str", "required": True},
+            "state": {"type": "str", "choices": ["primary", "standby"], "required": True},
+            "source_hosts": {"type": "list", "elements": "str", "default": []},
+            "source_port": {"type": "int", "default": 5000},
+            "slot": {"type": "str"},
+            "wait_for_lsn": {"type": "str"},
+            "restapi_username": {"type": "str", "default": "patroni"},
+            "restapi_password": {"type": "str", "required": True, "no_log": True},
+            "port": {"type": "int", "default": 8008},
+            "timeout": {"type": "float", "default": 3.0},
+            "streaming": {"type": "bool", "default": False},
+            "wait_timeout": {"type": "float", "default": 120.0},
+        },
+        required_if=[("state", "standby", ("source_hosts", "slot"))],
+        supports_check_mode=True,
+    )
+    p = module.params
+    region, members, port, t = p["region"], p["members"], p["port"], p["timeout"]
+    auth = (p["restapi_username"], p["restapi_password"])
+    try:
+        wanted_lsn = lsn_to_int(p["wait_for_lsn"])
+    except ValueError:
+        module.fail_json(msg=f"wait_for_lsn '{p['wait_for_lsn']}' is not a WAL position: write "
+                             "it as PostgreSQL does, e.g. 0/3000060")
+    source = (standby_source(p["source_hosts"], p["source_port"], p["slot"])
+              if p["state"] == "standby" else None)
+    try:
+        before = read_cluster(members, port, t)
+    except PatroniProblem as exc:
+        module.fail_json(msg=f"{region}: {exc}: the region must answer to be "
+                             f"{'promoted' if p['state'] == 'primary' else 'demoted or repointed'}")
+    body, reason = plan_cluster(before["config"], before["members"], p["state"], source)
+    _addr, position_before = leader_position(member_positions(members, port, t))
+    kind = ("none" if body is None else "promote" if p["state"] == "primary"
+            else "repoint" if before["config"].get("standby_cluster") else "demote")
+    result = {"changed": body is not None,
+              "action": {"action": kind, "reason": f"{region}: {reason}"},
+              "before": described(before), "position_before": position_before}
+    if module.check_mode:
+        module.exit_json(**result)
+    started = time.monotonic()
+    deadline = started + p["wait_timeout"]
+    if body is None:
+        # Nothing to send; the outcome may still be on its way (a re-run after a killed one).
+        if not reached(before["members"], p["state"], p["streaming"]):
+            try:
+                wait_cluster(members, port, p["state"], deadline, t, p["streaming"])
+            except PatroniProblem as exc:
+                module.fail_json(msg=f"{region}: {exc}", **result)
+        _addr, result["leader_position"] = leader_position(member_positions(members, port, t))
+        module.exit_json(**result)
+
+    if wanted_lsn is not None:
+        while True:
+            _addr, received = leader_position(member_positions(members, port, t))
+            if received and lsn_to_int(received) >= wanted_lsn:
+                break
+            if time.monotonic() >= deadline:
+                module.fail_json(msg=f"{region}: the standby leader received WAL up to {received}, "
+                                     f"not {p['wait_for_lsn']}, within {p['wait_timeout']:g} s: "
+                                     "it is not promoted (that would lose data); check its "
+                                     "replication and re-run", **result)
+            time.sleep(0.5)
+    try:
+        apply_cluster(members, port, auth, body, t)
+        after = wait_cluster(members, port, p["state"], deadline, t, p["streaming"])
+    except PatroniProblem as exc:
+        module.fail_json(msg=f"{region}: {exc}", **result)
+    result["after"] = described(after)
+    _addr, result["leader_position"] = leader_position(member_positions(members, port, t))
+    result["elapsed"] = round(time.monotonic() - started, 3)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

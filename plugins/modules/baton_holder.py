@@ -1,0 +1,168 @@
+#!/usr/bin/python
+"""Ansible module: who holds the baton on the global witness, and handing it over."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: baton_holder
+short_description: Read or move the baton (the region allowed to take writes) on the global witness
+description:
+  - Runs on the controller. The baton is the witness key C(/baton/holder) - the region and its
+    epoch. Moving it is the commit point of a failover. It is a compare-and-swap (an etcd
+    transaction on the key's revision), so two runs cannot both move it, and it bumps the
+    epoch, which tells the fence agents of every other region to stop taking writes.
+  - With O(wait_released), then waits until every liveness key of that region (the old
+    primary) has gone from the witness, at most O(wait_timeout) seconds. Its fence agents see
+    the new holder and fence their nodes before they release their leases; agents that are
+    cut off fence themselves when they cannot renew, before their leases expire. Only then may
+    the target be promoted. Keys still there at the end fail the task (re-run it to wait again).
+  - C(state=read) only reads. A baton already held by O(region) is left as it is.
+  - Check mode reads, and reports whether the baton would move (it does not wait).
+options:
+  endpoints:
+    description: The witness's client endpoints, C(address:port).
+    type: list
+    elements: str
+    required: true
+  state:
+    description: C(present) gives the baton to O(region); C(read) only reads it.
+    type: str
+    choices: [present, read]
+    default: present
+  region:
+    description: The region that must hold the baton.
+    type: str
+  expect_region:
+    description: The region that must hold it now for the move to happen (the old primary).
+    type: str
+  wait_released:
+    description: A region whose liveness keys must have expired before the baton moves.
+    type: str
+  wait_timeout:
+    description: Seconds to wait for O(wait_released) (the promotion wait, at least the lease TTL).
+    type: float
+    default: 15
+  by:
+    description: Who moves it (written into the key, e.g. the run's id).
+    type: str
+    default: ""
+  timeout:
+    description: Seconds each witness request may take.
+    type: float
+    default: 3
+author: Baton
+"""
+
+EXAMPLES = r"""
+- name: Give the baton to us-west, then wait until us-east has fenced itself
+  baton_holder:
+    endpoints: [10.231.1.11:2391, 10.231.2.11:2391, 10.231.3.11:2391]
+    region: us-west
+    expect_region: us-east
+    wait_released: us-east
+    wait_timeout: 15
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+before:
+  description: The holder record before the task (null when the key does not exist).
+  returned: always
+  type: dict
+  sample: {region: us-east, epoch: 1, since: "2026-11-27T23:00:00+00:00", by: site.yml}
+after:
+  description: The holder record after the task (or as it would be, in check mode).
+  returned: always
+  type: dict
+alive:
+  description: The liveness keys of O(wait_released) still present when the wait ended.
+  returned: when O(wait_released) is given
+  type: list
+  elements: str
+waited:
+  description: Seconds spent waiting for O(wait_released) (after the move).
+  returned: when O(wait_released) is given
+  type: float
+"""
+
+import json  # noqa: E402
+import time  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.baton_witness import (  # noqa: E402
+    HOLDER,
+    Witness,
+    WitnessError,
+    alive_prefix,
+)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "endpoints": {"type": "list", "elements": "str", "required": True},
+            "state": {"type": "str", "choices": ["present", "read"], "default": "present"},
+            "region": {"type": "str"},
+            "expect_region": {"type": "str"},
+            "wait_released": {"type": "str"},
+            "wait_timeout": {"type": "float", "default": 15.0},
+            "by": {"type": "str", "default": ""},
+            "timeout": {"type": "float", "default": 3.0},
+        },
+        required_if=[("state", "present", ("region",))],
+        supports_check_mode=True,
+    )
+    p = module.params
+    witness = Witness(p["endpoints"], p["timeout"])
+    try:
+        entry = witness.get(HOLDER)
+        before = json.loads(entry.value) if entry else None
+        result = {"changed": False, "before": before, "after": before}
+        if p["state"] == "read":
+            module.exit_json(**result)
+        if before is None:
+            module.fail_json(msg="the witness has no baton holder yet: run site.yml first (it "
+                                 "writes the initial primary region)", **result)
+        if before.get("region") != p["region"]:
+            if p["expect_region"] and before.get("region") != p["expect_region"]:
+                module.fail_json(msg=f"the baton is held by {before.get('region')} (epoch "
+                                     f"{before.get('epoch')}), not {p['expect_region']} as this "
+                                     "run expected: another run moved it; run health.yml and "
+                                     "decide again", **result)
+            after = {"region": p["region"], "epoch": int(before.get("epoch", 0)) + 1,
+                     "since": datetime.now(UTC).isoformat(), "by": p["by"]}
+            result.update(changed=True, after=after)
+            if not module.check_mode and not witness.swap(HOLDER, json.dumps(after),
+                                                          entry.mod_revision):
+                now = witness.get(HOLDER)
+                module.fail_json(msg="the baton moved while this run was deciding (now "
+                                     f"{now.value if now else 'gone'}): run health.yml and "
+                                     "decide again", **result)
+        if p["wait_released"] and p["wait_released"] != p["region"]:
+            # The old region's agents see the new holder and fence themselves (or, cut off,
+            # fence when they cannot renew); their liveness keys go when they release their
+            # leases or when the leases expire.
+            started = time.monotonic()
+            prefix = alive_prefix(p["wait_released"])
+            alive = [e.key for e in witness.get_prefix(prefix)]
+            while alive and not module.check_mode:
+                if time.monotonic() - started >= p["wait_timeout"]:
+                    module.fail_json(
+                        msg=f"{p['wait_released']}'s fence agents still hold leases on the "
+                            f"witness {p['wait_timeout']:g} s after the baton moved "
+                            f"({', '.join(alive)}): the region is not known to be fenced, so "
+                            f"{p['region']} is not promoted; check baton-agent there "
+                            "(journalctl -u baton-agent), then re-run", alive=alive, **result)
+                time.sleep(0.5)
+                alive = [e.key for e in witness.get_prefix(prefix)]
+            result.update(alive=alive, waited=round(time.monotonic() - started, 3))
+    except WitnessError as exc:
+        module.fail_json(msg=f"the witness does not answer ({exc}): without a quorum of its "
+                             "members the baton cannot move safely; check the witness members "
+                             "(systemctl status baton-witness)")
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+#!/usr/bin/python
+"""Ansible module: the failover lock on the global witness."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: baton_lock
+short_description: Take or release the failover lock on the global witness (etcd)
+description:
+  - Runs on the controller. One failover, switchover or failback at a time. The lock is a key
+    on the witness, created only if absent (an etcd transaction), attached to a lease of
+    O(ttl) seconds so that a lock whose run died on another machine expires by itself.
+  - A second run is refused at once, and the message names the run that holds the lock (kind,
+    target, user and host, start time).
+  - A lock left by a run on this controller that is no longer alive (Ctrl-C, a crash, its
+    ansible-playbook process is gone) is taken over, so re-running a killed run finishes it.
+    O(break_lock) takes any lock over (when you know its run is dead).
+  - C(state=absent) releases the lock only if this run holds it.
+  - Check mode evaluates the lock for real (a held lock fails the task) and takes nothing.
+options:
+  endpoints:
+    description: The witness's client endpoints, C(address:port).
+    type: list
+    elements: str
+    required: true
+  state:
+    description: Take (C(present)) or release (C(absent)) the lock.
+    type: str
+    choices: [present, absent]
+    default: present
+  run_id:
+    description: This run's identity (one per ansible-playbook run).
+    type: str
+    required: true
+  kind:
+    description: What the run does.
+    type: str
+    choices: [failover, switchover, failback]
+    default: failover
+  target:
+    description: The region the run moves the baton to (or reprotects).
+    type: str
+    default: ""
+  ttl:
+    description: Seconds the lock lives if its run dies without releasing it.
+    type: int
+    default: 3600
+  break_lock:
+    description: Take the lock even from a live run or another host.
+    type: bool
+    default: false
+  timeout:
+    description: Seconds each witness request may take.
+    type: float
+    default: 3
+author: Baton
+"""
+
+EXAMPLES = r"""
+- name: Take the failover lock
+  baton_lock:
+    endpoints: [10.231.1.11:2391, 10.231.2.11:2391, 10.231.3.11:2391]
+    run_id: "{{ baton_run_id }}"
+    kind: failover
+    target: us-west
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+decision:
+  description: C(acquire), C(already_mine), C(take_over), C(refuse) or C(release) / C(not_mine).
+  returned: always
+  type: str
+message:
+  description: Why, in one sentence.
+  returned: always
+  type: str
+holder:
+  description: The lock record after the task (or the one that refused us).
+  returned: always
+  type: dict
+"""
+
+import getpass  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.baton_witness import (  # noqa: E402
+    LOCK,
+    Witness,
+    WitnessError,
+    lock_decision,
+)
+
+
+def _stat(pid: int) -> tuple[int, str, int] | None:
+    """(parent pid, command line, start time in clock ticks) of a process, None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+    return int(fields[1]), cmdline, int(fields[19])
+
+
+def playbook_process() -> tuple[int, int]:
+    """(pid, start time) of the ansible-playbook process this module runs under: the highest
+    ancestor whose command line names ansible-playbook (or this process when none does)."""
+    found = (os.getpid(), (_stat(os.getpid()) or (0, "", 0))[2])
+    pid = os.getppid()
+    while pid > 1:
+        info = _stat(pid)
+        if info is None:
+            break
+        parent, cmdline, start = info
+        if "ansible-playbook" in cmdline:
+            found = (pid, start)
+        pid = parent
+    return found
+
+
+def pid_alive(pid: int, start: int) -> bool:
+    info = _stat(pid)
+    return info is not None and info[2] == start
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "endpoints": {"type": "list", "elements": "str", "required": True},
+            "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+            "run_id": {"type": "str", "required": True},
+            "kind": {"type": "str", "choices": ["failover", "switchover", "failback"],
+                     "default": "failover"},
+            "target": {"type": "str", "default": ""},
+            "ttl": {"type": "int", "default": 3600},
+            "break_lock": {"type": "bool", "default": False},
+            "timeout": {"type": "float", "default": 3.0},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    witness = Witness(p["endpoints"], p["timeout"])
+    try:
+        entry = witness.get(LOCK)
+        existing = json.loads(entry.value) if entry else None
+        if p["state"] == "absent":
+            mine = existing is not None and existing.get("run_id") == p["run_id"]
+            if mine and not module.check_mode:
+                witness.delete(LOCK, expect_mod_revision=entry.mod_revision)
+            module.exit_json(changed=mine, decision="release" if mine else "not_mine",
+                             message="released" if mine else "this run does not hold the lock",
+                             holder=existing if not mine else {})
+        pid, start = playbook_process()
+        me = {"run_id": p["run_id"], "target": p["target"], "kind": p["kind"],
+              "user": getpass.getuser(), "host": socket.gethostname(), "pid": pid,
+              "pid_start": start, "started": datetime.now(UTC).isoformat()}
+        decision, message = lock_decision(existing, me, time.time(), pid_alive,
+                                          socket.gethostname())
+        if decision == "refuse" and p["break_lock"]:
+            decision, message = "take_over", f"break_lock: {message}"
+        if decision == "refuse":
+            module.fail_json(msg=message, decision=decision, holder=existing)
+        if decision == "already_mine" or module.check_mode:
+            module.exit_json(changed=decision != "already_mine", decision=decision,
+                             message=message, holder=existing if existing else me)
+        lease = witness.grant(p["ttl"])
+        if entry is None:
+            won = witness.create(LOCK, json.dumps(me), lease=lease)
+        else:
+            won = witness.swap(LOCK, json.dumps(me), entry.mod_revision, lease=lease)
+        if not won:
+            witness.revoke(lease)
+            now = witness.get(LOCK)
+            module.fail_json(msg="another run took the failover lock at the same moment: "
+                                 f"{now.value if now else 'it is gone again'}; re-run to see "
+                                 "who holds it", decision="refuse")
+    except WitnessError as exc:
+        module.fail_json(msg=f"the witness does not answer ({exc}): the failover lock cannot be "
+                             "taken; check the witness members (systemctl status baton-witness) "
+                             "or run site.yml to deploy it")
+    module.exit_json(changed=True, decision=decision, message=message, holder=me)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+#!/usr/bin/python
+"""Ansible module: pause, repoint and resume one PgBouncer database through its admin console."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: baton_pgbouncer
+short_description: Pause, repoint and resume a PgBouncer database, clients wait instead of failing
+description:
+  - Runs on the PgBouncer host. Reads C(SHOW DATABASES) on the admin console first and acts only
+    where the database differs from what is asked, so a re-run changes nothing.
+  - With O(hosts), repoints the database - PAUSE, rewrite the C(host=) of its line in
+    O(config), RELOAD, check C(SHOW DATABASES) - and leaves it as O(state) says. Only the
+    C(host=) value of that line is rewritten, the rest of the line and the file stay as the
+    C(pgbouncer) role wrote them, so the role's next run agrees with the module.
+  - C(state=paused) holds new queries (clients wait, up to PgBouncer's C(query_wait_timeout));
+    C(state=resumed) lets them through. A PAUSE that does not finish within O(pause_timeout)
+    (a transaction still running on a server that is gone) is followed by C(KILL), which drops
+    the database's connections and leaves it paused.
+  - Check mode and diff mode support.
+options:
+  database:
+    description: The PgBouncer database.
+    type: str
+    default: app
+  hosts:
+    description: The addresses the database must point at (its C(host=), in this order).
+    type: list
+    elements: str
+  state:
+    description: Whether queries wait (C(paused)) or flow (C(resumed)) when the task ends.
+    type: str
+    choices: [paused, resumed]
+    default: resumed
+  config:
+    description: PgBouncer's configuration file.
+    type: path
+    default: /etc/pgbouncer/pgbouncer.ini
+  admin_user:
+    description: An admin user of the console.
+    type: str
+    default: baton_pgbouncer
+  admin_password:
+    description: Its password.
+    type: str
+    required: true
+  port:
+    description: PgBouncer's port (the console is reached on 127.0.0.1).
+    type: int
+    default: 6432
+  pause_timeout:
+    description: Seconds a PAUSE may take before the database's connections are killed.
+    type: float
+    default: 15
+author: Baton
+"""
+
+EXAMPLES = r"""
+- name: Hold the application's queries during the failover
+  baton_pgbouncer:
+    state: paused
+    admin_password: "{{ pgbouncer_admin_password }}"
+
+- name: Point app at us-west and let the queries through
+  baton_pgbouncer:
+    hosts: [10.231.2.11]
+    state: resumed
+    admin_password: "{{ pgbouncer_admin_password }}"
+"""
+
+RETURN = r"""
+before:
+  description: The database before the task (host, paused, disabled).
+  returned: always
+  type: dict
+  sample: {host: 10.231.1.11, paused: false, disabled: false}
+after:
+  description: The database after the task (or as it would be, in check mode).
+  returned: always
+  type: dict
+commands:
+  description: The admin console commands sent (or that would be sent).
+  returned: always
+  type: list
+  elements: str
+  sample: [PAUSE app, RELOAD, RESUME app]
+killed:
+  description: Whether a PAUSE had to be followed by KILL.
+  returned: always
+  type: bool
+"""
+
+import os  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.baton_pgbouncer import (  # noqa: E402
+    ConsoleError,
+    console,
+    database_state,
+    rewrite_hosts,
+)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "database": {"type": "str", "default": "app"},
+            "hosts": {"type": "list", "elements": "str"},
+            "state": {"type": "str", "choices": ["paused", "resumed"], "default": "resumed"},
+            "config": {"type": "path", "default": "/etc/pgbouncer/pgbouncer.ini"},
+            "admin_user": {"type": "str", "default": "baton_pgbouncer"},
+            "admin_password": {"type": "str", "required": True, "no_log": True},
+            "port": {"type": "int", "default": 6432},
+            "pause_timeout": {"type": "float", "default": 15.0},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    db = p["database"]
+    where = f"PgBouncer on {os.uname().nodename}"
+    try:
+        before = database_state(p)
+    except (ConsoleError, TimeoutError) as exc:
+        module.fail_json(msg=f"{where}: the admin console did not answer SHOW DATABASES ({exc}): "
+                             "check that pgbouncer runs and pgbouncer_admin_password")
+    if before is None:
+        module.fail_json(msg=f"{where} has no database {db}: run site.yml first")
+    hosts = ",".join(p["hosts"]) if p["hosts"] else None
+    new_text, repoint = None, False
+    if hosts is not None:
+        try:
+            with open(p["config"]) as handle:
+                old_text = handle.read()
+            new_text, repoint = rewrite_hosts(old_text, db, hosts)
+        except (OSError, ValueError) as exc:
+            module.fail_json(msg=f"{where}: cannot repoint {db} in {p['config']} ({exc}): "
+                                 "run site.yml to rewrite it")
+        # The file may be right already while PgBouncer still runs the old one (a killed run).
+        repoint = repoint or before["host"] != hosts
+    commands: list[str] = []
+    if (repoint or p["state"] == "paused") and not before["paused"]:
+        commands.append(f"PAUSE {db}")
+    if repoint:
+        commands.append("RELOAD")
+    if p["state"] == "resumed" and (before["paused"] or commands):
+        commands.append(f"RESUME {db}")
+    after = dict(before, host=hosts or before["host"], paused=p["state"] == "paused")
+    result = {"changed": bool(commands), "before": before, "after": after,
+              "commands": commands, "killed": False,
+              "diff": {"before": f"{db}: host={before['host']} paused={before['paused']}\n",
+                       "after": f"{db}: host={after['host']} paused={after['paused']}\n"}}
+    if not commands or module.check_mode:
+        module.exit_json(**result)
+
+    for command in commands:
+        try:
+            if command == "RELOAD" and new_text is not None:
+                with open(p["config"] + ".baton-tmp", "w") as handle:
+                    handle.write(new_text)
+                st = os.stat(p["config"])
+                os.chown(p["config"] + ".baton-tmp", st.st_uid, st.st_gid)
+                os.chmod(p["config"] + ".baton-tmp", st.st_mode & 0o7777)
+                os.replace(p["config"] + ".baton-tmp", p["config"])
+            timeout = p["pause_timeout"] if command.startswith("PAUSE") else 15
+            try:
+                console(p, command, timeout)
+            except TimeoutError:
+                if not command.startswith("PAUSE"):
+                    raise
+                # A transaction on a server that is gone holds the PAUSE: drop the database's
+                # connections; a killed database stays paused until RESUME.
+                console(p, f"KILL {db}", 15)
+                result["killed"] = True
+        except (ConsoleError, TimeoutError, OSError) as exc:
+            module.fail_json(msg=f"{where}: '{command}' failed ({exc}) after "
+                                 f"{commands[:commands.index(command)] or 'nothing'}: re-run "
+                                 "to finish (the module reads the state first)", **result)
+    result["after"] = database_state(p)
+    if hosts is not None and result["after"]["host"] != hosts:
+        module.fail_json(msg=f"{where}: after RELOAD {db} points at {result['after']['host']}, "
+                             f"not {hosts}: check {p['config']}", **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,422 @@
+#!/usr/bin/python3
+"""Baton agent: keeps a database node's lease on the global witness while its region holds
+the baton, and fences the node when it must not accept writes.
+
+    baton_agent.py run     --config /etc/baton/agent.json   # the service (baton-agent.service)
+    baton_agent.py status  --config /etc/baton/agent.json   # JSON: fenced?, marker, holder, lease
+    baton_agent.py unfence --config /etc/baton/agent.json   # remove the marker, ENABLE + RESUME
+                                                            # the app database on PgBouncer
+
+Every interval: read the holder key (linearizable) from the witness, ask the local PostgreSQL
+whether it is writable, let baton_witness.agent_step decide, carry out what it says. To fence:
+write the marker file first (patroni.service will not start while it exists), then DISABLE and
+KILL the application database on PgBouncer's admin console, then stop Patroni. Unfencing never
+happens by itself: failback (or an operator) runs `unfence`, then starts Patroni.
+
+Stdlib only (Debian 12's python3); baton_witness.py sits in the same folder. Its state (lease,
+epoch, last renewal) survives a restart of the agent in /run/baton, so a restart during a
+partition does not forget that the node held the baton.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from baton_witness import (
+    HOLDER,
+    Witness,
+    WitnessError,
+    agent_step,
+    alive_key,
+    decode_record,
+    fresh_state,
+    parse_holder,
+    utc_iso,
+)
+
+DEFAULTS: dict[str, Any] = {
+    "interval": 1.0,
+    "fence_after": 5.0,
+    "lease_ttl": 10,
+    "postgresql_port": 5432,
+    "pgbouncer_port": 6432,
+    "pgbouncer_database": "app",
+    "pgbouncer_admin_username": "baton_pgbouncer",
+    "pgbouncer_admin_password": "",
+    "marker": "/var/lib/baton/fenced",
+    "metrics": "/var/lib/prometheus/node-exporter/baton_agent.prom",
+    "state": "/run/baton/agent-state.json",
+}
+
+
+def load_config(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as handle:
+        cfg = {**DEFAULTS, **json.load(handle)}
+    missing = [k for k in ("region", "node", "endpoints") if not cfg.get(k)]
+    if missing:
+        raise SystemExit(f"baton-agent: {path} lacks {', '.join(missing)}: re-run the witness role")
+    cfg["interval"] = float(cfg["interval"])
+    cfg["fence_after"] = float(cfg["fence_after"])
+    cfg["lease_ttl"] = int(cfg["lease_ttl"])
+    return cfg
+
+
+def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
+    """Writes a file so that readers see the old or the new content, never half of it."""
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.3f}"
+
+
+def render_metrics(cfg: dict[str, Any], values: dict[str, float]) -> str:
+    """node_exporter textfile lines for the agent's gauges (name -> value)."""
+    labels = f'region="{_label(cfg["region"])}",node="{_label(cfg["node"])}"'
+    helps = {
+        "baton_agent_up": "1 while the agent runs its loop.",
+        "baton_agent_fenced": "1 when this node is fenced (the marker file exists).",
+        "baton_agent_holds_baton": "1 when this node renews a lease for its region's baton.",
+        "baton_agent_witness_reachable": "1 when the witness answered the last read.",
+        "baton_agent_last_renewal_timestamp_seconds": "Unix time of the last lease renewal "
+                                                      "(0: never).",
+        "baton_agent_holder_epoch": "Epoch of the baton as last read from the witness (-1: "
+                                    "unknown).",
+    }
+    lines: list[str] = []
+    for name, value in values.items():
+        lines += [f"# HELP {name} {helps.get(name, name)}", f"# TYPE {name} gauge",
+                  f"{name}{{{labels}}} {_number(value)}"]
+    return "\n".join(lines) + "\n"
+
+
+def pgbouncer_command(cfg: dict[str, Any], command: str) -> str:
+    """One command on PgBouncer's admin console; "ok" or the error (never raises). The
+    password goes in the environment, never on the command line."""
+    dsn = (f"host=127.0.0.1 port={cfg['pgbouncer_port']} dbname=pgbouncer "
+           f"user={cfg['pgbouncer_admin_username']} connect_timeout=2")
+    try:
+        out = subprocess.run(["psql", dsn, "-XAtq", "-c", command], capture_output=True,
+                             text=True, timeout=5, check=False,
+                             env={**os.environ, "PGPASSWORD": str(cfg["pgbouncer_admin_password"])})
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"failed: {exc}"
+    if out.returncode != 0:
+        return f"failed: {(out.stderr or out.stdout).strip() or f'exit {out.returncode}'}"
+    return "ok"
+
+
+class Agent:
+    """One database node's agent: observe, decide (agent_step), act."""
+
+    def __init__(self, cfg: dict[str, Any], witness: Witness | None = None) -> None:
+        self.cfg = cfg
+        # One loop's witness calls stay within the interval: the holder read and the renewal
+        # each get half of it, over all members (an unreachable member costs its share once;
+        # the next call starts at the next member).
+        share = max(0.2, cfg["interval"] / 2)
+        self.witness = witness or Witness(list(cfg["endpoints"]), timeout=share, budget=share)
+        self.state = fresh_state()
+        self.last_renewal_wall = 0.0
+        self.holder: dict[str, Any] | None = None
+        self.witness_error = ""
+        self.last_summary = ""
+        self.load_state()
+
+    # --- helpers ---
+
+    def log(self, message: str) -> None:
+        print(f"baton-agent {self.cfg['node']}: {message}", flush=True)
+
+    def load_state(self) -> None:
+        """The state a previous run of the agent left in /run/baton (tmpfs: gone at boot)."""
+        try:
+            with open(self.cfg["state"], encoding="utf-8") as handle:
+                saved = json.load(handle)
+        except (OSError, ValueError):
+            return
+        wall = float(saved.get("last_renewal_wall") or 0)
+        self.state = {"lease": saved.get("lease"), "holder_epoch": saved.get("holder_epoch"),
+                      "last_renewal": (time.monotonic() - max(0.0, time.time() - wall)
+                                       if wall else None)}
+        self.last_renewal_wall = wall
+        if self.state["lease"] is not None or self.state["holder_epoch"] is not None:
+            self.log(f"resuming: lease {self.state['lease']}, epoch "
+                     f"{self.state['holder_epoch']}, last renewal "
+                     f"{utc_iso(wall) if wall else 'never'}")
+
+    def save_state(self) -> None:
+        try:
+            os.makedirs(os.path.dirname(self.cfg["state"]), mode=0o700, exist_ok=True)
+            write_atomic(self.cfg["state"], json.dumps(
+                {"lease": self.state["lease"], "holder_epoch": self.state["holder_epoch"],
+                 "last_renewal_wall": self.last_renewal_wall if self.state["last_renewal"]
+                 is not None else 0}), mode=0o600)
+        except OSError as exc:
+            self.log(f"cannot save state to {self.cfg['state']}: {exc}")
+
+    def writable(self) -> bool | None:
+        """Whether the local PostgreSQL accepts writes; None when it does not answer."""
+        timeout = max(0.5, self.cfg["interval"] / 2)
+        try:
+            out = subprocess.run(
+                ["runuser", "-u", "postgres", "--", "psql", "-p",
+                 str(self.cfg["postgresql_port"]), "-XAtqc", "SELECT NOT pg_is_in_recovery()"],
+                capture_output=True, text=True, timeout=timeout, check=False,
+                env={**os.environ, "PGCONNECT_TIMEOUT": "2"})
+        except (OSError, subprocess.SubprocessError):
+            return None
+        answer = out.stdout.strip()
+        return {"t": True, "f": False}.get(answer) if out.returncode == 0 else None
+
+    def pgbouncer(self, command: str) -> str:
+        return pgbouncer_command(self.cfg, command)
+
+    # --- the loop ---
+
+    def observe(self) -> dict[str, Any]:
+        fenced = os.path.exists(self.cfg["marker"])
+        witness_ok, holder = False, None
+        try:
+            entry = self.witness.get(HOLDER)
+            holder = parse_holder(entry.value if entry else None)
+            witness_ok = True
+            self.witness_error = ""
+        except WitnessError as exc:
+            self.witness_error = f"witness unreachable: {exc}"
+        except ValueError as exc:  # a holder key nobody can read: nobody may rely on it
+            self.witness_error = f"unreadable holder key: {exc}"
+        self.holder = holder if witness_ok else self.holder
+        writable = self.writable() if witness_ok and holder and not fenced else None
+        return {"witness_ok": witness_ok, "holder": holder, "writable": writable,
+                "fenced": fenced}
+
+    def step(self) -> list[str]:
+        observed = self.observe()
+        actions, new_state = agent_step(self.state, observed, time.monotonic(), self.cfg)
+        note = new_state.pop("note", "")
+        previous, self.state = self.state, new_state
+        summary = ",".join(actions)
+        if "fence" not in actions and summary != self.last_summary:
+            detail = f" ({self.witness_error})" if self.witness_error else ""
+            self.log(f"{summary.upper()}: {note}{detail}")
+        self.last_summary = summary
+        for action in actions:
+            handler = getattr(self, f"do_{action}", None)
+            if handler is not None:  # stay_fenced, idle, standby, wait: nothing to do
+                handler(observed, note, previous)
+        self.save_state()
+        self.write_metrics(observed)
+        return actions
+
+    def do_grant(self, observed: dict[str, Any], note: str,
+                 previous: dict[str, Any]) -> None:
+        cfg, holder = self.cfg, observed["holder"]
+        sent, sent_wall = time.monotonic(), time.time()
+        try:
+            lease = self.witness.grant(cfg["lease_ttl"])
+        except WitnessError as exc:
+            self.log(f"cannot get a lease: {exc}")
+            return
+        record = {"node": cfg["node"], "region": cfg["region"], "epoch": holder["epoch"],
+                  "renewed_at": utc_iso(sent_wall)}
+        try:
+            self.witness.put(alive_key(cfg["region"], cfg["node"]), json.dumps(record), lease)
+        except WitnessError as exc:
+            self.log(f"cannot write {alive_key(cfg['region'], cfg['node'])}: {exc}")
+            self._revoke(lease)
+            return
+        self.state.update(lease=lease, last_renewal=sent, holder_epoch=holder["epoch"])
+        self.last_renewal_wall = sent_wall
+        self.log(f"LEASE {lease} ({cfg['lease_ttl']} s) for {cfg['region']}'s baton, epoch "
+                 f"{holder['epoch']}")
+
+    def do_keepalive(self, observed: dict[str, Any], note: str,
+                     previous: dict[str, Any]) -> None:
+        sent, sent_wall = time.monotonic(), time.time()
+        try:
+            ttl = self.witness.keepalive(self.state["lease"])
+        except WitnessError as exc:
+            self.log(f"lease {self.state['lease']} not renewed: {exc}")
+            return
+        if ttl <= 0:
+            self.log(f"lease {self.state['lease']} has expired on the witness: taking a new one")
+            self.state["lease"] = None  # holder_epoch and last_renewal stay: still the holder
+            return
+        self.state["last_renewal"] = sent
+        self.last_renewal_wall = sent_wall
+
+    def do_release(self, observed: dict[str, Any], note: str,
+                   previous: dict[str, Any]) -> None:
+        if previous.get("lease") is not None:
+            self._revoke(previous["lease"])
+            self.log(f"RELEASED lease {previous['lease']}: {note}")
+
+    def _revoke(self, lease: int) -> None:
+        try:
+            self.witness.revoke(lease)
+        except WitnessError as exc:
+            self.log(f"cannot revoke lease {lease} (it expires by itself): {exc}")
+
+    def do_fence(self, observed: dict[str, Any], note: str,
+                 previous: dict[str, Any]) -> None:
+        reason = note + (f" ({self.witness_error})" if self.witness_error else "")
+        holder = observed.get("holder") or self.holder or {}
+        fence(self.cfg, reason, holder.get("epoch"), self.pgbouncer, self.log)
+
+    def write_metrics(self, observed: dict[str, Any]) -> None:
+        path = self.cfg["metrics"]
+        if not os.path.isdir(os.path.dirname(path)):
+            return  # node_exporter's textfile folder is not there (yet)
+        holds = (observed["witness_ok"] and self.state["lease"] is not None
+                 and (observed["holder"] or {}).get("region") == self.cfg["region"])
+        epoch = (self.holder or {}).get("epoch")
+        values = {
+            "baton_agent_up": 1,
+            "baton_agent_fenced": int(os.path.exists(self.cfg["marker"])),
+            "baton_agent_holds_baton": int(bool(holds)),
+            "baton_agent_witness_reachable": int(observed["witness_ok"]),
+            "baton_agent_last_renewal_timestamp_seconds": round(self.last_renewal_wall, 3),
+            "baton_agent_holder_epoch": -1 if epoch is None else int(epoch),
+        }
+        try:
+            write_atomic(path, render_metrics(self.cfg, values))
+        except OSError as exc:
+            self.log(f"cannot write {path}: {exc}")
+
+    def run(self) -> None:
+        stopping: list[int] = []
+        signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+        self.log(f"started: region {self.cfg['region']}, witness "
+                 f"{', '.join(self.cfg['endpoints'])}, every {self.cfg['interval']:g} s, fencing "
+                 f"after {self.cfg['fence_after']:g} s without renewal, lease "
+                 f"{self.cfg['lease_ttl']} s")
+        interval = self.cfg["interval"]
+        tick = time.monotonic()
+        while not stopping:
+            try:
+                self.step()
+            except Exception as exc:  # the loop must go on; the log says why
+                self.log(f"loop error: {type(exc).__name__}: {exc}")
+            tick += interval
+            delay = tick - time.monotonic()
+            if delay < 0:  # overran: start the next loop now, on a new schedule
+                tick, delay = time.monotonic(), 0
+            time.sleep(delay)
+        # Keep the lease: a restart resumes it (state in /run/baton); it expires by itself.
+        self.log("stopping (the lease, if any, is kept and expires by itself)")
+        metrics = self.cfg["metrics"]
+        if os.path.isdir(os.path.dirname(metrics)):
+            write_atomic(metrics, render_metrics(self.cfg, {"baton_agent_up": 0}))
+
+
+def fence(cfg: dict[str, Any], reason: str, epoch: Any, pgbouncer: Any, log: Any) -> None:
+    """Marker first (nothing starts Patroni while it exists), then PgBouncer, then Patroni."""
+    record = {"since": utc_iso(time.time()), "reason": reason, "epoch": epoch,
+              "region": cfg["region"], "node": cfg["node"]}
+    try:
+        os.makedirs(os.path.dirname(cfg["marker"]), exist_ok=True)
+        write_atomic(cfg["marker"], json.dumps(record, sort_keys=True) + "\n")
+    except OSError as exc:
+        log(f"cannot write the fence marker {cfg['marker']}: {exc} (fencing anyway)")
+    log(f"FENCED: {reason}")
+    db = cfg["pgbouncer_database"]
+    for command in (f"DISABLE {db}", f"KILL {db}"):
+        log(f"PgBouncer {command}: {pgbouncer(command)}")
+    try:
+        out = subprocess.run(["systemctl", "stop", "patroni"], capture_output=True, text=True,
+                             timeout=120, check=False)
+        result = "ok" if out.returncode == 0 else (out.stderr.strip() or f"exit {out.returncode}")
+    except (OSError, subprocess.SubprocessError) as exc:
+        result = f"failed: {exc}"
+    log(f"systemctl stop patroni: {result}")
+
+
+def status(cfg: dict[str, Any]) -> dict[str, Any]:
+    marker = None
+    if os.path.exists(cfg["marker"]):
+        with open(cfg["marker"], encoding="utf-8") as handle:
+            text = handle.read()
+        marker = decode_record(text) or {"raw": text.strip()}
+    try:
+        with open(cfg["state"], encoding="utf-8") as handle:
+            saved = json.load(handle)
+    except (OSError, ValueError):
+        saved = {}
+    share = max(0.5, cfg["interval"])
+    witness = Witness(list(cfg["endpoints"]), timeout=share)
+    report: dict[str, Any] = {"region": cfg["region"], "node": cfg["node"],
+                              "fenced": marker is not None, "marker": marker,
+                              "lease": saved.get("lease"),
+                              "holder_epoch": saved.get("holder_epoch"),
+                              "last_renewal": utc_iso(saved["last_renewal_wall"])
+                              if saved.get("last_renewal_wall") else None}
+    try:
+        entry = witness.get(HOLDER)
+        report["holder"] = parse_holder(entry.value if entry else None)
+        if saved.get("lease"):
+            report["lease_ttl"] = witness.time_to_live(int(saved["lease"]))
+    except (WitnessError, ValueError) as exc:
+        report["holder"] = None
+        report["witness_error"] = str(exc)
+    return report
+
+
+def unfence(cfg: dict[str, Any], log: Any) -> dict[str, Any]:
+    """Removes the marker and lets clients back in through PgBouncer; never starts Patroni."""
+    removed = False
+    if os.path.exists(cfg["marker"]):
+        os.unlink(cfg["marker"])
+        removed = True
+        log("UNFENCED: marker removed (Patroni is not started here: the caller starts it)")
+    db = cfg["pgbouncer_database"]
+    pgbouncer = {command: pgbouncer_command(cfg, command)
+                 for command in (f"ENABLE {db}", f"RESUME {db}")}
+    return {"marker_removed": removed, "fenced": os.path.exists(cfg["marker"]),
+            "pgbouncer": pgbouncer}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["run", "status", "unfence"])
+    parser.add_argument("--config", default="/etc/baton/agent.json")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config)
+    if args.command == "run":
+        Agent(cfg).run()
+        return 0
+    if args.command == "status":
+        print(json.dumps(status(cfg), indent=2, sort_keys=True))
+        return 0
+    result = unfence(cfg, lambda message: print(f"baton-agent {cfg['node']}: {message}",
+                                                file=sys.stderr))
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0 if not result["fenced"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""The decisions of a failover or switchover run, from recorded assessments: the gates (unknown
+target, unhealthy or lagging target, split brain, a switchover without its old primary), the
+plan, the Redis chain, the report; and the pure parts of the modules that act (the Patroni
+cluster plan, PgBouncer's repoint, Redis's role changes). No server needed."""
+
+import pytest
+from baton_assess import global_view, primary_position, region_summary, region_verdict
+from baton_failover import (
+    baton_failover_metrics,
+    baton_failover_plan,
+    baton_failover_report,
+    baton_failover_summary,
+    baton_lsn,
+    baton_lsn_int,
+    baton_redis_chain,
+)
+from baton_patroni import plan_cluster, reached, standby_source
+from test_assess_verdicts import node, unreachable
+
+MiB = 1 << 20
+
+
+def assessment(regions, last_known=None):
+    """What baton_assess returns for these recorded probes."""
+    summaries = {r: region_summary(r, nodes) for r, nodes in regions.items()}
+    position, _ = primary_position(summaries, last_known)
+    out = {}
+    for r, s in summaries.items():
+        verdict, reasons = region_verdict(s, None, position)
+        out[r] = {"verdict": verdict, "reasons": reasons, "facts": s}
+    view = global_view(summaries, {r: e["verdict"] for r, e in out.items()}, last_known)
+    return {"regions": out, "global": view}
+
+
+def lab(east="up", west_received="0/5000000", eu_received="0/5000000"):
+    east_nodes = {"up": {"us-east-1": node("us-east-1", "primary", lsn="0/5000000")},
+                  "down": {"us-east-1": unreachable("us-east-1")}}[east]
+    return {"us-east": east_nodes,
+            "us-west": {"us-west-1": node("us-west-1", "standby_leader",
+                                          received=west_received, redis_role="slave")},
+            "eu-west": {"eu-west-1": node("eu-west-1", "standby_leader",
+                                          received=eu_received, redis_role="slave")}}
+
+
+HOLDER_EAST = {"region": "us-east", "epoch": 1}
+
+
+def test_an_unknown_target_is_refused_naming_the_regions():
+    plan = baton_failover_plan(assessment(lab()), HOLDER_EAST, "us-north", "failover", MiB)
+    assert plan["refuse"] == ("unknown target region 'us-north': choose one of us-east, "
+                              "us-west, eu-west")
+
+
+def test_failover_of_a_dead_region_waits_for_its_leases_then_promotes_the_target():
+    plan = baton_failover_plan(assessment(lab(east="down"), last_known=0x5000000),
+                               HOLDER_EAST, "us-west", "failover", MiB)
+    assert plan["refuse"] is None
+    assert (plan["old"], plan["old_answers"], plan["already"]) == ("us-east", False, False)
+    assert plan["unreachable"] == ["us-east"] and plan["others"] == ["eu-west"]
+    assert plan["data_loss_bytes"] == 0
+    assert ("wait until us-east's fence agents have let their leases go (they fence their "
+            "nodes first; cut-off ones fence before their leases expire)") in plan["steps"]
+    assert "promote us-west's standby cluster; wait until it takes writes" in plan["steps"]
+
+
+def test_failover_refuses_when_target_lags_beyond_bound_and_names_a_better_candidate():
+    assessed = assessment(lab(east="down", west_received="0/4000000"), last_known=0x5000000)
+    plan = baton_failover_plan(assessed, HOLDER_EAST, "us-west", "failover", MiB)
+    assert plan["refuse"].startswith("target us-west lags 16777216 bytes of WAL behind the "
+                                     "last known primary position, above max_data_loss "
+                                     "(1048576 bytes): fail over to eu-west instead,")
+    forced = baton_failover_plan(assessed, HOLDER_EAST, "us-west", "failover", MiB, force=True)
+    assert forced["refuse"] is None and forced["data_loss_bytes"] == 16 * MiB
+
+
+def test_failover_refuses_an_unhealthy_target():
+    regions = lab(east="down")
+    regions["us-west"] = {"us-west-1": unreachable("us-west-1")}
+    plan = baton_failover_plan(assessment(regions, last_known=0x5000000), HOLDER_EAST,
+                               "us-west", "failover", MiB)
+    assert plan["refuse"].startswith("target us-west is unhealthy (no node of the region "
+                                     "answers (down or cut off))")
+    assert plan["refuse"].endswith("candidates: eu-west")
+
+
+def test_a_target_that_already_holds_the_baton_is_nothing_to_do():
+    regions = lab(east="down")
+    regions["us-west"] = {"us-west-1": node("us-west-1", "primary", lsn="0/6000000")}
+    plan = baton_failover_plan(assessment(regions), {"region": "us-west", "epoch": 2},
+                               "us-west", "failover", MiB)
+    assert plan["refuse"] is None and plan["already"] is True
+    assert plan["steps"][0].startswith("us-west already holds the baton")
+    assert plan["others"] == ["eu-west"]
+
+
+def test_split_brain_is_refused_unless_forced():
+    regions = lab()
+    regions["us-west"] = {"us-west-1": node("us-west-1", "primary")}
+    plan = baton_failover_plan(assessment(regions), HOLDER_EAST, "eu-west", "failover", MiB)
+    assert plan["refuse"].startswith("split brain: us-east, us-west all accept writes")
+
+
+def test_a_switchover_needs_the_old_primary_to_answer():
+    plan = baton_failover_plan(assessment(lab(east="down"), last_known=0x5000000),
+                               HOLDER_EAST, "us-west", "switchover", MiB)
+    assert plan["refuse"].startswith("a switchover needs the old primary region us-east to "
+                                     "answer")
+    live = baton_failover_plan(assessment(lab()), HOLDER_EAST, "eu-west", "switchover", MiB)
+    assert live["refuse"] is None and live["old_answers"]
+    assert "demote us-east to a standby cluster of eu-west" in live["steps"]
+    assert "wait until eu-west has received us-east's final WAL position" in live["steps"]
+
+
+def test_an_unknown_data_loss_is_refused_unless_forced():
+    regions = lab(east="down")
+    regions["us-west"]["us-west-1"]["postgres"]["receive_lsn"] = None
+    regions["us-west"]["us-west-1"]["postgres"]["replay_lsn"] = None
+    del regions["eu-west"]
+    plan = baton_failover_plan(assessment(regions), HOLDER_EAST, "us-west", "failover", MiB)
+    assert plan["refuse"].startswith("the data loss of a failover to us-west cannot be "
+                                     "estimated")
+
+
+def test_the_redis_chain_puts_the_new_master_first_and_skips_unreachable_regions():
+    hostvars = {h: {"baton_address": a} for h, a in (
+        ("e1", "10.0.1.11"), ("e2", "10.0.1.12"), ("w1", "10.0.2.11"), ("w2", "10.0.2.12"),
+        ("u1", "10.0.3.11"), ("u2", "10.0.3.12"))}
+    regions = {"us-east": ["e1", "e2"], "us-west": ["w1", "w2"], "eu-west": ["u1", "u2"]}
+    chain = baton_redis_chain(regions, hostvars, "us-west", ["us-east"])
+    assert chain == [
+        {"address": "10.0.2.11", "port": 6379, "replicaof": "", "priority": 100},
+        {"address": "10.0.2.12", "port": 6379, "replicaof": "10.0.2.11:6379", "priority": 100},
+        {"address": "10.0.3.11", "port": 6379, "replicaof": "10.0.2.11:6379", "priority": 0},
+        {"address": "10.0.3.12", "port": 6379, "replicaof": "10.0.3.11:6379", "priority": 0},
+    ]
+
+
+def test_the_report_states_rto_data_lost_and_the_timeline():
+    plan = baton_failover_plan(assessment(lab(east="down"), last_known=0x5000100),
+                               HOLDER_EAST, "us-west", "failover", MiB)
+    report = baton_failover_report(plan, {"start": 1000.0, "target promoted": 1012.5,
+                                          "writes accepted through db": 1020.25},
+                                   {"epoch": 2, "write_accepted_at": 1020.25,
+                                    "reference_position": 0x5000100,
+                                    "reference_source": "last known",
+                                    "promoted_position": "0/5000000", "promoted": True,
+                                    "actions_taken": ["target promoted"]})
+    assert report["rto_seconds"] == 20.25 and report["data_lost_bytes"] == 0x100
+    assert report["timeline"] == [{"step": "target promoted", "at": 12.5},
+                                  {"step": "writes accepted through db", "at": 20.25}]
+    summary = baton_failover_summary(report)
+    assert summary[0] == "failover to us-west (from us-east): epoch 2"
+    assert summary[2].startswith("data lost: 256 bytes of WAL")
+    metrics = baton_failover_metrics(report, 1020.0)
+    assert ('baton_failover_last_timestamp_seconds{epoch="2",source_region="us-east",'
+            'target_region="us-west"} 1020.0') in metrics
+    assert "baton_failover_last_data_loss_bytes 256.0" in metrics
+
+
+def test_lsn_round_trip():
+    assert baton_lsn(baton_lsn_int("16/B374D848")) == "16/B374D848"
+    assert baton_lsn(None) == "" and baton_lsn_int("") is None
+
+
+# --- the modules' pure decisions ------------------------------------------------------------
+
+SOURCE = standby_source(["10.231.2.11"], 5000, "baton_us_east")
+
+
+@pytest.mark.parametrize(("config", "want", "source", "expected"), [
+    ({}, "primary", None, None),
+    ({"standby_cluster": {"host": "10.231.1.11", "port": 5000}}, "primary", None,
+     {"standby_cluster": None}),
+    ({}, "standby", SOURCE, {"standby_cluster": SOURCE}),
+    ({"standby_cluster": dict(SOURCE)}, "standby", SOURCE, None),
+    ({"standby_cluster": {**SOURCE, "host": "10.231.1.11"}}, "standby", SOURCE,
+     {"standby_cluster": SOURCE}),
+])
+def test_the_cluster_plan_patches_only_what_differs(config, want, source, expected):
+    body, _reason = plan_cluster(config, [{"role": "leader", "state": "running"}], want, source)
+    assert body == expected
+
+
+def test_an_outcome_is_reached_only_when_the_leader_runs_in_its_new_role():
+    assert reached([{"role": "leader", "state": "running"}], "primary")
+    assert not reached([{"role": "standby_leader", "state": "running"}], "primary")
+    assert not reached([{"role": "leader", "state": "starting"}], "primary")
+    assert reached([{"role": "standby_leader", "state": "streaming"}], "standby")
+
+
+def test_pgbouncer_repoint_rewrites_only_the_host_of_its_line():
+    from baton_pgbouncer import rewrite_hosts
+
+    text = ("[databases]\napp = host=10.231.1.11 port=5000 dbname=app pool_mode=transaction\n"
+            "app_ro = host=127.0.0.1 port=5001 dbname=app\n")
+    new, changed = rewrite_hosts(text, "app", "10.231.2.11")
+    assert changed and new == text.replace("host=10.231.1.11", "host=10.231.2.11")
+    assert rewrite_hosts(new, "app", "10.231.2.11") == (new, False)
+    with pytest.raises(ValueError):
+        rewrite_hosts(text, "other", "10.0.0.1")
+
+
+def test_redis_role_changes_only_what_differs():
+    from baton_redis import plan_server
+
+    master = {"role": "master", "master": None}
+    replica = {"role": "replica", "master": "10.231.1.11:6379"}
+    assert plan_server(master, "100", "", 100) == []
+    assert plan_server(replica, "0", "", 100) == [["REPLICAOF", "NO", "ONE"],
+                                                   ["CONFIG", "SET", "replica-priority", "100"],
+                                                   ["CONFIG", "REWRITE"]]
+    assert plan_server(master, "100", "10.231.2.11:6379", 0) == [
+        ["REPLICAOF", "10.231.2.11", "6379"], ["CONFIG", "SET", "replica-priority", "0"],
+        ["CONFIG", "REWRITE"]]
+    assert plan_server(replica, "0", "10.231.1.11:6379", 0) == []

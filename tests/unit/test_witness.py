@@ -1,0 +1,640 @@
+"""The global witness: its etcd client (against recorded etcd 3.4 gateway replies on loopback),
+the timing rules, the agent's decision and the failover lock's."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from baton_witness import (
+    HOLDER,
+    LOCK,
+    Witness,
+    WitnessError,
+    WitnessUnavailable,
+    agent_step,
+    alive_key,
+    alive_prefix,
+    fresh_state,
+    holder_value,
+    lock_decision,
+    parse_holder,
+    prefix_end,
+    timing_problems,
+)
+
+AGENT_DIR = Path(__file__).resolve().parents[2] / "roles/witness/files"
+
+DEFAULTS = {"interval": 1.0, "fence_after": 5.0, "lease_ttl": 10, "promotion_wait": 15.0}
+CFG = {"region": "us-east", "fence_after": DEFAULTS["fence_after"]}
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+# --- a recorded etcd on 127.0.0.1 ---------------------------------------------------------------
+
+HEADER = {"cluster_id": "324952591200643719", "member_id": "3319814642761637952",
+          "revision": "9", "raft_term": "2"}
+NOT_FOUND = (404, {"error": "etcdserver: requested lease not found",
+                   "message": "etcdserver: requested lease not found", "code": 5})
+NO_LEADER = (503, {"error": "etcdserver: request timed out",
+                   "message": "etcdserver: request timed out", "code": 14})
+
+
+class FakeEtcd:
+    """Answers each POST /v3/<method> with the next recorded (status, body) for that path."""
+
+    def __init__(self) -> None:
+        self.replies: dict[str, list[tuple[int, Any]]] = {}
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+                fake.requests.append((self.path, body))
+                status, reply = fake.replies.get(self.path, [(404, {"message": "no route"})]).pop(0)
+                data = json.dumps(reply).encode() + (b"\n" if "keepalive" in self.path else b"")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
+                         daemon=True).start()
+
+    def reply(self, path: str, *replies: tuple[int, Any]) -> None:
+        self.replies.setdefault(path, []).extend(replies)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def etcd():
+    server = FakeEtcd()
+    yield server
+    server.close()
+
+
+def closed_port() -> str:
+    """An address on loopback where nothing listens (connection refused)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+# --- the client ---------------------------------------------------------------------------------
+
+
+def test_get_sends_the_key_in_base64_to_v3_range_and_decodes_etcds_string_integers(etcd):
+    etcd.reply("/v3/kv/range", (200, {"header": HEADER, "count": "1", "kvs": [{
+        "key": b64(HOLDER), "create_revision": "2", "mod_revision": "7", "version": "3",
+        "value": b64('{"region": "us-east", "epoch": 3}'), "lease": "42"}]}))
+    entry = Witness([etcd.endpoint]).get(HOLDER)
+    assert etcd.requests == [("/v3/kv/range", {"key": b64(HOLDER)})]
+    assert (entry.key, entry.value) == (HOLDER, '{"region": "us-east", "epoch": 3}')
+    assert (entry.mod_revision, entry.create_revision, entry.lease) == (7, 2, 42)
+
+
+def test_get_of_a_missing_key_is_none(etcd):
+    etcd.reply("/v3/kv/range", (200, {"header": HEADER}))  # etcd omits kvs and count
+    assert Witness([etcd.endpoint]).get(HOLDER) is None
+
+
+def test_get_prefix_asks_for_the_range_up_to_the_prefixs_successor(etcd):
+    etcd.reply("/v3/kv/range", (200, {"header": HEADER, "count": "2", "kvs": [
+        {"key": b64(alive_key("us-east", "a")), "value": b64("1"), "mod_revision": "5",
+         "create_revision": "5", "lease": "7"},
+        {"key": b64(alive_key("us-east", "b")), "value": b64("2"), "mod_revision": "6",
+         "create_revision": "6"}]}))
+    entries = Witness([etcd.endpoint]).get_prefix(alive_prefix("us-east"))
+    assert etcd.requests[0][1] == {"key": b64("/baton/alive/us-east/"),
+                                   "range_end": b64("/baton/alive/us-east0")}
+    assert [(e.key, e.lease) for e in entries] == [("/baton/alive/us-east/a", 7),
+                                                   ("/baton/alive/us-east/b", 0)]
+
+
+def test_prefix_end_increments_the_last_byte_that_can_be():
+    assert prefix_end("/baton/") == b"/baton0"
+    assert prefix_end("a\xff") == b"a\xc3\xc0"  # U+00FF is c3 bf in UTF-8
+    assert prefix_end("") == b"\x00"
+
+
+def test_put_with_a_lease_sends_it_and_returns_the_new_revision(etcd):
+    etcd.reply("/v3/kv/put", (200, {"header": {**HEADER, "revision": "12"}}))
+    assert Witness([etcd.endpoint]).put("/k", "v", lease=99) == 12
+    assert etcd.requests[0][1] == {"key": b64("/k"), "value": b64("v"), "lease": "99"}
+
+
+def test_create_is_a_txn_on_create_revision_zero_and_says_whether_it_wrote(etcd):
+    etcd.reply("/v3/kv/txn", (200, {"header": HEADER, "succeeded": True,
+                                    "responses": [{"response_put": {"header": HEADER}}]}),
+               (200, {"header": HEADER}))  # a failed compare: etcd omits "succeeded"
+    witness = Witness([etcd.endpoint])
+    assert witness.create(HOLDER, "x") is True
+    assert witness.create(HOLDER, "x") is False
+    assert etcd.requests[0][1] == {
+        "compare": [{"target": "CREATE", "key": b64(HOLDER), "result": "EQUAL",
+                     "create_revision": "0"}],
+        "success": [{"request_put": {"key": b64(HOLDER), "value": b64("x")}}]}
+
+
+def test_swap_is_a_compare_and_swap_on_mod_revision(etcd):
+    etcd.reply("/v3/kv/txn", (200, {"header": HEADER}))
+    assert Witness([etcd.endpoint]).swap(HOLDER, "y", expect_mod_revision=7, lease=5) is False
+    assert etcd.requests[0][1] == {
+        "compare": [{"target": "MOD", "key": b64(HOLDER), "result": "EQUAL",
+                     "mod_revision": "7"}],
+        "success": [{"request_put": {"key": b64(HOLDER), "value": b64("y"), "lease": "5"}}]}
+
+
+def test_delete_is_plain_without_an_expected_revision_and_guarded_with_one(etcd):
+    etcd.reply("/v3/kv/deleterange", (200, {"header": HEADER, "deleted": "1"}),
+               (200, {"header": HEADER}))
+    etcd.reply("/v3/kv/txn", (200, {"header": HEADER, "succeeded": True}))
+    witness = Witness([etcd.endpoint])
+    assert witness.delete(LOCK) is True
+    assert witness.delete(LOCK) is False
+    assert witness.delete(LOCK, expect_mod_revision=4) is True
+    assert etcd.requests[2][1]["success"] == [{"request_delete_range": {"key": b64(LOCK)}}]
+    assert etcd.requests[2][1]["compare"][0]["mod_revision"] == "4"
+
+
+def test_leases_grant_keepalive_time_to_live_and_revoke(etcd):
+    etcd.reply("/v3/lease/grant", (200, {"header": HEADER, "ID": "2324035663259186185",
+                                         "TTL": "10"}))
+    etcd.reply("/v3/lease/keepalive",
+               (200, {"result": {"header": HEADER, "ID": "2324035663259186185", "TTL": "10"}}),
+               (200, {"result": {"header": HEADER, "ID": "2324035663259186185"}}))  # expired
+    etcd.reply("/v3/lease/timetolive", (200, {"header": HEADER, "ID": "1", "TTL": "-1"}))
+    etcd.reply("/v3/lease/revoke", (200, {"header": HEADER}), NOT_FOUND)
+    witness = Witness([etcd.endpoint])
+    lease = witness.grant(10)
+    assert lease == 2324035663259186185
+    assert etcd.requests[0][1] == {"TTL": "10"}
+    assert witness.keepalive(lease) == 10
+    assert etcd.requests[1][1] == {"ID": "2324035663259186185"}
+    assert witness.keepalive(lease) == 0
+    assert witness.time_to_live(lease) == -1
+    assert witness.revoke(lease) is True
+    assert witness.revoke(lease) is False  # already gone
+
+
+def test_a_definite_refusal_raises_witness_error_without_asking_another_member(etcd):
+    etcd.reply("/v3/kv/put", NOT_FOUND)
+    other = FakeEtcd()
+    try:
+        with pytest.raises(WitnessError) as info:
+            Witness([etcd.endpoint, other.endpoint]).put("/k", "v", lease=12345)
+        assert not isinstance(info.value, WitnessUnavailable)
+        assert info.value.code == 5
+        assert "requested lease not found" in str(info.value)
+        assert other.requests == []
+    finally:
+        other.close()
+
+
+def test_the_client_moves_to_the_next_member_when_one_refuses_the_connection(etcd):
+    etcd.reply("/v3/kv/range", (200, {"header": HEADER}), (200, {"header": HEADER}))
+    dead = closed_port()
+    witness = Witness([dead, etcd.endpoint], timeout=1)
+    assert witness.get(HOLDER) is None
+    assert witness.get(HOLDER) is None  # straight to the member that answered last
+    assert len(etcd.requests) == 2
+
+
+def test_the_client_moves_on_when_a_member_has_no_leader(etcd):
+    etcd.reply("/v3/kv/range", NO_LEADER)
+    good = FakeEtcd()
+    good.reply("/v3/kv/range", (200, {"header": HEADER}))
+    try:
+        assert Witness([etcd.endpoint, good.endpoint]).get(HOLDER) is None
+        assert len(good.requests) == 1
+    finally:
+        good.close()
+
+
+def test_a_keepalive_stream_error_from_a_member_without_leader_moves_on(etcd):
+    etcd.reply("/v3/lease/keepalive", (503, {"error": {
+        "grpc_code": 14, "http_code": 503, "message": "etcdserver: no leader",
+        "http_status": "Service Unavailable"}}))
+    with pytest.raises(WitnessUnavailable, match="etcdserver: no leader"):
+        Witness([etcd.endpoint]).keepalive(7)
+
+
+def test_no_member_answering_raises_witness_unavailable_naming_each_and_its_error():
+    first, second = closed_port(), closed_port()
+    with pytest.raises(WitnessUnavailable) as info:
+        Witness([first, second], timeout=1).get(HOLDER)
+    message = str(info.value)
+    assert f"tried {first}, {second}" in message
+    assert message.count("refused") == 2
+
+
+def test_the_client_ignores_an_http_proxy_in_the_environment(etcd, monkeypatch):
+    monkeypatch.setenv("http_proxy", f"http://{closed_port()}")
+    monkeypatch.setenv("HTTP_PROXY", f"http://{closed_port()}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    etcd.reply("/v3/kv/range", (200, {"header": HEADER}))
+    assert Witness([etcd.endpoint]).get(HOLDER) is None
+    assert len(etcd.requests) == 1
+
+
+class HangingOpener:
+    """Every attempt times out after its full timeout; records the timeouts it was given."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float] = []
+
+    def open(self, request: Any, timeout: float) -> Any:
+        self.timeouts.append(timeout)
+        time.sleep(timeout)
+        raise TimeoutError("timed out")
+
+
+def test_a_budget_bounds_one_call_over_all_members_and_the_next_call_starts_elsewhere():
+    opener = HangingOpener()
+    witness = Witness(["10.0.0.1:2391", "10.0.0.2:2391", "10.0.0.3:2391"], timeout=1.0,
+                      budget=0.2, opener=opener)
+    started = time.monotonic()
+    with pytest.raises(WitnessUnavailable) as info:
+        witness.get(HOLDER)
+    assert time.monotonic() - started < 0.5
+    assert "10.0.0.1:2391: timed out" in str(info.value)
+    assert "not tried" in str(info.value)
+    assert opener.timeouts[0] == pytest.approx(0.2, abs=0.01)
+    with pytest.raises(WitnessUnavailable, match=r"tried 10\.0\.0\.2:2391"):
+        witness.get(HOLDER)
+
+
+def test_holder_records_round_trip_and_a_malformed_one_is_refused():
+    record = parse_holder(holder_value("us-west", 4, "failover.yml", 1735689600.0))
+    assert record == {"region": "us-west", "epoch": 4, "since": "2025-01-01T00:00:00Z",
+                      "by": "failover.yml"}
+    assert parse_holder(None) is None
+    with pytest.raises(ValueError, match="not a holder record"):
+        parse_holder('{"region": "us-west"}')
+    with pytest.raises(ValueError):
+        parse_holder("garbage")
+
+
+# --- timing -------------------------------------------------------------------------------------
+
+
+def test_the_default_timing_satisfies_every_rule():
+    assert timing_problems(**DEFAULTS) == []
+
+
+def test_timing_refuses_an_interval_not_below_the_fence_time():
+    problems = timing_problems(5, 5, 20, 20)
+    assert len(problems) == 1
+    assert "baton_agent_interval (5 s) must be less than baton_fence_after (5 s)" in problems[0]
+
+
+def test_timing_refuses_a_lease_that_can_expire_before_the_node_has_fenced():
+    problems = timing_problems(1, 9, 10, 15)
+    assert len(problems) == 1
+    assert "baton_fence_after + baton_agent_interval (10 s)" in problems[0]
+    assert "raise baton_witness_lease_ttl above 10" in problems[0]
+
+
+def test_timing_refuses_a_promotion_wait_shorter_than_the_lease():
+    problems = timing_problems(1, 5, 10, 8)
+    assert problems == [
+        "baton_witness_lease_ttl (10 s) must not exceed baton_promotion_wait (8 s), or a "
+        "failover could promote another region while the old one's leases are still alive: "
+        "raise baton_promotion_wait to at least 10"]
+
+
+def test_timing_names_every_violation_once():
+    assert len(timing_problems(0, 0, 0, -1)) == 4
+
+
+def test_a_holder_that_stops_renewing_fences_before_its_lease_can_expire_and_before_promotion():
+    """With the defaults, a node whose last renewal was at t, looping every interval from any
+    phase, fences by t + fence_after + interval, strictly before t + lease_ttl (the earliest its
+    lease can expire on the witness), and the controller promotes no earlier than
+    t + promotion_wait >= t + lease_ttl."""
+    interval, fence_after = DEFAULTS["interval"], DEFAULTS["fence_after"]
+    lease_ttl, promotion_wait = DEFAULTS["lease_ttl"], DEFAULTS["promotion_wait"]
+    t = 1000.0
+    for phase in (0.0, 0.001, 0.25, 0.5, 0.999):
+        state = {"lease": 7, "last_renewal": t, "holder_epoch": 3}
+        now, fenced_at = t + phase, None
+        while fenced_at is None and now < t + 60:
+            actions, state = agent_step(state, {"witness_ok": False, "holder": None,
+                                                "writable": True, "fenced": False}, now, CFG)
+            if "fence" in actions:
+                fenced_at = now
+            now += interval
+        assert fenced_at is not None
+        assert t + fence_after < fenced_at <= t + fence_after + interval
+        assert fenced_at < t + lease_ttl
+        assert t + lease_ttl <= t + promotion_wait
+
+
+# --- the agent's decision -----------------------------------------------------------------------
+
+HOLDS = {"lease": 7, "last_renewal": 100.0, "holder_epoch": 3}
+
+
+def observed(**kw: Any) -> dict[str, Any]:
+    return {"witness_ok": True, "holder": {"region": "us-east", "epoch": 3}, "writable": True,
+            "fenced": False, **kw}
+
+
+def test_agent_stays_fenced_while_the_marker_exists_even_if_its_region_holds_the_baton():
+    actions, state = agent_step(HOLDS, observed(fenced=True), 101.0, CFG)
+    assert actions == ["stay_fenced"]
+    assert "us-east holds the baton" in state["note"]
+    assert (state["lease"], state["holder_epoch"]) == (None, None)
+
+
+def test_agent_stays_fenced_when_the_witness_is_unreachable():
+    actions, _ = agent_step(HOLDS, observed(fenced=True, witness_ok=False, holder=None), 200, CFG)
+    assert actions == ["stay_fenced"]
+
+
+def test_agent_takes_a_lease_when_its_region_holds_the_baton_and_it_has_none():
+    actions, state = agent_step(fresh_state(), observed(writable=False), 100.0, CFG)
+    assert actions == ["grant"]
+    assert state["lease"] is None  # the caller records the lease once granted
+
+
+def test_agent_renews_its_lease_while_its_region_holds_the_baton():
+    actions, state = agent_step(HOLDS, observed(), 101.0, CFG)
+    assert actions == ["keepalive"]
+    assert state["lease"] == 7 and state["last_renewal"] == 100.0  # the caller updates it
+
+
+def test_agent_renews_even_late_when_the_witness_answers_again_within_the_lease():
+    actions, _ = agent_step(HOLDS, observed(), 104.0, CFG)
+    assert actions == ["keepalive"]
+
+
+def test_agent_fences_a_holder_node_that_has_not_renewed_for_longer_than_fence_after():
+    actions, state = agent_step(HOLDS, observed(witness_ok=False, holder=None), 105.2, CFG)
+    assert actions == ["fence"]
+    assert state["note"] == "no lease renewal for 5.2 s"
+
+
+def test_agent_fences_a_cut_off_holder_replica_too_so_it_cannot_be_promoted_in_region():
+    actions, _ = agent_step(HOLDS, observed(witness_ok=False, holder=None, writable=False),
+                            106.0, CFG)
+    assert actions == ["fence"]
+
+
+def test_agent_whose_lease_expired_but_still_holds_the_epoch_fences_when_cut_off():
+    state = {"lease": None, "last_renewal": 100.0, "holder_epoch": 3}
+    actions, _ = agent_step(state, observed(witness_ok=False, holder=None), 106.0, CFG)
+    assert actions == ["fence"]
+
+
+def test_agent_waits_while_the_witness_is_unreachable_for_no_longer_than_fence_after():
+    actions, state = agent_step(HOLDS, observed(witness_ok=False, holder=None), 105.0, CFG)
+    assert actions == ["wait"]
+    assert "fencing after 5 s" in state["note"]
+
+
+def test_agent_that_never_held_the_baton_only_waits_when_the_witness_is_unreachable():
+    actions, _ = agent_step(fresh_state(), observed(witness_ok=False, holder=None), 1e6, CFG)
+    assert actions == ["wait"]
+
+
+def test_agent_releases_and_fences_a_writable_node_when_another_region_holds_the_baton():
+    actions, state = agent_step(HOLDS, observed(holder={"region": "us-west", "epoch": 4}),
+                                101.0, CFG)
+    assert actions == ["fence", "release"]
+    assert state["note"] == ("us-west holds the baton at epoch 4 and this node's PostgreSQL "
+                             "is writable")
+    assert (state["lease"], state["holder_epoch"], state["last_renewal"]) == (None, None, None)
+
+
+def test_agent_releases_but_does_not_fence_a_replica_when_another_region_holds_the_baton():
+    actions, _ = agent_step(HOLDS, observed(holder={"region": "us-west", "epoch": 4},
+                                            writable=False), 101.0, CFG)
+    assert actions == ["release"]
+
+
+def test_agent_fences_a_former_holder_whose_postgresql_does_not_answer():
+    actions, state = agent_step(HOLDS, observed(holder={"region": "us-west", "epoch": 4},
+                                                writable=None), 101.0, CFG)
+    assert actions == ["fence", "release"]
+    assert "does not answer" in state["note"]
+
+
+def test_agent_in_a_standby_region_leaves_an_unanswering_postgresql_alone():
+    actions, _ = agent_step(fresh_state(), observed(holder={"region": "us-west", "epoch": 4},
+                                                    writable=None), 101.0, CFG)
+    assert actions == ["standby"]
+
+
+def test_agent_in_a_standby_region_fences_a_writable_postgresql():
+    actions, _ = agent_step(fresh_state(), observed(holder={"region": "us-west", "epoch": 4}),
+                            101.0, CFG)
+    assert actions == ["fence"]
+
+
+def test_agent_fences_when_the_baton_left_and_came_back_while_it_held_an_older_epoch():
+    actions, state = agent_step(HOLDS, observed(holder={"region": "us-east", "epoch": 5}),
+                                101.0, CFG)
+    assert actions == ["fence", "release"]
+    assert "epoch 3 -> 5" in state["note"]
+
+
+def test_agent_that_followed_the_baton_away_takes_a_new_lease_when_it_comes_back():
+    _, state = agent_step(HOLDS, observed(holder={"region": "us-west", "epoch": 4},
+                                          writable=False), 101.0, CFG)
+    actions, _ = agent_step(state, observed(holder={"region": "us-east", "epoch": 5}), 102.0, CFG)
+    assert actions == ["grant"]
+
+
+def test_agent_is_idle_when_the_witness_has_no_holder_key():
+    actions, state = agent_step(fresh_state(), observed(holder=None), 100.0, CFG)
+    assert actions == ["idle"]
+    assert "first deploy" in state["note"]
+
+
+def test_agent_step_does_not_change_the_state_it_is_given():
+    state = dict(HOLDS)
+    agent_step(state, observed(holder={"region": "us-west", "epoch": 4}), 101.0, CFG)
+    assert state == HOLDS
+
+
+# --- the failover lock --------------------------------------------------------------------------
+
+ME = {"run_id": "r2", "target": "us-west", "kind": "failover", "user": "bob", "host": "ctl-1",
+      "pid": 200, "pid_start": 5000, "started": "2025-01-01T00:10:00Z"}
+OTHER = {"run_id": "r1", "target": "eu-west", "kind": "switchover", "user": "alice",
+         "host": "ctl-1", "pid": 100, "pid_start": 4000, "started": "2025-01-01T00:00:00Z"}
+NOW = 1735690200.0  # 2025-01-01T00:10:00Z
+
+
+def test_lock_is_acquired_when_free():
+    decision, message = lock_decision(None, ME, NOW, lambda *_: True, "ctl-1")
+    assert decision == "acquire"
+    assert "r2" in message
+
+
+def test_lock_held_by_this_run_is_already_mine():
+    assert lock_decision(ME, ME, NOW, lambda *_: False, "ctl-1")[0] == "already_mine"
+
+
+def test_lock_of_a_dead_run_on_this_host_is_taken_over():
+    seen: list[tuple[int, int]] = []
+
+    def pid_alive(pid: int, start: int) -> bool:
+        seen.append((pid, start))
+        return False
+
+    decision, message = lock_decision(OTHER, ME, NOW, pid_alive, "ctl-1")
+    assert decision == "take_over"
+    assert seen == [(100, 4000)]
+    assert "run r1 (switchover to eu-west) by alice@ctl-1" in message
+    assert "process 100 no longer runs" in message
+
+
+def test_lock_of_a_live_run_on_this_host_is_refused():
+    decision, message = lock_decision(OTHER, ME, NOW, lambda *_: True, "ctl-1")
+    assert decision == "refuse"
+    assert "still running here as process 100" in message
+
+
+def test_lock_held_from_another_host_is_refused_with_how_to_get_past_it():
+    decision, message = lock_decision(OTHER, ME, NOW, lambda *_: False, "ctl-2")
+    assert decision == "refuse"
+    assert message == (
+        "the baton lock is held by run r1 (switchover to eu-west) by alice@ctl-1, started "
+        "2025-01-01T00:00:00Z, 10 min ago: wait for it to finish; if that run died, its lease "
+        "expires by itself after baton_lock_ttl, or break the lock with -e break_lock=true")
+
+
+def test_lock_record_without_a_pid_is_never_taken_over():
+    record = {k: v for k, v in OTHER.items() if k != "pid"}
+    assert lock_decision(record, ME, NOW, lambda *_: False, "ctl-1")[0] == "refuse"
+
+
+# --- the agent process (files/baton_agent.py) with a fake witness -------------------------------
+
+
+class FakeWitness:
+    def __init__(self, holder: dict[str, Any] | None, fail: bool = False) -> None:
+        self.holder, self.fail, self.calls = holder, fail, []
+
+    def _maybe_fail(self) -> None:
+        if self.fail:
+            raise WitnessUnavailable("no witness member answered (tried a): a: timed out")
+
+    def get(self, key: str) -> Any:
+        self.calls.append(("get", key))
+        self._maybe_fail()
+        if self.holder is None:
+            return None
+        return type("E", (), {"value": json.dumps(self.holder)})()
+
+    def grant(self, ttl: int) -> int:
+        self.calls.append(("grant", ttl))
+        self._maybe_fail()
+        return 77
+
+    def put(self, key: str, value: str, lease: int = 0) -> int:
+        self.calls.append(("put", key, lease))
+        return 1
+
+    def keepalive(self, lease: int) -> int:
+        self.calls.append(("keepalive", lease))
+        self._maybe_fail()
+        return 10
+
+    def revoke(self, lease: int) -> bool:
+        self.calls.append(("revoke", lease))
+        return True
+
+
+@pytest.fixture
+def agent_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(AGENT_DIR))
+    sys.modules.pop("baton_agent", None)
+    import baton_agent
+
+    return baton_agent
+
+
+def make_agent(module: Any, tmp_path: Path, witness: FakeWitness, writable: bool = True) -> Any:
+    (tmp_path / "metrics").mkdir()
+    cfg = {**module.DEFAULTS, "region": "us-east", "node": "us-east-1",
+           "endpoints": ["a:2391"], "marker": str(tmp_path / "fenced"),
+           "metrics": str(tmp_path / "metrics/baton_agent.prom"),
+           "state": str(tmp_path / "run/state.json")}
+    agent = module.Agent(cfg, witness=witness)
+    agent.writable = lambda: writable
+    return agent
+
+
+def test_agent_process_takes_a_lease_writes_its_alive_key_and_metrics(agent_module, tmp_path):
+    witness = FakeWitness({"region": "us-east", "epoch": 3})
+    agent = make_agent(agent_module, tmp_path, witness)
+    assert agent.step() == ["grant"]
+    assert ("put", "/baton/alive/us-east/us-east-1", 77) in witness.calls
+    assert agent.state["lease"] == 77 and agent.state["holder_epoch"] == 3
+    assert agent.step() == ["keepalive"]
+    metrics = (tmp_path / "metrics/baton_agent.prom").read_text()
+    assert 'baton_agent_holds_baton{region="us-east",node="us-east-1"} 1' in metrics
+    assert 'baton_agent_holder_epoch{region="us-east",node="us-east-1"} 3' in metrics
+    saved = json.loads((tmp_path / "run/state.json").read_text())
+    assert saved["lease"] == 77
+
+
+def test_agent_process_writes_the_marker_before_it_touches_pgbouncer_or_patroni(
+        agent_module, tmp_path, monkeypatch):
+    witness = FakeWitness({"region": "us-west", "epoch": 4})
+    agent = make_agent(agent_module, tmp_path, witness)
+    agent.state = {"lease": 7, "last_renewal": time.monotonic(), "holder_epoch": 3}
+    commands: list[tuple[list[str], bool, dict[str, str]]] = []
+
+    def run(cmd: list[str], **kw: Any) -> Any:
+        commands.append((cmd, (tmp_path / "fenced").exists(), kw.get("env") or {}))
+        return type("R", (), {"returncode": 0, "stdout": "", "stderr": ""})()
+
+    monkeypatch.setattr(agent_module.subprocess, "run", run)
+    assert agent.step() == ["fence", "release"]
+    assert ("revoke", 7) in witness.calls
+    assert [c[0][-1] for c in commands] == ["DISABLE app", "KILL app", "patroni"]
+    assert all(marker_existed for _, marker_existed, _ in commands)
+    assert "PGPASSWORD" in commands[0][2]
+    assert all("PGPASSWORD" not in " ".join(cmd) for cmd, _, _ in commands)
+    marker = json.loads((tmp_path / "fenced").read_text())
+    assert marker["epoch"] == 4 and "us-west holds the baton" in marker["reason"]
+    assert agent.step() == ["stay_fenced"]
+    assert len(commands) == 3  # fenced once
+
+
+def test_agent_process_restarted_during_a_partition_still_fences(agent_module, tmp_path,
+                                                                 monkeypatch):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/state.json").write_text(json.dumps(
+        {"lease": 7, "holder_epoch": 3, "last_renewal_wall": time.time() - 30}))
+    witness = FakeWitness(None, fail=True)
+    agent = make_agent(agent_module, tmp_path, witness)
+    monkeypatch.setattr(agent_module, "fence", lambda *a, **kw: None)  # the decision is tested
+    assert agent.step() == ["fence"]
