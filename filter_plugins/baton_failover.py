@@ -75,7 +75,8 @@ def baton_failover_plan(assessment: Mapping[str, Any], holder: Mapping[str, Any]
     plan: dict[str, Any] = {"refuse": None, "already": False, "old": None, "old_answers": False,
                             "target": target, "kind": kind, "data_loss_bytes": None,
                             "position_source": view.get("primary_position_source"),
-                            "others": [], "unreachable": [], "steps": []}
+                            "others": [], "unreachable": [], "not_following": [],
+                            "steps": []}
     if target not in regions:
         plan["refuse"] = (f"unknown target region '{target}': choose one of "
                           f"{', '.join(regions)}")
@@ -93,7 +94,11 @@ def baton_failover_plan(assessment: Mapping[str, Any], holder: Mapping[str, Any]
                           "not choose for you: fence the wrong one by hand, or re-run with "
                           "-e force=true to make " + target + " the only one")
         return plan
-    plan["old"] = held if held != target else next((r for r in writable if r != target), None)
+    if held != target:
+        plan["old"] = held
+    else:  # the baton moved already (a run killed after that): the region it came from
+        plan["old"] = ((holder or {}).get("from") if not plan["already"] else None) or next(
+            (r for r in writable if r != target), None)
     old = plan["old"]
     if old is not None and old in regions:
         plan["old_answers"] = bool(_facts(assessment, old)["patroni"]["answered"])
@@ -139,7 +144,11 @@ def baton_failover_plan(assessment: Mapping[str, Any], holder: Mapping[str, Any]
                                   + "wait for it to catch up, or re-run with -e force=true to "
                                   "accept the loss")
                 return plan
-    plan["others"] = [r for r in regions if r not in (target, old) and reachable[r]]
+    # Regions to repoint: their Patroni answers. A region that answers otherwise but not with
+    # Patroni (fenced, or its database down) is left for failback.yml, as an unreachable one.
+    answers = {r: bool(_facts(assessment, r)["patroni"]["answered"]) for r in regions}
+    plan["others"] = [r for r in regions if r not in (target, old) and answers[r]]
+    plan["not_following"] = [r for r in regions if r != target and not answers[r]]
     plan["steps"] = baton_failover_steps(plan)
     return plan
 
@@ -170,8 +179,9 @@ def baton_failover_steps(plan: Mapping[str, Any]) -> list[str]:
              "region",
              f"DNS: db and redis to {target} (compare-and-swap), verified on every name server",
              "report (JSON and summary), metrics, webhook"]
-    if plan["unreachable"]:
-        rest.append(f"left for failback.yml: {', '.join(plan['unreachable'])} (not reachable)")
+    if plan["not_following"]:
+        rest.append(f"left for failback.yml: {', '.join(plan['not_following'])} (its Patroni "
+                    "does not answer: down, cut off or fenced)")
     return head + rest
 
 
@@ -197,7 +207,8 @@ def baton_failover_report(plan: Mapping[str, Any], marks: Mapping[str, float],
         "data_lost_bytes": lost,
         "data_lost_source": (f"{outcome.get('reference_source')} minus the promoted leader's "
                              "received position") if lost is not None else None,
-        "unreachable": plan["unreachable"], "actions_taken": outcome.get("actions_taken", []),
+        "unreachable": plan["unreachable"], "not_following": plan["not_following"],
+        "actions_taken": outcome.get("actions_taken", []),
         "timeline": timeline, "plan": plan["steps"],
     }
 
@@ -216,9 +227,9 @@ def baton_failover_summary(report: Mapping[str, Any]) -> list[str]:
         + (f" ({report['data_lost_source']})" if report.get("data_lost_source") else ""),
         "changed: " + (", ".join(report["actions_taken"]) or "nothing"),
     ]
-    if report["unreachable"]:
-        lines.append(f"not reachable (run failback.yml once they are back): "
-                     f"{', '.join(report['unreachable'])}")
+    if report["not_following"]:
+        lines.append(f"not following {report['target']} (run failback.yml once they are "
+                     f"back): {', '.join(report['not_following'])}")
     lines += [f"  +{t['at']:>7.1f} s  {t['step']}" for t in report["timeline"]]
     return lines
 

@@ -19,6 +19,17 @@ def lsn_to_int(lsn: str | None) -> int | None:
     return (int(high, 16) << 32) + int(low, 16)
 
 
+def as_lsn(position: Any) -> str | None:
+    """A WAL position as PostgreSQL prints it ('16/B374D848'), from that text or from the
+    byte count Patroni's REST API reports; None stays None."""
+    if position in (None, ""):
+        return None
+    if isinstance(position, int) or str(position).isdigit():
+        value = int(position)
+        return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+    return str(position)
+
+
 def get_cluster(address: str, port: int, timeout: float) -> dict[str, Any] | None:
     """GET /cluster from one member's REST API; None when it does not answer."""
     url = f"http://{address}:{port}/cluster"
@@ -240,7 +251,7 @@ def member_positions(addresses: list[str], port: int, timeout: float) -> dict[st
             xlog = data.get("xlog", {})
             out[address] = {"role": data.get("role"), "state": data.get("state"),
                             "timeline": data.get("timeline"),
-                            "location": xlog.get("location"),
-                            "received": xlog.get("received_location"),
-                            "replayed": xlog.get("replayed_location")}
+                            "location": as_lsn(xlog.get("location")),
+                            "received": as_lsn(xlog.get("received_location")),
+                            "replayed": as_lsn(xlog.get("replayed_location"))}
     return out

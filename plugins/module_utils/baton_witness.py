@@ -434,11 +434,16 @@ def agent_step(state: Mapping[str, Any], observed: Mapping[str, Any], now: float
                f"this node held it")
     else:
         why = f"{holder['region']} holds the baton at epoch {epoch}"
-    if writable is True or (writable is None and held):
+    if writable is True:
         actions = ["fence", *release]
-        what = ("this node's PostgreSQL is writable" if writable
-                else "this node held the baton and its PostgreSQL does not answer")
-        note = f"{why} and {what}"
+        note = f"{why} and this node's PostgreSQL is writable"
+    elif writable is None and held:
+        # Not known yet (PostgreSQL restarting, a slow answer): keep the lease without
+        # renewing it and look again next loop. Writable then: fenced before the lease is let
+        # go; silent until the lease expires: the controller may promote, and a PostgreSQL
+        # that answers writable later is fenced at once.
+        return ["wait"], {**new, "note": f"{why}; this node's PostgreSQL does not answer yet: "
+                                         "looking again before letting the lease go"}
     else:
         actions = release or ["standby"]
         note = f"{why}; this node's PostgreSQL is not writable"

@@ -69,7 +69,8 @@ before:
   description: The holder record before the task (null when the key does not exist).
   returned: always
   type: dict
-  sample: {region: us-east, epoch: 1, since: "2026-11-27T23:00:00+00:00", by: site.yml}
+  sample: {region: us-west, epoch: 2, since: "2026-11-27T23:00:00+00:00",
+           by: failover-us-west-20261127T230000Z-4242, from: us-east}
 after:
   description: The holder record after the task (or as it would be, in check mode).
   returned: always
@@ -131,7 +132,8 @@ def main() -> None:
                                      "run expected: another run moved it; run health.yml and "
                                      "decide again", **result)
             after = {"region": p["region"], "epoch": int(before.get("epoch", 0)) + 1,
-                     "since": datetime.now(UTC).isoformat(), "by": p["by"]}
+                     "since": datetime.now(UTC).isoformat(), "by": p["by"],
+                     "from": before.get("region")}
             result.update(changed=True, after=after)
             if not module.check_mode and not witness.swap(HOLDER, json.dumps(after),
                                                           entry.mod_revision):

@@ -57,6 +57,7 @@ def test_failover_of_a_dead_region_waits_for_its_leases_then_promotes_the_target
     assert plan["refuse"] is None
     assert (plan["old"], plan["old_answers"], plan["already"]) == ("us-east", False, False)
     assert plan["unreachable"] == ["us-east"] and plan["others"] == ["eu-west"]
+    assert plan["not_following"] == ["us-east"]
     assert plan["data_loss_bytes"] == 0
     assert ("wait until us-east's fence agents have let their leases go (they fence their "
             "nodes first; cut-off ones fence before their leases expire)") in plan["steps"]
@@ -213,3 +214,22 @@ def test_redis_role_changes_only_what_differs():
         ["REPLICAOF", "10.231.2.11", "6379"], ["CONFIG", "SET", "replica-priority", "0"],
         ["CONFIG", "REWRITE"]]
     assert plan_server(replica, "0", "10.231.1.11:6379", 0) == []
+
+
+def test_patroni_byte_positions_read_as_postgresql_prints_them():
+    from baton_patroni import as_lsn, lsn_to_int
+
+    assert as_lsn(84079072) == "0/502F1E0" and lsn_to_int(as_lsn(84079072)) == 84079072
+    assert as_lsn("16/B374D848") == "16/B374D848" and as_lsn(None) is None
+
+
+def test_a_run_killed_after_the_baton_moved_finishes_from_the_region_it_left():
+    regions = lab()
+    regions["us-east"] = {"us-east-1": node("us-east-1", "standby_leader",
+                                            received="0/5000000")}
+    plan = baton_failover_plan(assessment(regions, last_known=0x5000000),
+                               {"region": "eu-west", "epoch": 2, "from": "us-east"},
+                               "eu-west", "switchover", MiB)
+    assert plan["refuse"] is None and not plan["already"]
+    assert (plan["old"], plan["old_answers"]) == ("us-east", True)
+    assert "promote eu-west's standby cluster; wait until it takes writes" in plan["steps"]

@@ -436,11 +436,16 @@ def test_agent_releases_but_does_not_fence_a_replica_when_another_region_holds_t
     assert actions == ["release"]
 
 
-def test_agent_fences_a_former_holder_whose_postgresql_does_not_answer():
+def test_a_former_holder_whose_postgresql_does_not_answer_keeps_its_lease_and_looks_again():
+    """A demoted primary restarting as a standby answers nothing for a moment: it is not
+    fenced for that, but its lease is not let go until it is known not to be writable."""
     actions, state = agent_step(HOLDS, observed(holder={"region": "us-west", "epoch": 4},
                                                 writable=None), 101.0, CFG)
+    assert actions == ["wait"] and state["lease"] == HOLDS["lease"]
+    assert "does not answer yet" in state["note"]
+    actions, _ = agent_step(state, observed(holder={"region": "us-west", "epoch": 4},
+                                            writable=True), 102.0, CFG)
     assert actions == ["fence", "release"]
-    assert "does not answer" in state["note"]
 
 
 def test_agent_in_a_standby_region_leaves_an_unanswering_postgresql_alone():

@@ -181,13 +181,14 @@ class Agent:
 
     def writable(self) -> bool | None:
         """Whether the local PostgreSQL accepts writes; None when it does not answer."""
-        timeout = max(0.5, self.cfg["interval"] / 2)
+        timeout = max(2.0, self.cfg["interval"])
         try:
+            # As postgres over the local socket (peer), without a PAM session per loop.
             out = subprocess.run(
-                ["runuser", "-u", "postgres", "--", "psql", "-p",
-                 str(self.cfg["postgresql_port"]), "-XAtqc", "SELECT NOT pg_is_in_recovery()"],
-                capture_output=True, text=True, timeout=timeout, check=False,
-                env={**os.environ, "PGCONNECT_TIMEOUT": "2"})
+                ["psql", "-p", str(self.cfg["postgresql_port"]), "-XAtqc",
+                 "SELECT NOT pg_is_in_recovery()"],
+                capture_output=True, text=True, timeout=timeout, check=False, user="postgres",
+                group="postgres", cwd="/", env={**os.environ, "PGCONNECT_TIMEOUT": "2"})
         except (OSError, subprocess.SubprocessError):
             return None
         answer = out.stdout.strip()
@@ -211,7 +212,13 @@ class Agent:
         except ValueError as exc:  # a holder key nobody can read: nobody may rely on it
             self.witness_error = f"unreadable holder key: {exc}"
         self.holder = holder if witness_ok else self.holder
-        writable = self.writable() if witness_ok and holder and not fenced else None
+        # Asked only when it matters: another region holds the baton, or it came back at a
+        # newer epoch than the one this node held (the holder's own nodes just renew).
+        held_epoch = self.state.get("holder_epoch")
+        matters = bool(witness_ok and holder and not fenced) and (
+            holder["region"] != self.cfg["region"]
+            or (held_epoch is not None and int(holder["epoch"]) > int(held_epoch)))
+        writable = self.writable() if matters else None
         return {"witness_ok": witness_ok, "holder": holder, "writable": writable,
                 "fenced": fenced}
 
