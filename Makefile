@@ -73,6 +73,7 @@ bench: deps ## Benchmarks; each prints its figures (replaces any lab that is up)
 	$(BIN)/python bench/inregion_failover.py
 	$(BIN)/python bench/sentinel_failover.py
 	$(BIN)/python bench/assess_timing.py
+	$(BIN)/python bench/failover_timing.py
 	$(LABCTL) down
 
 ## --- the lab -----------------------------------------------------------------------------

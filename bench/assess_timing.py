@@ -3,7 +3,7 @@
 partitioned (the lab's partition tool), as medians of several runs.
 
     make lab-up && ansible-playbook site.yml      # once (mini or full)
-    .venv/bin/python bench/assess_timing.py [--runs 5] [--region us-east]
+    .venv/bin/python bench/assess_timing.py [--runs 5] [--region eu-west]
 
 Each run is `ansible localhost -m baton_assess` with the inputs health.yml gives it; the
 figure is the module's own `elapsed` (probes and verdicts), and the whole ad-hoc command's
@@ -63,7 +63,9 @@ def series(label: str, runs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--region", default="us-east", help="the region to partition")
+    parser.add_argument("--region", default="eu-west",
+                        help="the region to partition (not the one holding the baton: its "
+                             "fence agents would fence it)")
     args = parser.parse_args()
     labctl = [sys.executable, str(ROOT / "lab/labctl.py")]
     series("healthy", args.runs)

@@ -361,6 +361,26 @@ def remove_firewall() -> None:
             _ipt(table, "-X", chain)
 
 
+# A stopped region's bridge goes away with its last container, and its subnet's route with
+# it: traffic to its addresses would then follow the host's default route, off the machine.
+# An unreachable route per site subnet, below the bridge's own (metric 0), answers at once
+# instead ("No route to host"), as a dead region's addresses do.
+ROUTE_METRIC = "4231"
+
+
+def ensure_routes(topo: dict[str, Any]) -> None:
+    for site in topo["sites"].values():
+        run(["ip", "route", "replace", "unreachable", site["subnet"], "metric", ROUTE_METRIC])
+
+
+def remove_routes() -> None:
+    for line in out(["ip", "route", "show", "type", "unreachable"], check=False).splitlines():
+        fields = line.split()
+        if fields[-2:] == ["metric", ROUTE_METRIC]:
+            run(["ip", "route", "del", "unreachable", fields[0], "metric", ROUTE_METRIC],
+                check=False)
+
+
 def _partition_comment(region: str) -> str:
     return f"baton-partition:{region}"
 
@@ -515,6 +535,7 @@ def cmd_up(size: str) -> None:
     started = time.monotonic()
     ref = build_image()
     ensure_networks(topo)
+    ensure_routes(topo)
     ensure_firewall(topo)
     names = ensure_containers(topo, ref)
     ensure_firewall(topo)
@@ -536,6 +557,8 @@ def cmd_down() -> None:
             say(f"removed network {name}")
     if shutil.which("iptables"):
         remove_firewall()
+    if shutil.which("ip"):
+        remove_routes()
     SIZE_FILE.unlink(missing_ok=True)
     say("lab down")
 

@@ -405,6 +405,12 @@ def agent_step(state: Mapping[str, Any], observed: Mapping[str, Any], now: float
 
     if not witness_ok:
         if not held:
+            age = float(observed.get("agent_age") or 0)
+            if observed.get("writable") is True and age > fence_after:
+                # Booted (or first started) while cut off: nothing says it may take writes.
+                return ["fence"], {**new, "note": (f"witness unreachable for {age:.1f} s since "
+                                                   "the agent started and this node's "
+                                                   "PostgreSQL is writable")}
             return ["wait"], {**new, "note": "witness unreachable; this node holds no baton"}
         age = math.inf if new["last_renewal"] is None else now - float(new["last_renewal"])
         if age > fence_after:
@@ -438,10 +444,14 @@ def agent_step(state: Mapping[str, Any], observed: Mapping[str, Any], now: float
         actions = ["fence", *release]
         note = f"{why} and this node's PostgreSQL is writable"
     elif writable is None and held:
-        # Not known yet (PostgreSQL restarting, a slow answer): keep the lease without
-        # renewing it and look again next loop. Writable then: fenced before the lease is let
-        # go; silent until the lease expires: the controller may promote, and a PostgreSQL
-        # that answers writable later is fenced at once.
+        # Not known yet (a demoted primary restarting as a standby, a slow answer): keep the
+        # lease without renewing it and look again next loop - but not past fence_after since
+        # the last renewal: a PostgreSQL that stays silent that long is fenced, before the
+        # lease can expire on the witness.
+        age = math.inf if new["last_renewal"] is None else now - float(new["last_renewal"])
+        if age > fence_after:
+            return ["fence", *release], {**fresh_state(), "note": (
+                f"{why} and this node's PostgreSQL has not answered for {age:.1f} s")}
         return ["wait"], {**new, "note": f"{why}; this node's PostgreSQL does not answer yet: "
                                          "looking again before letting the lease go"}
     else:

@@ -72,7 +72,8 @@ options:
     default: 3
   streaming:
     description: With C(state=standby), wait until the standby leader streams from its source
-      (not only runs), as a reprotected region must.
+      (not only runs), as a reprotected region must; a Patroni that does not answer yet (just
+      started) is waited for too.
     type: bool
     default: false
   wait_timeout:
@@ -201,11 +202,17 @@ def main() -> None:
                              "it as PostgreSQL does, e.g. 0/3000060")
     source = (standby_source(p["source_hosts"], p["source_port"], p["slot"])
               if p["state"] == "standby" else None)
-    try:
-        before = read_cluster(members, port, t)
-    except PatroniProblem as exc:
-        module.fail_json(msg=f"{region}: {exc}: the region must answer to be "
-                             f"{'promoted' if p['state'] == 'primary' else 'demoted or repointed'}")
+    answer_by = time.monotonic() + (p["wait_timeout"] if p["streaming"] else 0)
+    while True:
+        try:
+            before = read_cluster(members, port, t)
+            break
+        except PatroniProblem as exc:
+            # A reprotected region's Patroni was just started: give it the wait to answer.
+            if time.monotonic() >= answer_by:
+                verb = "promoted" if p["state"] == "primary" else "demoted or repointed"
+                module.fail_json(msg=f"{region}: {exc}: the region must answer to be {verb}")
+            time.sleep(1)
     body, reason = plan_cluster(before["config"], before["members"], p["state"], source)
     _addr, position_before = leader_position(member_positions(members, port, t))
     kind = ("none" if body is None else "promote" if p["state"] == "primary"

@@ -42,6 +42,12 @@ options:
     description: Seconds to wait for O(wait_released) (the promotion wait, at least the lease TTL).
     type: float
     default: 15
+  settle:
+    description: With O(wait_released), seconds to wait after moving the baton before the
+      liveness keys are read (two agent loops), so that a lease an agent was granting at the
+      moment of the move is seen.
+    type: float
+    default: 2
   by:
     description: Who moves it (written into the key, e.g. the run's id).
     type: str
@@ -108,6 +114,7 @@ def main() -> None:
             "expect_region": {"type": "str"},
             "wait_released": {"type": "str"},
             "wait_timeout": {"type": "float", "default": 15.0},
+            "settle": {"type": "float", "default": 2.0},
             "by": {"type": "str", "default": ""},
             "timeout": {"type": "float", "default": 3.0},
         },
@@ -118,7 +125,13 @@ def main() -> None:
     witness = Witness(p["endpoints"], p["timeout"])
     try:
         entry = witness.get(HOLDER)
-        before = json.loads(entry.value) if entry else None
+        try:
+            before = json.loads(entry.value) if entry else None
+            int(before.get("epoch", 0)) if before else 0
+        except (ValueError, TypeError, AttributeError):
+            module.fail_json(msg=f"the witness's {HOLDER} holds '{entry.value}', not a baton "
+                                 "record: restore it (etcdctl put, JSON with region and epoch) "
+                                 "from the last report before moving the baton")
         result = {"changed": False, "before": before, "after": before}
         if p["state"] == "read":
             module.exit_json(**result)
@@ -146,6 +159,8 @@ def main() -> None:
             # fence when they cannot renew); their liveness keys go when they release their
             # leases or when the leases expire.
             started = time.monotonic()
+            if result["changed"] and not module.check_mode:
+                time.sleep(p["settle"])
             prefix = alive_prefix(p["wait_released"])
             alive = [e.key for e in witness.get_prefix(prefix)]
             while alive and not module.check_mode:

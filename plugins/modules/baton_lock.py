@@ -149,7 +149,16 @@ def main() -> None:
     witness = Witness(p["endpoints"], p["timeout"])
     try:
         entry = witness.get(LOCK)
-        existing = json.loads(entry.value) if entry else None
+        try:
+            existing = json.loads(entry.value) if entry else None
+            dict(existing or {})
+        except (ValueError, TypeError):
+            if p["break_lock"]:
+                existing = {"run_id": "(unreadable record)"}
+            else:
+                module.fail_json(msg=f"the witness's {LOCK} holds '{entry.value}', not a lock "
+                                     "record: if no run is moving the baton, re-run with -e "
+                                     "break_lock=true")
         if p["state"] == "absent":
             mine = existing is not None and existing.get("run_id") == p["run_id"]
             if mine and not module.check_mode:

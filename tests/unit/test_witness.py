@@ -545,6 +545,7 @@ def test_lock_record_without_a_pid_is_never_taken_over():
 class FakeWitness:
     def __init__(self, holder: dict[str, Any] | None, fail: bool = False) -> None:
         self.holder, self.fail, self.calls = holder, fail, []
+        self.leases: set[int] = set()
 
     def _maybe_fail(self) -> None:
         if self.fail:
@@ -570,6 +571,11 @@ class FakeWitness:
         self.calls.append(("keepalive", lease))
         self._maybe_fail()
         return 10
+
+    def time_to_live(self, lease: int) -> int:
+        self.calls.append(("time_to_live", lease))
+        self._maybe_fail()
+        return 8 if lease in self.leases else -1
 
     def revoke(self, lease: int) -> bool:
         self.calls.append(("revoke", lease))
@@ -643,3 +649,32 @@ def test_agent_process_restarted_during_a_partition_still_fences(agent_module, t
     agent = make_agent(agent_module, tmp_path, witness)
     monkeypatch.setattr(agent_module, "fence", lambda *a, **kw: None)  # the decision is tested
     assert agent.step() == ["fence"]
+
+
+def test_agent_fences_a_former_holder_whose_postgresql_stays_silent_past_fence_after():
+    state = {**HOLDS, "last_renewal": 100.0}
+    actions, _ = agent_step(state, observed(holder={"region": "us-west", "epoch": 4},
+                                            writable=None), 103.0, CFG)
+    assert actions == ["wait"]
+    actions, new = agent_step(state, observed(holder={"region": "us-west", "epoch": 4},
+                                              writable=None), 106.0, CFG)
+    assert actions == ["fence", "release"] and "has not answered for 6.0 s" in new["note"]
+
+
+def test_agent_fences_a_writable_node_that_starts_cut_off_from_the_witness():
+    """Rebooted during a partition with no memory of the baton: nothing says it may write."""
+    cut = {**observed(holder=None, writable=True), "witness_ok": False}
+    assert agent_step(fresh_state(), {**cut, "agent_age": 2.0}, 2.0, CFG)[0] == ["wait"]
+    assert agent_step(fresh_state(), {**cut, "agent_age": 6.0}, 6.0, CFG)[0] == ["fence"]
+    replica = {**cut, "writable": False, "agent_age": 60.0}
+    assert agent_step(fresh_state(), replica, 60.0, CFG)[0] == ["wait"]
+
+
+def test_agent_drops_a_saved_lease_the_witness_no_longer_knows(agent_module, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/state.json").write_text(json.dumps(
+        {"lease": 7, "holder_epoch": 3, "last_renewal_wall": time.time() - 30}))
+    witness = FakeWitness({"region": "us-east", "epoch": 5})
+    agent = make_agent(agent_module, tmp_path, witness)
+    assert agent.state == fresh_state()
+    assert agent.step() == ["grant"]

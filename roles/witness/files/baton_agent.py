@@ -118,10 +118,11 @@ def pgbouncer_command(cfg: dict[str, Any], command: str) -> str:
     """One command on PgBouncer's admin console; "ok" or the error (never raises). The
     password goes in the environment, never on the command line."""
     dsn = (f"host=127.0.0.1 port={cfg['pgbouncer_port']} dbname=pgbouncer "
-           f"user={cfg['pgbouncer_admin_username']} connect_timeout=2")
+           f"user={cfg['pgbouncer_admin_username']} connect_timeout=1")
     try:
+        # Bounded: the fence's PgBouncer commands are part of FENCE_BUDGET (baton_witness).
         out = subprocess.run(["psql", dsn, "-XAtq", "-c", command], capture_output=True,
-                             text=True, timeout=5, check=False,
+                             text=True, timeout=1, check=False,
                              env={**os.environ, "PGPASSWORD": str(cfg["pgbouncer_admin_password"])})
     except (OSError, subprocess.SubprocessError) as exc:
         return f"failed: {exc}"
@@ -145,6 +146,7 @@ class Agent:
         self.holder: dict[str, Any] | None = None
         self.witness_error = ""
         self.last_summary = ""
+        self.started = time.monotonic()
         self.load_state()
 
     # --- helpers ---
@@ -153,7 +155,10 @@ class Agent:
         print(f"baton-agent {self.cfg['node']}: {message}", flush=True)
 
     def load_state(self) -> None:
-        """The state a previous run of the agent left in /run/baton (tmpfs: gone at boot)."""
+        """The state a previous run of the agent left (on disk: it survives a reboot, so a node
+        rebooted while cut off still knows it held the baton). A saved lease the witness no
+        longer knows is dropped with its epoch (the baton may have left and come back while
+        the agent was down); when the witness does not answer, the state is kept."""
         try:
             with open(self.cfg["state"], encoding="utf-8") as handle:
                 saved = json.load(handle)
@@ -164,6 +169,15 @@ class Agent:
                       "last_renewal": (time.monotonic() - max(0.0, time.time() - wall)
                                        if wall else None)}
         self.last_renewal_wall = wall
+        if self.state["lease"] is not None:
+            try:
+                if self.witness.time_to_live(int(self.state["lease"])) <= 0:
+                    self.log(f"saved lease {self.state['lease']} is gone from the witness: "
+                             "starting afresh")
+                    self.state = fresh_state()
+                    return
+            except (WitnessError, ValueError):
+                pass
         if self.state["lease"] is not None or self.state["holder_epoch"] is not None:
             self.log(f"resuming: lease {self.state['lease']}, epoch "
                      f"{self.state['holder_epoch']}, last renewal "
@@ -213,14 +227,17 @@ class Agent:
             self.witness_error = f"unreadable holder key: {exc}"
         self.holder = holder if witness_ok else self.holder
         # Asked only when it matters: another region holds the baton, or it came back at a
-        # newer epoch than the one this node held (the holder's own nodes just renew).
+        # newer epoch than the one this node held (the holder's own nodes just renew), or the
+        # witness does not answer a node that holds nothing (booted while cut off).
         held_epoch = self.state.get("holder_epoch")
+        held = self.state.get("lease") is not None or held_epoch is not None
         matters = bool(witness_ok and holder and not fenced) and (
             holder["region"] != self.cfg["region"]
             or (held_epoch is not None and int(holder["epoch"]) > int(held_epoch)))
+        matters = matters or (not witness_ok and not fenced and not held)
         writable = self.writable() if matters else None
         return {"witness_ok": witness_ok, "holder": holder, "writable": writable,
-                "fenced": fenced}
+                "fenced": fenced, "agent_age": time.monotonic() - self.started}
 
     def step(self) -> list[str]:
         observed = self.observe()
@@ -393,6 +410,32 @@ def status(cfg: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
+def may_start(cfg: dict[str, Any]) -> tuple[bool, str]:
+    """Whether Patroni may start on this node (its unit asks before every start, at boot
+    too): when the witness says this region holds the baton (or nobody does yet), or when
+    this region's cluster is a standby cluster in its own DCS, which cannot take writes.
+    Anything else - another region holds the baton, or the witness does not answer, and this
+    region's cluster is a primary cluster - would let a stale primary promote itself."""
+    try:
+        entry = Witness(list(cfg["endpoints"]), timeout=2).get(HOLDER)
+        holder = parse_holder(entry.value if entry else None)
+        if holder is None or holder["region"] == cfg["region"]:
+            named = holder["region"] if holder else "nobody"
+            return True, f"the witness says {named} holds the baton"
+        why = f"{holder['region']} holds the baton (epoch {holder['epoch']})"
+    except (WitnessError, ValueError) as exc:
+        why = f"the witness does not answer ({exc})"
+    try:
+        entry = Witness(list(cfg["dcs_endpoints"]), timeout=2).get(cfg["patroni_config_key"])
+        standby = (decode_record(entry.value if entry else None) or {}).get("standby_cluster")
+    except (WitnessError, ValueError) as exc:
+        return False, f"{why}, and this region's DCS does not answer ({exc})"
+    if standby:
+        return True, f"{why}, and this region is a standby cluster of {standby.get('host')}"
+    return False, (f"{why}, and this region's cluster is a primary cluster: it would take "
+                   "writes; run failback.yml to make it a standby of the holder")
+
+
 def unfence(cfg: dict[str, Any], log: Any) -> dict[str, Any]:
     """Removes the marker and lets clients back in through PgBouncer; never starts Patroni."""
     removed = False
@@ -409,7 +452,7 @@ def unfence(cfg: dict[str, Any], log: Any) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["run", "status", "unfence"])
+    parser.add_argument("command", choices=["run", "status", "unfence", "may-start"])
     parser.add_argument("--config", default="/etc/baton/agent.json")
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
@@ -419,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "status":
         print(json.dumps(status(cfg), indent=2, sort_keys=True))
         return 0
+    if args.command == "may-start":
+        allowed, why = may_start(cfg)
+        print(f"baton-agent {cfg['node']}: Patroni {'may' if allowed else 'may NOT'} start: {why}",
+              file=sys.stderr)
+        return 0 if allowed else 1
     result = unfence(cfg, lambda message: print(f"baton-agent {cfg['node']}: {message}",
                                                 file=sys.stderr))
     print(json.dumps(result, indent=2, sort_keys=True))
