@@ -7,9 +7,10 @@ once) and when the leader's node dies (PostgreSQL and Patroni together: the key 
 Killing only the postmaster does not elect anyone: Patroni starts it again in place
 (bench/inregion_failover.py --fault postgres measures that).
 
-The full lab gets the data tiers only (site.yml without its DNS and monitoring parts, by
-tag): those are tested on the mini lab, and on ten nodes they would add about ten minutes to
-every cold deploy of a CI run.
+The full lab gets the data tiers only (site.yml without its DNS, monitoring and witness
+parts, by tag): those are tested on the mini lab (the witness and its fence agents with the
+cross-region failovers there), and on ten nodes they would add many minutes to every cold
+deploy of a CI run. The cold deploy may take up to 30 minutes on a loaded 2-core machine.
 
 Needs root, podman and iptables; replaces any lab that is up and takes it down at the end.
 """
@@ -50,7 +51,7 @@ def roles(region: str) -> dict[str, tuple[str, str]]:
 
 
 # What this file's site.yml runs leave out (tested on the mini lab: tests/integration/test_lab.py).
-DATA_TIERS_ONLY = ("--skip-tags", "dns,exporters,prometheus,alertmanager")
+DATA_TIERS_ONLY = ("--skip-tags", "dns,exporters,prometheus,alertmanager,witness")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def full_lab():
     labctl("down")
     up = labctl("up", "--size", "full")
     assert up.returncode == 0, up.stderr
-    site = playbook("site.yml", *DATA_TIERS_ONLY)
+    site = playbook("site.yml", *DATA_TIERS_ONLY, timeout=1800)
     assert site.returncode == 0, site.stdout[-4000:]
     yield
     if os.environ.get("BATON_KEEP_LAB") != "1":  # 1: leave it up, e.g. for bench/ scripts

@@ -74,8 +74,8 @@ def labctl(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return sh(sys.executable, str(ROOT / "lab/labctl.py"), *args, env=env)
 
 
-def playbook(name: str, *args: str) -> subprocess.CompletedProcess:
-    return sh(str(BIN / "ansible-playbook"), name, *args)
+def playbook(name: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return sh(str(BIN / "ansible-playbook"), name, *args, timeout=timeout)
 
 
 def pings(src: str, dst: str) -> bool:
