@@ -375,9 +375,10 @@ def ensure_routes(topo: dict[str, Any]) -> None:
 
 def remove_routes() -> None:
     for line in out(["ip", "route", "show", "type", "unreachable"], check=False).splitlines():
-        fields = line.split()
-        if fields[-2:] == ["metric", ROUTE_METRIC]:
-            run(["ip", "route", "del", "unreachable", fields[0], "metric", ROUTE_METRIC],
+        fields = line.split()  # unreachable 10.231.1.0/24 metric 4231
+        if len(fields) >= 2 and fields[-2:] == ["metric", ROUTE_METRIC]:
+            subnet = fields[1] if fields[0] == "unreachable" else fields[0]
+            run(["ip", "route", "del", "unreachable", subnet, "metric", ROUTE_METRIC],
                 check=False)
 
 
