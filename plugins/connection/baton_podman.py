@@ -1,32 +1,41 @@
-"""Connection to the lab's podman containers, with pipelining.
+"""Connection to the lab's podman containers: pipelining, and nsenter instead of `podman exec`.
 
 The lab reaches its hosts through podman (no SSH set-up). The podman connection of the
-containers.podman collection sends each module as a file: a temporary directory, a copy, the
-run, a clean-up, one `podman exec` each (about a quarter of a second apiece here). With
-pipelining the module goes to the interpreter's stdin in a single `podman exec -i`, which is
-how production hosts run over SSH (ansible.cfg turns pipelining on there too). File transfers
-(copy, template) are unchanged.
+containers.podman collection mounts the container's file system for every task and sends each
+module as a file: a temporary directory, a copy, the run, a clean-up, one `podman exec` each,
+about a quarter of a second apiece here. This connection sends the module to the interpreter's
+standard input (pipelining, as production hosts do over SSH; ansible.cfg turns it on there
+too), and runs commands by entering the container's namespaces with nsenter (a few
+milliseconds) instead of through `podman exec`. The container's process ID is looked up with
+`podman inspect` once and kept in a small cache that is checked against the process's start
+time, so a restarted or re-created container is looked up again. A stopped container is an
+unreachable host, as with SSH.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shlex
+import subprocess
+import tempfile
+from pathlib import Path
 from typing import Any
 
-from ansible.errors import AnsibleConnectionFailure
-from ansible.module_utils.common.text.converters import to_native
-from ansible.plugins.connection import ensure_connect
-from ansible_collections.containers.podman.plugins.connection.podman import (
-    Connection as PodmanConnection,
-)
+from ansible.errors import AnsibleConnectionFailure, AnsibleError
+from ansible.module_utils.common.text.converters import to_bytes, to_native
+from ansible.plugins.connection import ConnectionBase, ensure_connect
+from ansible.utils.display import Display
 
 DOCUMENTATION = """
 name: baton_podman
-short_description: Run tasks in the lab's podman containers, pipelining modules
+short_description: Run tasks in the lab's podman containers through nsenter, pipelining modules
 description:
-  - The containers.podman podman connection with module pipelining. A module is written to
-    the remote interpreter's standard input in one C(podman exec -i) instead of being copied
-    to a temporary file first.
+  - Runs commands inside a running podman container by entering its namespaces with
+    C(nsenter) (the container's environment, as C(podman exec) would set it), and writes
+    modules to the remote interpreter's standard input instead of copying them first.
+  - Needs root on the controller (the lab runs rootful podman).
 options:
   remote_addr:
     description: Name or ID of the container.
@@ -36,7 +45,7 @@ options:
       - name: inventory_hostname
       - name: ansible_podman_host
   remote_user:
-    description: User to run commands as inside the container (default, the image's).
+    description: User to run commands as inside the container (default, root).
     ini:
       - section: defaults
         key: remote_user
@@ -44,18 +53,8 @@ options:
       - name: ANSIBLE_REMOTE_USER
     vars:
       - name: ansible_user
-  podman_extra_args:
-    description: Extra arguments for every podman command.
-    default: ''
-    ini:
-      - section: defaults
-        key: podman_extra_args
-    env:
-      - name: ANSIBLE_PODMAN_EXTRA_ARGS
-    vars:
-      - name: ansible_podman_extra_args
   podman_executable:
-    description: The podman program.
+    description: The podman program (used to find the container's process).
     default: podman
     env:
       - name: ANSIBLE_PODMAN_EXECUTABLE
@@ -71,34 +70,124 @@ options:
       - name: ansible_pipelining
 """
 
+display = Display()
 
-class Connection(PodmanConnection):
+CACHE = Path(tempfile.gettempdir()) / f"baton-podman-{os.getuid()}"
+
+
+def start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; the fields after its ')' are plain.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+class Connection(ConnectionBase):
     transport = "baton_podman"
-    # `podman exec` forwards standard input only with -i, which exec_command adds whenever
-    # there is input: that is what the collection's connection lacks for pipelining.
     has_pipelining = True
+
+    def __init__(self, play_context: Any, new_stdin: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(play_context, new_stdin, *args, **kwargs)
+        self._container = self._play_context.remote_addr
+        self._pid = 0
+        self._env: list[str] = []
+
+    # --- finding the container's process --------------------------------------------------
+
+    def _inspect(self) -> dict[str, Any]:
+        podman = self.get_option("podman_executable")
+        proc = subprocess.run([podman, "container", "inspect", "--format",
+                               "{{json .State}}\t{{json .Config.Env}}", self._container],
+                              capture_output=True, check=False)
+        if proc.returncode != 0:
+            raise AnsibleConnectionFailure(
+                f"container {self._container}: {to_native(proc.stderr).strip()}")
+        state, env = to_native(proc.stdout).strip().split("\t", 1)
+        state_data = json.loads(state)
+        if not state_data.get("Running") or not state_data.get("Pid"):
+            raise AnsibleConnectionFailure(
+                f"container {self._container} is not running (state {state_data.get('Status')})")
+        pid = int(state_data["Pid"])
+        return {"pid": pid, "start": start_time(pid), "env": json.loads(env) or []}
+
+    def _cache_file(self) -> Path:
+        return CACHE / self._container.replace("/", "_")
+
+    def _connect(self) -> Connection:
+        if self._connected:
+            return self
+        super()._connect()
+        cached: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            cached = json.loads(self._cache_file().read_text())
+        if not cached or start_time(cached.get("pid", 0)) != cached.get("start"):
+            cached = self._inspect()
+            CACHE.mkdir(mode=0o700, exist_ok=True)
+            tmp = self._cache_file().with_suffix(f".{os.getpid()}")
+            tmp.write_text(json.dumps(cached))
+            tmp.replace(self._cache_file())
+        self._pid, self._env = cached["pid"], cached["env"]
+        self._connected = True
+        return self
+
+    def _gone(self) -> bool:
+        try:
+            return start_time(self._inspect()["pid"]) is None
+        except AnsibleConnectionFailure:
+            return True
+
+    # --- running commands -------------------------------------------------------------------
+
+    def _enter(self, argv: list[str], in_data: bytes | None = None,
+               stdin: Any = None) -> tuple[int, bytes, bytes]:
+        user = self._play_context.remote_user
+        prefix = ["nsenter", "--target", str(self._pid), "--all", "--wd=/", "--",
+                  "/usr/bin/env", "-i", *self._env]
+        if user and user != "root":
+            prefix += ["/usr/sbin/runuser", "-u", user, "--"]
+        cmd = [to_bytes(a, errors="surrogate_or_strict") for a in prefix + argv]
+        display.vvv(f"NSENTER {self._container} (pid {self._pid}) {argv!r}",
+                    host=self._container)
+        proc = subprocess.Popen(cmd, stdin=stdin if stdin is not None else subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout, stderr = proc.communicate(input=in_data if stdin is None else None)
+        if proc.returncode != 0 and self._gone():
+            # The container stopped (or was never running): the host is unreachable, not a
+            # module that failed.
+            raise AnsibleConnectionFailure(
+                f"container {self._container} stopped: {to_native(stderr).strip()}")
+        return proc.returncode, stdout, stderr
 
     @ensure_connect
     def exec_command(self, cmd: str, in_data: bytes | None = None,
                      sudoable: bool = False) -> tuple[int, bytes, bytes]:
-        # The base class only records the command; the parent's version would drop stdin.
-        super(PodmanConnection, self).exec_command(cmd, in_data=in_data, sudoable=sudoable)
-        args: list[Any] = ["exec"]
-        if in_data is not None:
-            args.append("-i")
-        if self.user:
-            args.extend(("--user", self.user))
-        rc, stdout, stderr = self._podman(
-            args, shlex.split(to_native(cmd, errors="surrogate_or_strict")), in_data)
-        if rc != 0 and stderr.startswith(b"Error: ") and not self._running():
-            # podman could not run anything because the container is stopped or gone: the
-            # host is unreachable (as when the module's file copy fails without pipelining),
-            # not a module that failed.
-            raise AnsibleConnectionFailure(
-                f"container {self._container_id}: {to_native(stderr).strip()}")
-        return rc, stdout, stderr
+        super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
+        return self._enter(shlex.split(to_native(cmd, errors="surrogate_or_strict")), in_data)
 
-    def _running(self) -> bool:
-        rc, stdout, _err = self._podman(["container", "inspect", "--format",
-                                         "{{.State.Running}}"])
-        return rc == 0 and stdout.strip() == b"true"
+    @ensure_connect
+    def put_file(self, in_path: str, out_path: str) -> None:
+        super().put_file(in_path, out_path)
+        display.vvv(f"PUT {in_path} TO {out_path}", host=self._container)
+        with open(to_bytes(in_path, errors="surrogate_or_strict"), "rb") as source:
+            rc, _out, err = self._enter(["/bin/sh", "-c", 'cat > "$1"', "sh", out_path],
+                                        stdin=source)
+        if rc != 0:
+            raise AnsibleError(f"could not write {out_path} in container {self._container}: "
+                               f"{to_native(err).strip()}")
+
+    @ensure_connect
+    def fetch_file(self, in_path: str, out_path: str) -> None:
+        super().fetch_file(in_path, out_path)
+        display.vvv(f"FETCH {in_path} TO {out_path}", host=self._container)
+        rc, out, err = self._enter(["/bin/cat", in_path])
+        if rc != 0:
+            raise AnsibleError(f"could not read {in_path} in container {self._container}: "
+                               f"{to_native(err).strip()}")
+        Path(out_path).write_bytes(out)
+
+    def close(self) -> None:
+        super().close()
+        self._connected = False
