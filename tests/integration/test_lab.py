@@ -818,11 +818,6 @@ def test_rerunning_the_failover_changes_nothing(lab):
     assert_nothing_changed(run)
 
 
-UNFINISHED = ("issue 7 is open: failback.yml's re-clone path (a region that cannot be rewound) "
-              "is unfinished, and this test has not passed on the lab yet")
-
-
-@pytest.mark.skip(reason=UNFINISHED)
 def test_failback_makes_us_east_a_standby_and_a_switchover_brings_the_baton_home(lab):
     assert labctl("start-region", "us-east").returncode == 0
     # Back from the dead, us-east must not take writes: its agent fences it.
@@ -844,7 +839,6 @@ def test_failback_makes_us_east_a_standby_and_a_switchover_brings_the_baton_home
         assert state["regions"][region]["verdict"] == "healthy", state["regions"][region]
 
 
-@pytest.mark.skip(reason=UNFINISHED)
 def test_a_partitioned_primary_fences_itself_and_takes_no_write_after_the_promotion(lab):
     # A client inside us-east keeps writing through its own PgBouncer, logging each
     # acknowledged write with its time.
