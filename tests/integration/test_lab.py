@@ -893,6 +893,21 @@ def test_a_partitioned_primary_fences_itself_and_takes_no_write_after_the_promot
     assert healthy_again().returncode == 0
 
 
+def test_failback_reclone_clones_a_region_afresh_and_keeps_its_old_data(lab):
+    run = playbook("failback.yml", "-e", "region=eu-west", "-e", "reclone=true")
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert "eu-west is cloned afresh from us-east" in run.stdout
+    kept = sh("podman", "exec", "baton-eu-west-1", "sh", "-c",
+              "ls -d /var/lib/postgresql/*/baton.diverged-*")
+    assert kept.returncode == 0 and kept.stdout.strip(), "the old data directory was not kept"
+    wait_for(lambda: cluster_roles("eu-west-1")["eu-west-1"] == ("standby_leader", "streaming"),
+             60, "eu-west streaming from us-east after the clone")
+    token = f"after-clone-{time.time_ns()}"
+    write_through_db(token)
+    wait_for(lambda: read_ro("eu-west-1", token), 15, "the row in the cloned eu-west")
+    assert_nothing_changed(playbook("failback.yml", "-e", "region=eu-west"))
+
+
 def test_stale_container_from_an_earlier_run_is_refused(lab):
     assert labctl("down").returncode == 0
     image = labctl("image-ref").stdout.strip()
