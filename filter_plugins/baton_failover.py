@@ -252,9 +252,21 @@ def baton_failover_metrics(report: Mapping[str, Any], now: float) -> str:
     return generate_latest(registry).decode()
 
 
+def baton_endpoints_first(endpoints: list[str], addresses: list[str]) -> list[str]:
+    """The witness members on these addresses first, the others after, each in their order.
+
+    The witness client tries the members in order and moves on after a timeout; a run that
+    moves the baton puts the target region's member first, so that a cut-off old region's
+    member costs no timeout per witness call."""
+    wanted = set(addresses or [])
+    first = [e for e in endpoints if e.rsplit(":", 1)[0] in wanted]
+    return first + [e for e in endpoints if e not in first]
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
+            "baton_endpoints_first": baton_endpoints_first,
             "baton_failover_plan": baton_failover_plan,
             "baton_lsn": baton_lsn,
             "baton_lsn_int": baton_lsn_int,

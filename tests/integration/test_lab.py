@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -649,9 +650,27 @@ def test_site_yml_keeps_the_region_that_holds_the_baton(lab):
     assert_nothing_changed(playbook("site.yml"))
 
 
-def test_switchover_back_to_us_east_leaves_every_region_healthy(lab):
+def test_a_switchover_killed_after_the_baton_moved_is_finished_by_running_it_again(lab):
+    # The controller dies (SIGKILL of the whole run) between the move of the baton and the
+    # promotion: its lock stays on the witness and the PgBouncers hold their clients.
+    epoch = holder()["epoch"]
+    first = subprocess.Popen([str(BIN / "ansible-playbook"), "switchover.yml", "-e",
+                              "target=us-east"], cwd=ROOT, env=ENV, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        wait_for(lambda: holder()["region"] == "us-east", 300, "the baton moving to us-east")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(30)
+    assert witness().get("/baton/lock") is not None, "the killed run left no lock"
     run = playbook("switchover.yml", "-e", "target=us-east")
     assert run.returncode == 0, run.stdout[-3000:]
+    assert re.search(r"the baton lock is stale: run switchover-us-east-\S+ \(switchover to "
+                     r"us-east\) .* no longer runs on this host", " ".join(run.stdout.split()))
+    assert holder()["region"] == "us-east" and holder()["epoch"] == epoch + 1
+    assert writable_regions() == ["us-east"]
+    assert witness().get("/baton/lock") is None
     assert holder()["region"] == "us-east" and writable_regions() == ["us-east"]
     health = healthy_again()
     assert health.returncode == 0, health.stdout[-3000:]

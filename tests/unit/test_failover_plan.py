@@ -6,6 +6,7 @@ cluster plan, PgBouncer's repoint, Redis's role changes). No server needed."""
 import pytest
 from baton_assess import global_view, primary_position, region_summary, region_verdict
 from baton_failover import (
+    baton_endpoints_first,
     baton_failover_metrics,
     baton_failover_plan,
     baton_failover_report,
@@ -233,3 +234,12 @@ def test_a_run_killed_after_the_baton_moved_finishes_from_the_region_it_left():
     assert plan["refuse"] is None and not plan["already"]
     assert (plan["old"], plan["old_answers"]) == ("us-east", True)
     assert "promote eu-west's standby cluster; wait until it takes writes" in plan["steps"]
+
+
+def test_the_target_regions_witness_member_is_tried_first():
+    members = ["10.231.1.11:2391", "10.231.2.11:2391", "10.231.3.11:2391"]
+    assert baton_endpoints_first(members, ["10.231.2.11", "10.231.2.12"]) == [
+        "10.231.2.11:2391", "10.231.1.11:2391", "10.231.3.11:2391"]
+    assert baton_endpoints_first(members, []) == members
+    # 10.231.1.1 is not 10.231.1.11: addresses match whole.
+    assert baton_endpoints_first(members, ["10.231.1.1"]) == members
