@@ -899,8 +899,13 @@ def test_a_partitioned_primary_fences_itself_and_takes_no_write_after_the_promot
     assert "us-east" not in writable_regions()
     assert sh("podman", "exec", "baton-us-east-1", "systemctl", "is-active", "patroni"
               ).stdout.strip() != "active"
+    # Its Redis, still a master under its own Sentinel, refuses writes too.
+    with pytest.raises(redis.exceptions.ResponseError, match="NOREPLICAS"):
+        cache("us-east-1").set("baton:fenced", "must not be taken")
     run = playbook("failback.yml", "-e", "region=us-east")
     assert run.returncode == 0, run.stdout[-4000:]
+    assert cache("us-east-1").config_get("min-replicas-to-write") == {
+        "min-replicas-to-write": "0"}
     wait_for(lambda: cluster_roles("us-east-1")["us-east-1"] == ("standby_leader", "streaming"),
              60, "us-east streaming from us-west")
     # No row that us-east wrote after the baton moved exists in the new primary's history.

@@ -678,3 +678,57 @@ def test_agent_drops_a_saved_lease_the_witness_no_longer_knows(agent_module, tmp
     agent = make_agent(agent_module, tmp_path, witness)
     assert agent.state == fresh_state()
     assert agent.step() == ["grant"]
+
+
+def test_agent_process_fences_the_nodes_redis_after_pgbouncer_and_before_patroni(
+        agent_module, tmp_path, monkeypatch):
+    witness = FakeWitness({"region": "us-west", "epoch": 4})
+    agent = make_agent(agent_module, tmp_path, witness)
+    agent.cfg.update(redis_port=6379, redis_password="lab-redis-not-secret")
+    agent.state = {"lease": 7, "last_renewal": time.monotonic(), "holder_epoch": 3}
+    commands: list[tuple[list[str], dict[str, str]]] = []
+
+    def run(cmd: list[str], **kw: Any) -> Any:
+        commands.append((cmd, kw.get("env") or {}))
+        return type("R", (), {"returncode": 0, "stdout": "OK", "stderr": ""})()
+
+    monkeypatch.setattr(agent_module.subprocess, "run", run)
+    assert agent.step() == ["fence", "release"]
+    assert [c[0][-1] for c in commands] == ["DISABLE app", "KILL app", "1000000", "patroni"]
+    redis_cmd, redis_env = commands[2]
+    assert redis_cmd[0] == "redis-cli" and redis_cmd[-4:] == [
+        "CONFIG", "SET", "min-replicas-to-write", "1000000"]
+    assert redis_env["REDISCLI_AUTH"] == "lab-redis-not-secret"
+    assert all("lab-redis-not-secret" not in " ".join(cmd) for cmd, _ in commands)
+
+
+class FakeRedis:
+    def __init__(self, role: str, fence: int):
+        self.role, self.fence, self.calls = role, fence, []
+
+    def __call__(self, _cfg: dict, *args: str) -> tuple[bool, str]:
+        self.calls.append(args)
+        if args[:2] == ("CONFIG", "GET"):
+            return True, f"min-replicas-to-write\n{self.fence}"
+        if args[:2] == ("CONFIG", "SET"):
+            self.fence = int(args[3])
+            return True, "OK"
+        if args == ("ROLE",):
+            return True, f"{self.role}\n10.231.2.11\n6379\nconnected\n123"
+        return False, "failed: ERR unknown command"
+
+
+def test_unfence_redis_lifts_the_fence_only_from_a_replica_and_only_once(agent_module):
+    cfg = {**agent_module.DEFAULTS, "redis_port": 6379}
+    master = FakeRedis("master", agent_module.REDIS_FENCE)
+    refused = agent_module.unfence_redis(cfg, master)
+    assert refused["changed"] is False and "still a master" in refused["error"]
+    assert master.fence == agent_module.REDIS_FENCE
+    replica = FakeRedis("slave", agent_module.REDIS_FENCE)
+    assert agent_module.unfence_redis(cfg, replica) == {
+        "changed": True, "redis": "fence lifted (min-replicas-to-write 0)"}
+    assert replica.fence == 0
+    again = agent_module.unfence_redis(cfg, replica)
+    assert again["changed"] is False and "error" not in again
+    assert agent_module.unfence_redis({**cfg, "redis_port": 0}, replica)["changed"] is False
+    assert agent_module.fence_redis({**cfg, "redis_port": 0}, replica) == "no Redis on this node"

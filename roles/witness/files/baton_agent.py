@@ -6,12 +6,16 @@ the baton, and fences the node when it must not accept writes.
     baton_agent.py status  --config /etc/baton/agent.json   # JSON: fenced?, marker, holder, lease
     baton_agent.py unfence --config /etc/baton/agent.json   # remove the marker, ENABLE + RESUME
                                                             # the app database on PgBouncer
+    baton_agent.py unfence-redis --config ...               # lift the Redis fence, once the
+                                                            # node's Redis follows the holder
 
 Every interval: read the holder key (linearizable) from the witness, ask the local PostgreSQL
 whether it is writable, let baton_witness.agent_step decide, carry out what it says. To fence:
 write the marker file first (patroni.service will not start while it exists), then DISABLE and
-KILL the application database on PgBouncer's admin console, then stop Patroni. Unfencing never
-happens by itself: failback (or an operator) runs `unfence`, then starts Patroni.
+KILL the application database on PgBouncer's admin console, then make the node's Redis (if it
+runs one) refuse writes (min-replicas-to-write set out of reach: NOREPLICAS), then stop Patroni.
+Unfencing never happens by itself: failback (or an operator) runs `unfence`, then starts
+Patroni, and runs `unfence-redis` once the node's Redis has become a replica of the holder's.
 
 Stdlib only (Debian 12's python3); baton_witness.py sits in the same folder. Its state (lease,
 epoch, last renewal) survives a restart of the agent in /run/baton, so a restart during a
@@ -54,7 +58,14 @@ DEFAULTS: dict[str, Any] = {
     "marker": "/var/lib/baton/fenced",
     "metrics": "/var/lib/prometheus/node-exporter/baton_agent.prom",
     "state": "/run/baton/agent-state.json",
+    "redis_port": 0,  # 0: no Redis on this node
+    "redis_password": "",
+    "redis_min_replicas_to_write": 0,  # the value the fence replaces, restored by unfence-redis
 }
+
+# min-replicas-to-write while fenced: more replicas than any deployment has, so the master
+# answers every write with NOREPLICAS (reads and replication go on).
+REDIS_FENCE = 1000000
 
 
 def load_config(path: str) -> dict[str, Any]:
@@ -120,7 +131,8 @@ def pgbouncer_command(cfg: dict[str, Any], command: str) -> str:
     dsn = (f"host=127.0.0.1 port={cfg['pgbouncer_port']} dbname=pgbouncer "
            f"user={cfg['pgbouncer_admin_username']} connect_timeout=1")
     try:
-        # Bounded: the fence's PgBouncer commands are part of FENCE_BUDGET (baton_witness).
+        # Bounded: with the Redis command, the fence's first steps take at most 3 s, inside
+        # lease_ttl - fence_after - interval (4 s by default).
         out = subprocess.run(["psql", dsn, "-XAtq", "-c", command], capture_output=True,
                              text=True, timeout=1, check=False,
                              env={**os.environ, "PGPASSWORD": str(cfg["pgbouncer_admin_password"])})
@@ -129,6 +141,55 @@ def pgbouncer_command(cfg: dict[str, Any], command: str) -> str:
     if out.returncode != 0:
         return f"failed: {(out.stderr or out.stdout).strip() or f'exit {out.returncode}'}"
     return "ok"
+
+
+def redis_command(cfg: dict[str, Any], *args: str) -> tuple[bool, str]:
+    """One command to this node's Redis with redis-cli, bounded by a second: (ok, reply or
+    error), never raises. The password goes in the environment, never on the command line."""
+    try:
+        out = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(cfg["redis_port"]),
+                              *args], capture_output=True, text=True, timeout=1, check=False,
+                             env={**os.environ, "REDISCLI_AUTH": str(cfg["redis_password"])})
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, f"failed: {exc}"
+    reply = (out.stdout or out.stderr).strip()
+    if out.returncode != 0 or reply.startswith(("ERR", "WRONGPASS", "NOAUTH", "Could not")):
+        return False, f"failed: {reply or f'exit {out.returncode}'}"
+    return True, reply
+
+
+def fence_redis(cfg: dict[str, Any], command: Any = redis_command) -> str:
+    """Makes this node's Redis refuse writes; what happened, in a few words."""
+    if not int(cfg.get("redis_port") or 0):
+        return "no Redis on this node"
+    ok, reply = command(cfg, "CONFIG", "SET", "min-replicas-to-write", str(REDIS_FENCE))
+    return f"min-replicas-to-write {REDIS_FENCE}: {'ok' if ok else reply}"
+
+
+def unfence_redis(cfg: dict[str, Any], command: Any = redis_command) -> dict[str, Any]:
+    """Lifts the Redis fence, only once this node's Redis is a replica (it follows the holder's
+    master): a fenced master would take writes again. Idempotent; 'changed' says whether it
+    did something, 'error' why it could not."""
+    if not int(cfg.get("redis_port") or 0):
+        return {"changed": False, "redis": "no Redis on this node"}
+    ok, reply = command(cfg, "CONFIG", "GET", "min-replicas-to-write")
+    if not ok:
+        return {"changed": False, "error": f"cannot read the Redis fence: {reply}"}
+    lines = reply.split()
+    current = int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else None
+    if current != REDIS_FENCE:
+        return {"changed": False, "redis": f"not fenced (min-replicas-to-write {current})"}
+    ok, role = command(cfg, "ROLE")
+    if not ok or not role.split() or role.split()[0] != "slave":
+        return {"changed": False,
+                "error": "this node's Redis is still a master (or does not answer: "
+                         f"{role.split()[0] if ok and role.split() else role}): it stays fenced "
+                         "until it replicates from the holder's master (failback.yml does that)"}
+    wanted = str(int(cfg.get("redis_min_replicas_to_write") or 0))
+    ok, reply = command(cfg, "CONFIG", "SET", "min-replicas-to-write", wanted)
+    if not ok:
+        return {"changed": False, "error": f"cannot lift the Redis fence: {reply}"}
+    return {"changed": True, "redis": f"fence lifted (min-replicas-to-write {wanted})"}
 
 
 class Agent:
@@ -371,6 +432,7 @@ def fence(cfg: dict[str, Any], reason: str, epoch: Any, pgbouncer: Any, log: Any
     db = cfg["pgbouncer_database"]
     for command in (f"DISABLE {db}", f"KILL {db}"):
         log(f"PgBouncer {command}: {pgbouncer(command)}")
+    log(f"Redis: {fence_redis(cfg)}")
     try:
         out = subprocess.run(["systemctl", "stop", "patroni"], capture_output=True, text=True,
                              timeout=120, check=False)
@@ -452,7 +514,8 @@ def unfence(cfg: dict[str, Any], log: Any) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["run", "status", "unfence", "may-start"])
+    parser.add_argument("command", choices=["run", "status", "unfence", "unfence-redis",
+                                            "may-start"])
     parser.add_argument("--config", default="/etc/baton/agent.json")
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
@@ -467,6 +530,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"baton-agent {cfg['node']}: Patroni {'may' if allowed else 'may NOT'} start: {why}",
               file=sys.stderr)
         return 0 if allowed else 1
+    if args.command == "unfence-redis":
+        lifted = unfence_redis(cfg)
+        print(json.dumps(lifted, sort_keys=True))
+        if lifted.get("error"):
+            print(f"baton-agent {cfg['node']}: {lifted['error']}", file=sys.stderr)
+            return 1
+        return 0
     result = unfence(cfg, lambda message: print(f"baton-agent {cfg['node']}: {message}",
                                                 file=sys.stderr))
     print(json.dumps(result, indent=2, sort_keys=True))
