@@ -720,15 +720,21 @@ class FakeRedis:
 
 def test_unfence_redis_lifts_the_fence_only_from_a_replica_and_only_once(agent_module):
     cfg = {**agent_module.DEFAULTS, "redis_port": 6379}
+    cfg["region"] = "us-east"
     master = FakeRedis("master", agent_module.REDIS_FENCE)
-    refused = agent_module.unfence_redis(cfg, master)
+    refused = agent_module.unfence_redis(cfg, master, lambda _cfg: "us-west")
     assert refused["changed"] is False and "still a master" in refused["error"]
+    assert agent_module.unfence_redis(cfg, master, lambda _cfg: None)["changed"] is False
     assert master.fence == agent_module.REDIS_FENCE
+    # A master whose own region holds the baton (it fenced itself, nobody failed over).
+    assert agent_module.unfence_redis(cfg, master, lambda _cfg: "us-east")["changed"] is True
+    assert master.fence == 0
     replica = FakeRedis("slave", agent_module.REDIS_FENCE)
-    assert agent_module.unfence_redis(cfg, replica) == {
+    assert agent_module.unfence_redis(cfg, replica, lambda _cfg: "us-west") == {
         "changed": True, "redis": "fence lifted (min-replicas-to-write 0)"}
     assert replica.fence == 0
-    again = agent_module.unfence_redis(cfg, replica)
+    again = agent_module.unfence_redis(cfg, replica, lambda _cfg: "us-west")
     assert again["changed"] is False and "error" not in again
-    assert agent_module.unfence_redis({**cfg, "redis_port": 0}, replica)["changed"] is False
+    assert agent_module.unfence_redis({**cfg, "redis_port": 0}, replica,
+                                      lambda _cfg: "us-west")["changed"] is False
     assert agent_module.fence_redis({**cfg, "redis_port": 0}, replica) == "no Redis on this node"

@@ -166,10 +166,23 @@ def fence_redis(cfg: dict[str, Any], command: Any = redis_command) -> str:
     return f"min-replicas-to-write {REDIS_FENCE}: {'ok' if ok else reply}"
 
 
-def unfence_redis(cfg: dict[str, Any], command: Any = redis_command) -> dict[str, Any]:
-    """Lifts the Redis fence, only once this node's Redis is a replica (it follows the holder's
-    master): a fenced master would take writes again. Idempotent; 'changed' says whether it
-    did something, 'error' why it could not."""
+def witness_holder_region(cfg: dict[str, Any]) -> str | None:
+    """The region the witness says holds the baton; None when nobody does or it does not answer."""
+    try:
+        entry = Witness(list(cfg["endpoints"]), timeout=2).get(HOLDER)
+        holder = parse_holder(entry.value if entry else None)
+    except (WitnessError, ValueError):
+        return None
+    return holder["region"] if holder else None
+
+
+def unfence_redis(cfg: dict[str, Any], command: Any = redis_command,
+                  holder_region: Any = witness_holder_region) -> dict[str, Any]:
+    """Lifts the Redis fence once this node's Redis is a replica (it follows the holder's
+    master), or when it is a master and the witness says this node's region holds the baton
+    (a holder region that fenced itself while nobody failed over). A fenced master anywhere
+    else would take writes again: refused. Idempotent; 'changed' says whether it did
+    something, 'error' why it could not."""
     if not int(cfg.get("redis_port") or 0):
         return {"changed": False, "redis": "no Redis on this node"}
     ok, reply = command(cfg, "CONFIG", "GET", "min-replicas-to-write")
@@ -180,7 +193,8 @@ def unfence_redis(cfg: dict[str, Any], command: Any = redis_command) -> dict[str
     if current != REDIS_FENCE:
         return {"changed": False, "redis": f"not fenced (min-replicas-to-write {current})"}
     ok, role = command(cfg, "ROLE")
-    if not ok or not role.split() or role.split()[0] != "slave":
+    is_replica = ok and bool(role.split()) and role.split()[0] == "slave"
+    if not is_replica and not (ok and holder_region(cfg) == cfg.get("region")):
         return {"changed": False,
                 "error": "this node's Redis is still a master (or does not answer: "
                          f"{role.split()[0] if ok and role.split() else role}): it stays fenced "
