@@ -93,6 +93,7 @@ class Connection(ConnectionBase):
         super().__init__(play_context, new_stdin, *args, **kwargs)
         self._container = self._play_context.remote_addr
         self._pid = 0
+        self._start: str | None = None
         self._env: list[str] = []
 
     # --- finding the container's process --------------------------------------------------
@@ -129,15 +130,14 @@ class Connection(ConnectionBase):
             tmp = self._cache_file().with_suffix(f".{os.getpid()}")
             tmp.write_text(json.dumps(cached))
             tmp.replace(self._cache_file())
-        self._pid, self._env = cached["pid"], cached["env"]
+        self._pid, self._start, self._env = cached["pid"], cached["start"], cached["env"]
         self._connected = True
         return self
 
     def _gone(self) -> bool:
-        try:
-            return start_time(self._inspect()["pid"]) is None
-        except AnsibleConnectionFailure:
-            return True
+        # The process entered is no longer there (container stopped or restarted): read from
+        # /proc, so that a module that merely failed costs no `podman inspect`.
+        return start_time(self._pid) != self._start
 
     # --- running commands -------------------------------------------------------------------
 
