@@ -1,17 +1,15 @@
-"""Lab tests on real containers: the mini lab comes up, every host answers, site.yml deploys
-the PostgreSQL tier (etcd, Patroni standby clusters, HAProxy, PgBouncer), the Redis tier
-(Redis chained across regions, Sentinel), DNS (BIND primary and secondaries) and monitoring
-(exporters, regional and global Prometheus) and then changes nothing, rows and keys cross
-regions, signed DNS updates reach every secondary and others are refused, the global
-Prometheus sees every region; the baton moves: failover.yml (--check, refusals, a region
-lost), switchover.yml under a writer with no lost write, a second run refused, re-runs that
-change nothing, and site.yml keeps the region that holds the baton (and what a failover wrote
-in DNS) - failback.yml and a partitioned primary that fences itself are written but skipped
-until they pass (issue 7 is open); the fault tools really cut traffic, bad input gets one
-clear sentence, and `lab-down` leaves nothing behind.
+"""Lab tests on real containers, on the mini lab (one node per region) with the baton at home:
+the lab comes up, every host answers, site.yml deploys the PostgreSQL tier (etcd, Patroni
+standby clusters, HAProxy, PgBouncer), the witness and fence agents, the Redis tier (Redis
+chained across regions, Sentinel), DNS (BIND primary and secondaries) and monitoring (exporters,
+regional and global Prometheus) and then changes nothing; rows and keys cross regions, signed
+DNS updates reach every secondary and others are refused, the global Prometheus sees every
+region, health.yml sees every region healthy; failover.yml's --check and its refusals (unknown
+target, lagging target); the fault tools really cut traffic, and bad input gets one clear
+sentence. Moving the baton is tested as whole outages under live clients in
+test_lifecycle.py, on this same deployment (see conftest.py for the order).
 
 Needs root, podman and iptables (`make deps` installs them). Replaces any lab that is up.
-Tests run in file order: the last ones take the lab down themselves.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import struct
 import subprocess
@@ -118,16 +115,13 @@ def assert_nothing_changed(run: subprocess.CompletedProcess) -> None:
     assert changed == {}, changed_tasks(run.stdout)
 
 
-@pytest.fixture(scope="module")
-def lab():
-    if os.geteuid() != 0:
-        pytest.fail("the lab tests need root (rootful podman, host firewall rules)")
-    labctl("down")
-    up = labctl("up", "--size", "mini")
-    assert up.returncode == 0, up.stderr
+DEPLOYED: list[bool] = []  # set once site.yml has deployed the mini lab in this session
+
+
+@pytest.fixture()
+def lab(mini_lab):
+    """The mini lab of this session (tests/integration/conftest.py), up."""
     yield
-    labctl("heal")
-    labctl("down")
 
 
 def test_every_lab_host_answers_by_region(lab):
@@ -157,6 +151,7 @@ def test_lab_up_again_creates_nothing_new(lab):
 def test_site_yml_converges_then_a_second_run_changes_nothing(lab):
     first = playbook("site.yml")
     assert first.returncode == 0, first.stdout[-3000:]
+    DEPLOYED.append(True)
     second = playbook("site.yml")
     assert set(MINI) <= set(recap(second.stdout))
     assert_nothing_changed(second)
@@ -489,52 +484,6 @@ def read_ro(host: str, token: str) -> bool:
                             (token,)).fetchone()[0] == 1
 
 
-class Writer:
-    """A client that keeps writing numbered rows through one PgBouncer, and remembers which
-    writes it was told succeeded, its errors and its longest gap between two successes."""
-
-    def __init__(self, host: str):
-        import threading
-
-        self.host, self.acked, self.errors = host, [], 0
-        self.longest_gap, self._stop = 0.0, threading.Event()
-        with pgbouncer(host, "app") as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS baton_writer (id bigint PRIMARY KEY, "
-                         "at timestamptz DEFAULT clock_timestamp())")
-            self._next = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM baton_writer"
-                                      ).fetchone()[0]
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        last = time.monotonic()
-        conn = None
-        while not self._stop.is_set():
-            try:
-                if conn is None:
-                    conn = pgbouncer(self.host, "app")
-                conn.execute("INSERT INTO baton_writer (id) VALUES (%s)", (self._next,))
-                self.acked.append(self._next)
-                self._next += 1
-                now = time.monotonic()
-                self.longest_gap, last = max(self.longest_gap, now - last), now
-            except psycopg.Error:
-                self.errors += 1
-                self._next += 1  # an unacknowledged id is never reused
-                if conn is not None:
-                    conn.close()
-                conn = None
-                time.sleep(0.1)
-            time.sleep(0.05)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc):
-        self._stop.set()
-        self._thread.join(30)
-
-
 def test_failover_check_evaluates_the_gates_prints_the_plan_and_changes_nothing(lab):
     before = holder()
     run = playbook("failover.yml", "-e", "target=us-west", "--check")
@@ -577,103 +526,6 @@ def test_failover_refuses_a_lagging_target_and_shows_the_estimate(lab):
     assert holder()["region"] == "us-east" and writable_regions() == ["us-east"]
     wait_for(lambda: cluster_roles("eu-west-1")["eu-west-1"] == ("standby_leader", "streaming"),
              90, "eu-west streaming again")
-
-
-def test_switchover_under_a_writer_loses_no_acknowledged_write_and_a_second_run_is_refused(lab):
-    epoch = holder()["epoch"]
-    with Writer("us-west-1") as writer:
-        time.sleep(2)
-        first = subprocess.Popen([str(BIN / "ansible-playbook"), "switchover.yml", "-e",
-                                  "target=eu-west"], cwd=ROOT, env=ENV, text=True,
-                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT)
-        wait_for(lambda: witness().get("/baton/lock") is not None, 60, "the first run's lock")
-        second = playbook("failover.yml", "-e", "target=us-west")
-        out, _ = first.communicate(timeout=600)
-        time.sleep(3)
-    text = " ".join(second.stdout.split())
-    assert second.returncode != 0
-    assert re.search(r"the baton lock is held by run switchover-eu-west-\S+ \(switchover to "
-                     r"eu-west\) by root@\S+, started \S+, \d+ s ago, still running here as "
-                     r"process \d+: wait for it to finish", text), text[-2000:]
-    assert first.returncode == 0, out[-4000:]
-    assert holder() == {**holder(), "region": "eu-west", "epoch": epoch + 1}
-    assert writable_regions() == ["eu-west"]
-    with pgbouncer("eu-west-1", "app") as conn:
-        stored = {r[0] for r in conn.execute("SELECT id FROM baton_writer")}
-    lost = [i for i in writer.acked if i not in stored]
-    print(f"switchover under a writer: {len(writer.acked)} acknowledged writes, "
-          f"{writer.errors} client errors, longest gap {writer.longest_gap:.2f} s")
-    assert writer.acked and lost == []
-    done = report("switchover")
-    assert done["target"] == "eu-west" and done["old"] == "us-east"
-    assert done["data_lost_bytes"] == 0 and done["rto_seconds"] > 0
-
-
-def test_rerunning_the_switchover_changes_nothing(lab):
-    run = playbook("switchover.yml", "-e", "target=eu-west")
-    assert_nothing_changed(run)
-    assert "eu-west already holds the baton" in run.stdout
-
-
-def test_site_yml_keeps_the_region_that_holds_the_baton(lab):
-    starts = {h: member(h)["postmaster_start_time"] for h in REGION_OF}
-    pids = redis_pids()
-    rerun = playbook("site.yml")
-    assert rerun.returncode == 0, rerun.stdout[-3000:]
-    assert "primary region: eu-west (eu-west has the only writable Patroni leader)" in rerun.stdout
-    assert "Redis writable region: eu-west (eu-west has the only Redis master)" in rerun.stdout
-    assert cluster_roles("eu-west-1")["eu-west-1"] == ("leader", "running")
-    for host in ("us-east-1", "us-west-1"):
-        assert cluster_roles(host)[host][0] == "standby_leader"
-    # The failover records keep what the switchover wrote, on every name server.
-    for server in MINI:
-        assert dns_answer(server, "db") == [MINI["eu-west-1"]], server
-        assert dns_answer(server, "redis") == [MINI["eu-west-1"]], server
-    # Nothing destructive: no PostgreSQL, Redis or Sentinel was restarted by the re-run.
-    assert {h: member(h)["postmaster_start_time"] for h in starts} == starts
-    assert redis_pids() == pids
-    with pgbouncer("us-east-1", "app") as conn:
-        addr, recovery = conn.execute("SELECT host(inet_server_addr()), pg_is_in_recovery()"
-                                      ).fetchone()
-    assert (addr, recovery) == (MINI["eu-west-1"], False)
-    watched = cache("eu-west-1", 26379).execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME",
-                                                       "baton")
-    assert watched == [MINI["eu-west-1"], "6379"]
-    for host in ("us-east-1", "us-west-1"):
-        assert cache(host, 26379).execute_command("SENTINEL", "MASTERS") in ([], {}), host
-    assert cache("eu-west-1").config_get("replica-priority")["replica-priority"] == "100"
-    assert cache("us-east-1").config_get("replica-priority")["replica-priority"] == "0"
-    token = f"after-switchover-{time.time_ns()}"
-    cache("eu-west-1").set("baton:probe", token)
-    wait_for(lambda: cache("us-east-1").get("baton:probe") == token, 2, "us-east follows eu-west")
-    assert_nothing_changed(playbook("site.yml"))
-
-
-def test_a_switchover_killed_after_the_baton_moved_is_finished_by_running_it_again(lab):
-    # The controller dies (SIGKILL of the whole run) between the move of the baton and the
-    # promotion: its lock stays on the witness and the PgBouncers hold their clients.
-    epoch = holder()["epoch"]
-    first = subprocess.Popen([str(BIN / "ansible-playbook"), "switchover.yml", "-e",
-                              "target=us-east"], cwd=ROOT, env=ENV, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-    try:
-        wait_for(lambda: holder()["region"] == "us-east", 300, "the baton moving to us-east")
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(30)
-    assert witness().get("/baton/lock") is not None, "the killed run left no lock"
-    run = playbook("switchover.yml", "-e", "target=us-east")
-    assert run.returncode == 0, run.stdout[-3000:]
-    assert re.search(r"the baton lock is stale: run switchover-us-east-\S+ \(switchover to "
-                     r"us-east\) .* no longer runs on this host", " ".join(run.stdout.split()))
-    assert holder()["region"] == "us-east" and holder()["epoch"] == epoch + 1
-    assert writable_regions() == ["us-east"]
-    assert witness().get("/baton/lock") is None
-    assert holder()["region"] == "us-east" and writable_regions() == ["us-east"]
-    health = healthy_again()
-    assert health.returncode == 0, health.stdout[-3000:]
 
 
 def test_health_shows_every_host_by_site(lab):
@@ -802,171 +654,3 @@ def test_missing_podman_that_cannot_be_installed(tmp_path):
     assert line.endswith("by hand, then re-run")
 
 
-# The unplanned failover leaves us-east lost: these come last, before the tests that take the
-# lab down.
-
-def test_unplanned_failover_after_losing_us_east(lab):
-    token = f"before-loss-{time.time_ns()}"
-    write_through_db(token)
-    wait_for(lambda: read_ro("us-west-1", token), 10, "the row in us-west")
-    assert playbook("health.yml").returncode == 0  # the last known primary position
-    assert labctl("stop-region", "us-east").returncode == 0
-    run = playbook("failover.yml", "-e", "target=us-west")
-    assert run.returncode == 0, run.stdout[-4000:]
-    assert holder()["region"] == "us-west"
-    assert writable_regions() == ["us-west"]
-    # Clients write again through db.baton.internal; eu-west follows us-west.
-    after = f"after-failover-{time.time_ns()}"
-    assert write_through_db(after) == MINI["us-west-1"]
-    wait_for(lambda: read_ro("eu-west-1", after), 15, "eu-west follows us-west")
-    assert read_ro("us-west-1", token), "a write acknowledged before the loss was lost"
-    # Redis in us-west takes writes, eu-west follows it.
-    key = f"failover-{time.time_ns()}"
-    cache("us-west-1").set("baton:failover", key)
-    wait_for(lambda: cache("eu-west-1").get("baton:failover") == key, 5, "eu-west's Redis")
-    done = report("failover")
-    print(f"unplanned failover: RTO {done['rto_seconds']} s, data lost "
-          f"{done['data_lost_bytes']} bytes, epoch {done['epoch']}")
-    assert done["rto_seconds"] > 0 and done["data_lost_bytes"] == 0
-    assert done["unreachable"] == ["us-east"]
-    assert "RTO:" in run.stdout and "data lost: 0 bytes of WAL" in run.stdout
-
-
-def test_rerunning_the_failover_changes_nothing(lab):
-    run = playbook("failover.yml", "-e", "target=us-west")
-    assert_nothing_changed(run)
-
-
-def test_failback_makes_us_east_a_standby_and_a_switchover_brings_the_baton_home(lab):
-    assert labctl("start-region", "us-east").returncode == 0
-    # Back from the dead, us-east must not take writes: its agent fences it.
-    wait_for(lambda: "us-east" not in writable_regions() and holder()["region"] == "us-west",
-             60, "us-east not writable after it came back")
-    run = playbook("failback.yml")
-    assert run.returncode == 0, run.stdout[-4000:]
-    wait_for(lambda: cluster_roles("us-east-1")["us-east-1"] == ("standby_leader", "streaming"),
-             60, "us-east streaming from us-west")
-    assert_nothing_changed(playbook("failback.yml"))
-    home = playbook("switchover.yml", "-e", "target=us-east")
-    assert home.returncode == 0, home.stdout[-4000:]
-    health = healthy_again()
-    assert health.returncode == 0, health.stdout[-3000:]
-    state = health_report()
-    assert state["global"]["baton_holder"] == "us-east"
-    assert state["global"]["writable_regions"] == ["us-east"]
-    for region in ("us-west", "eu-west"):
-        assert state["regions"][region]["verdict"] == "healthy", state["regions"][region]
-
-
-def test_a_partitioned_primary_fences_itself_and_takes_no_write_after_the_promotion(lab):
-    # A client inside us-east keeps writing through its own PgBouncer, logging each
-    # acknowledged write with its time.
-    writer = ("while true; do psql -XAtq -h 127.0.0.1 -p 6432 -U app app -c "
-              "\"INSERT INTO baton_fence (at) VALUES (clock_timestamp()) RETURNING "
-              "extract(epoch FROM at)\" >> /tmp/baton-acks 2>/dev/null; sleep 0.2; done")
-    with pgbouncer("us-east-1", "app") as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS baton_fence (at timestamptz)")
-    started = sh("podman", "exec", "-d", "-e", f"PGPASSWORD={APP['password']}",
-                 "baton-us-east-1", "bash", "-c", f"rm -f /tmp/baton-acks; {writer}")
-    assert started.returncode == 0, started.stderr
-    wait_for(lambda: sh("podman", "exec", "baton-us-east-1", "test", "-s", "/tmp/baton-acks"
-                        ).returncode == 0, 20, "the writer inside us-east")
-    assert labctl("partition", "us-east").returncode == 0
-    try:
-        run = playbook("failover.yml", "-e", "target=us-west")
-        assert run.returncode == 0, run.stdout[-4000:]
-        promoted_at = report("failover")
-        marks = {t["step"]: t["at"] for t in promoted_at["timeline"]}
-        assert holder()["region"] == "us-west"
-    finally:
-        assert labctl("heal", "us-east").returncode == 0
-    sh("podman", "exec", "baton-us-east-1", "pkill", "-f", "baton-acks")
-    acks = [float(x) for x in sh("podman", "exec", "baton-us-east-1", "cat", "/tmp/baton-acks"
-                                 ).stdout.split()]
-    fenced = sh("podman", "exec", "baton-us-east-1", "cat", "/var/lib/baton/fenced")
-    assert fenced.returncode == 0, "us-east-1 is not fenced"
-    # The baton moved after us-east's lease expired; us-east's last acknowledged write came
-    # before that, so before us-west's promotion too.
-    moved = json.loads(witness().get("/baton/holder").value)["since"]
-    from datetime import datetime
-
-    moved_at = datetime.fromisoformat(moved).timestamp()
-    print(f"partition: last write acknowledged by us-east {moved_at - max(acks):.1f} s before "
-          f"the baton moved; failover timeline {marks}")
-    assert acks and max(acks) < moved_at
-    # Healed, us-east stays fenced: it takes no write, even now that it reaches everyone.
-    time.sleep(5)
-    assert "us-east" not in writable_regions()
-    assert sh("podman", "exec", "baton-us-east-1", "systemctl", "is-active", "patroni"
-              ).stdout.strip() != "active"
-    # Its Redis, still a master under its own Sentinel, refuses writes too.
-    with pytest.raises(redis.exceptions.ResponseError, match="NOREPLICAS"):
-        cache("us-east-1").set("baton:fenced", "must not be taken")
-    run = playbook("failback.yml", "-e", "region=us-east")
-    assert run.returncode == 0, run.stdout[-4000:]
-    assert cache("us-east-1").config_get("min-replicas-to-write") == {
-        "min-replicas-to-write": "0"}
-    wait_for(lambda: cluster_roles("us-east-1")["us-east-1"] == ("standby_leader", "streaming"),
-             60, "us-east streaming from us-west")
-    # No row that us-east wrote after the baton moved exists in the new primary's history.
-    with pgbouncer("us-west-1", "app") as conn:
-        newest = conn.execute("SELECT extract(epoch FROM max(at)) FROM baton_fence").fetchone()[0]
-    assert newest is None or float(newest) < moved_at
-    home = playbook("switchover.yml", "-e", "target=us-east")
-    assert home.returncode == 0, home.stdout[-4000:]
-    assert healthy_again().returncode == 0
-
-
-def test_failback_reclone_clones_a_region_afresh_and_keeps_its_old_data(lab):
-    run = playbook("failback.yml", "-e", "region=eu-west", "-e", "reclone=true")
-    assert run.returncode == 0, run.stdout[-4000:]
-    assert "eu-west is cloned afresh from us-east" in run.stdout
-    kept = sh("podman", "exec", "baton-eu-west-1", "sh", "-c",
-              "ls -d /var/lib/postgresql/*/baton.diverged-*")
-    assert kept.returncode == 0 and kept.stdout.strip(), "the old data directory was not kept"
-    wait_for(lambda: cluster_roles("eu-west-1")["eu-west-1"] == ("standby_leader", "streaming"),
-             60, "eu-west streaming from us-east after the clone")
-    token = f"after-clone-{time.time_ns()}"
-    write_through_db(token)
-    wait_for(lambda: read_ro("eu-west-1", token), 15, "the row in the cloned eu-west")
-    assert_nothing_changed(playbook("failback.yml", "-e", "region=eu-west"))
-
-
-def test_stale_container_from_an_earlier_run_is_refused(lab):
-    assert labctl("down").returncode == 0
-    image = labctl("image-ref").stdout.strip()
-    stale = sh("podman", "create", "--name", "baton-us-east-1", "--label", "baton.lab=1",
-               "--label", "baton.lab.config=from-an-earlier-run", image, "/sbin/init")
-    assert stale.returncode == 0, stale.stderr
-    proc = labctl("up", "--size", "mini")
-    assert proc.returncode == 2
-    assert one_error_line(proc) == (
-        "lab: error: container baton-us-east-1 is stale, left from an earlier lab run with "
-        "another image or address: run 'make lab-down', then 'make lab-up'")
-    assert labctl("down").returncode == 0
-
-    foreign = sh("podman", "create", "--name", "baton-us-east-1", image, "/sbin/init")
-    assert foreign.returncode == 0, foreign.stderr
-    try:
-        proc = labctl("up", "--size", "mini")
-        assert proc.returncode == 2
-        assert one_error_line(proc) == (
-            "lab: error: container baton-us-east-1 exists but was not made by the lab: remove "
-            "it (podman rm -f baton-us-east-1) and re-run")
-    finally:
-        sh("podman", "rm", "-f", "baton-us-east-1")
-
-
-def test_lab_down_leaves_no_containers_networks_or_firewall_rules(lab):
-    assert labctl("up", "--size", "mini").returncode == 0
-    assert labctl("partition", "eu-west").returncode == 0
-    down = labctl("down")
-    assert down.returncode == 0, down.stderr
-    assert lab_containers() == []
-    assert sh("podman", "network", "ls", "--filter", "label=baton.lab=1", "--format",
-              "{{.Name}}").stdout.split() == []
-    rules = sh("iptables-save").stdout
-    assert "BATON-LAB" not in rules and "baton-partition" not in rules
-    assert "10.231." not in sh("ip", "route", "show", "type", "unreachable").stdout
-    assert not (ROOT / ".lab/size").exists()
-    assert labctl("status").returncode == 3

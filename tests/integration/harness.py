@@ -1,0 +1,358 @@
+"""The lifecycle harness: live clients and per-region write probes that run beside a playbook,
+and a verifier that says what they saw.
+
+- `Workload` starts, in threads:
+  - a PostgreSQL client that writes numbered rows through `db.<zone>`:6432 (database `app`),
+    resolving the name at the lab's name servers on every (re)connect, psycopg 3 with its
+    default settings (it prepares statements at protocol level after 5 executions);
+  - a Redis client that writes numbered fields through `redis.<zone>`:6379, resolved the same way;
+  - for every database node, a probe that tries a write on that node's own PostgreSQL (port
+    5432, direct) and its own Redis every `probe_interval` seconds over a connection it keeps,
+    as an application inside that region would: these samples say which regions accepted writes,
+    at every moment, whatever the playbooks believe.
+  Every acknowledged write and every error is logged with its wall-clock time.
+- `Workload.stop()` returns a `Measurement`; `Measurement.verify(holder_node)` reads back, at
+  the node that holds the baton, which acknowledged writes survived, and `summary()` gives the
+  figures: acknowledged writes lost (per tier), client errors, the longest gap between two
+  acknowledged writes, and every interval in which two regions accepted writes (per tier).
+
+The harness only observes: it never repairs the lab and it never decides a test's outcome.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import dns.exception
+import dns.resolver
+import psycopg
+import redis
+
+# Lab throwaway credentials (inventories/lab/group_vars/all/secrets.yml).
+APP_USER, APP_PASSWORD = "app", "lab-app-not-secret"
+REDIS_PASSWORD = "lab-redis-not-secret"
+TABLE = "baton_lifecycle"
+PROBE_TABLE = "baton_probe"
+
+
+@dataclass
+class Event:
+    at: float          # wall clock (time.time()), comparable with the reports' timestamps
+    ok: bool
+    seq: int | None = None
+    target: str | None = None   # the address that took (or refused) it
+    error: str | None = None
+
+
+@dataclass
+class Stream:
+    """One writer's log."""
+
+    name: str
+    events: list[Event] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, event: Event) -> None:
+        with self.lock:
+            self.events.append(event)
+
+    def acked(self) -> list[Event]:
+        return [e for e in self.events if e.ok]
+
+    def errors(self) -> list[Event]:
+        return [e for e in self.events if not e.ok]
+
+    def longest_gap(self, start: float, end: float) -> float:
+        marks = [start, *(e.at for e in self.acked()), end]
+        return max((b - a for a, b in itertools.pairwise(marks)), default=0.0)
+
+
+def resolve(name: str, servers: list[str]) -> str:
+    """The first A record of name, asking the servers in order (as a stub resolver with several
+    `nameserver` lines does); raises dns.exception.DNSException when none answers."""
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = servers
+    resolver.timeout = 1.0
+    resolver.lifetime = 2.0 * len(servers)
+    resolver.cache = None
+    return resolver.resolve(name, "A")[0].to_text()
+
+
+def short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text[:160]}"
+
+
+class Workload:
+    """Clients and probes over the lab while a lifecycle step runs: `with Workload(...) as w:`."""
+
+    def __init__(self, *, zone: str, name_servers: list[str], nodes: dict[str, tuple[str, str]],
+                 scenario: str, interval: float = 0.05, probe_interval: float = 0.2):
+        """nodes: node name -> (region, address) of every database node."""
+        self.zone, self.name_servers, self.nodes = zone, name_servers, nodes
+        self.scenario, self.interval, self.probe_interval = scenario, interval, probe_interval
+        self.pg = Stream("postgres client via db")
+        self.redis = Stream("redis client via redis")
+        self.probes: dict[tuple[str, str], Stream] = {}
+        for node in nodes:
+            for tier in ("postgres", "redis"):
+                self.probes[(tier, node)] = Stream(f"{tier} probe on {node}")
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._seq = {"pg": 0, "redis": 0}
+        self.started = self.ended = 0.0
+        self._prepare()
+
+    # --------------------------------------------------------------------- set-up
+    def _prepare(self) -> None:
+        """The client's table; numbering continues from what an earlier step wrote."""
+        address = resolve(f"db.{self.zone}", self.name_servers)
+        with psycopg.connect(host=address, port=6432, dbname="app", user=APP_USER,
+                             password=APP_PASSWORD, connect_timeout=3, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (scenario text, seq bigint, "
+                         "at timestamptz DEFAULT clock_timestamp(), PRIMARY KEY (scenario, seq))")
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {PROBE_TABLE} (node text, "
+                         "at timestamptz DEFAULT clock_timestamp())")
+            self._seq["pg"] = conn.execute(
+                f"SELECT coalesce(max(seq), 0) FROM {TABLE} WHERE scenario = %s",
+                (self.scenario,)).fetchone()[0]
+        # Redis numbering goes on from the PostgreSQL one's order of magnitude: unique per run.
+        self._seq["redis"] = int(time.time() * 1000) * 1000
+
+    # --------------------------------------------------------------------- writers
+    def _pg_client(self) -> None:
+        conn, target = None, None
+        while not self._stop.is_set():
+            self._seq["pg"] += 1
+            seq = self._seq["pg"]  # an id that got no acknowledgement is never reused
+            try:
+                if conn is None:
+                    target = resolve(f"db.{self.zone}", self.name_servers)
+                    # psycopg 3's defaults (prepare_threshold 5), as an application has them.
+                    conn = psycopg.connect(host=target, port=6432, dbname="app", user=APP_USER,
+                                           password=APP_PASSWORD, connect_timeout=3,
+                                           autocommit=True, tcp_user_timeout=5000)
+                conn.execute(f"INSERT INTO {TABLE} (scenario, seq) VALUES (%s, %s)",
+                             (self.scenario, seq))
+                self.pg.add(Event(time.time(), True, seq, target))
+            except (psycopg.Error, dns.exception.DNSException, OSError) as exc:
+                self.pg.add(Event(time.time(), False, seq, target, short(exc)))
+                if conn is not None:
+                    conn.close()
+                conn = None
+                self._stop.wait(0.2)
+            self._stop.wait(self.interval)
+        if conn is not None:
+            conn.close()
+
+    def _redis_client(self) -> None:
+        client, target = None, None
+        key = f"baton:lifecycle:{self.scenario}"
+        while not self._stop.is_set():
+            self._seq["redis"] += 1
+            seq = self._seq["redis"]
+            try:
+                if client is None:
+                    target = resolve(f"redis.{self.zone}", self.name_servers)
+                    client = redis.Redis(host=target, port=6379, password=REDIS_PASSWORD,
+                                         socket_timeout=3, socket_connect_timeout=3)
+                client.hset(key, str(seq), f"{time.time():.3f}")
+                self.redis.add(Event(time.time(), True, seq, target))
+            except (redis.RedisError, dns.exception.DNSException, OSError) as exc:
+                self.redis.add(Event(time.time(), False, seq, target, short(exc)))
+                if client is not None:
+                    client.close()
+                client = None
+                self._stop.wait(0.2)
+            self._stop.wait(self.interval)
+        if client is not None:
+            client.close()
+
+    def _pg_probe(self, node: str, address: str) -> None:
+        stream, conn = self.probes[("postgres", node)], None
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = psycopg.connect(host=address, port=5432, dbname="app", user=APP_USER,
+                                           password=APP_PASSWORD, connect_timeout=1,
+                                           autocommit=True, prepare_threshold=None,
+                                           tcp_user_timeout=2000)
+                conn.execute(f"INSERT INTO {PROBE_TABLE} (node) VALUES (%s)", (node,))
+                stream.add(Event(time.time(), True, target=address))
+            except (psycopg.Error, OSError) as exc:
+                stream.add(Event(time.time(), False, target=address, error=short(exc)))
+                if conn is not None and (conn.closed or conn.broken):
+                    conn = None
+            self._stop.wait(self.probe_interval)
+        if conn is not None:
+            conn.close()
+
+    def _redis_probe(self, node: str, address: str) -> None:
+        stream = self.probes[("redis", node)]
+        client = redis.Redis(host=address, port=6379, password=REDIS_PASSWORD, socket_timeout=1,
+                             socket_connect_timeout=1)
+        while not self._stop.is_set():
+            try:
+                client.set(f"baton:probe:{node}", f"{time.time():.3f}")
+                stream.add(Event(time.time(), True, target=address))
+            except (redis.RedisError, OSError) as exc:
+                stream.add(Event(time.time(), False, target=address, error=short(exc)))
+            self._stop.wait(self.probe_interval)
+        client.close()
+
+    # --------------------------------------------------------------------- control
+    def __enter__(self) -> Workload:
+        self.started = time.time()
+        targets = [(self._pg_client, ()), (self._redis_client, ())]
+        for node, (_region, address) in self.nodes.items():
+            targets += [(self._pg_probe, (node, address)), (self._redis_probe, (node, address))]
+        for fn, args in targets:
+            thread = threading.Thread(target=fn, args=args, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.stop()
+
+    def stop(self) -> Measurement:
+        if not self._stop.is_set():
+            self._stop.set()
+            for thread in self._threads:
+                thread.join(15)
+            self.ended = time.time()
+        return Measurement(self)
+
+    def wait_acked(self, count: int = 5, timeout: float = 30,
+                   tiers: tuple[str, ...] = ("postgres", "redis")) -> None:
+        """Until the clients of `tiers` have `count` acknowledged writes more than now."""
+        pg0, redis0 = len(self.pg.acked()), len(self.redis.acked())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (("postgres" not in tiers or len(self.pg.acked()) >= pg0 + count)
+                    and ("redis" not in tiers or len(self.redis.acked()) >= redis0 + count)):
+                return
+            time.sleep(0.1)
+        raise AssertionError(
+            f"the workload got no {count} acknowledged writes in {timeout} s: postgres "
+            f"{len(self.pg.acked()) - pg0} (last error {self._last_error(self.pg)}), redis "
+            f"{len(self.redis.acked()) - redis0} (last error {self._last_error(self.redis)})")
+
+    @staticmethod
+    def _last_error(stream: Stream) -> str | None:
+        errors = stream.errors()
+        return errors[-1].error if errors else None
+
+
+def writable_intervals(stream: Stream, slack: float) -> list[tuple[float, float]]:
+    """Spans of consecutive acknowledged probe writes: [first ok, last ok] of each run, widened
+    by nothing; a single failed sample ends a run. slack is unused room for callers' rounding."""
+    del slack
+    spans: list[tuple[float, float]] = []
+    start = last = None
+    for event in stream.events:
+        if event.ok:
+            start = event.at if start is None else start
+            last = event.at
+        elif start is not None:
+            spans.append((start, last))
+            start = last = None
+    if start is not None:
+        spans.append((start, last))
+    return spans
+
+
+class Measurement:
+    """What the workload saw, and (after verify) what survived at the holder."""
+
+    def __init__(self, workload: Workload):
+        self.w = workload
+        self.lost_pg: list[int] | None = None
+        self.lost_redis: list[int] | None = None
+
+    # --------------------------------------------------------------------- read back
+    def verify(self, holder_address: str) -> Measurement:
+        """Which acknowledged writes the holder has (it must accept connections)."""
+        with psycopg.connect(host=holder_address, port=5432, dbname="app", user=APP_USER,
+                             password=APP_PASSWORD, connect_timeout=3, autocommit=True) as conn:
+            stored = {r[0] for r in conn.execute(
+                f"SELECT seq FROM {TABLE} WHERE scenario = %s", (self.w.scenario,))}
+        self.lost_pg = [e.seq for e in self.w.pg.acked() if e.seq not in stored]
+        client = redis.Redis(host=holder_address, port=6379, password=REDIS_PASSWORD,
+                             socket_timeout=3, decode_responses=True)
+        try:
+            fields = set(client.hkeys(f"baton:lifecycle:{self.w.scenario}"))
+        finally:
+            client.close()
+        self.lost_redis = [e.seq for e in self.w.redis.acked() if str(e.seq) not in fields]
+        return self
+
+    # --------------------------------------------------------------------- figures
+    def two_writer_intervals(self, tier: str) -> list[dict[str, Any]]:
+        """Every interval in which nodes of two different regions accepted writes in `tier`."""
+        spans = []
+        for (t, node), stream in self.w.probes.items():
+            if t == tier:
+                region = self.w.nodes[node][0]
+                spans += [(region, node, a, b) for a, b in writable_intervals(stream, 0)]
+        found = []
+        for i, (ra, na, a0, a1) in enumerate(spans):
+            for rb, nb, b0, b1 in spans[i + 1:]:
+                if ra != rb and max(a0, b0) <= min(a1, b1):
+                    found.append({"tier": tier, "nodes": [na, nb], "from": max(a0, b0),
+                                  "to": min(a1, b1),
+                                  "seconds": round(min(a1, b1) - max(a0, b0), 3)})
+        return found
+
+    def writable_regions_at_end(self, tier: str, window: float = 1.5) -> list[str]:
+        """Regions whose probes acknowledged a write in the last `window` seconds."""
+        regions = set()
+        for (t, node), stream in self.w.probes.items():
+            if t == tier and any(e.ok and e.at >= self.w.ended - window for e in stream.events):
+                regions.add(self.w.nodes[node][0])
+        return sorted(regions)
+
+    def last_write_by_region(self, tier: str) -> dict[str, float | None]:
+        last: dict[str, float | None] = {}
+        for (t, node), stream in self.w.probes.items():
+            if t == tier:
+                region = self.w.nodes[node][0]
+                oks = [e.at for e in stream.events if e.ok]
+                if oks:
+                    last[region] = max([*oks, last.get(region) or 0.0])
+                else:
+                    last.setdefault(region, None)
+        return last
+
+    def summary(self) -> dict[str, Any]:
+        start, end = self.w.started, self.w.ended
+        out: dict[str, Any] = {"seconds": round(end - start, 1)}
+        for tier, stream, lost in (("postgres", self.w.pg, self.lost_pg),
+                                   ("redis", self.w.redis, self.lost_redis)):
+            errors = stream.errors()
+            kinds: dict[str, int] = {}
+            for e in errors:
+                kind = (e.error or "").split(":", 1)[0]
+                kinds[kind] = kinds.get(kind, 0) + 1
+            out[tier] = {
+                "acked": len(stream.acked()), "errors": len(errors), "error_kinds": kinds,
+                "first_errors": [e.error for e in errors[:3]],
+                "longest_gap": round(stream.longest_gap(start, end), 2),
+                "lost": None if lost is None else len(lost),
+                "two_writer_intervals": self.two_writer_intervals(tier),
+            }
+        return out
+
+    def line(self, step: str) -> str:
+        """One line per step for the test log (and the issue note)."""
+        s = self.summary()
+        parts = [f"{step}:"]
+        for tier in ("postgres", "redis"):
+            t = s[tier]
+            parts.append(f"{tier} acked {t['acked']} lost {t['lost']} errors {t['errors']} "
+                         f"gap {t['longest_gap']} s two-writer {len(t['two_writer_intervals'])}")
+        return " | ".join(parts)
