@@ -7,7 +7,12 @@ SHELL := /bin/bash
 LAB ?= mini
 REGION ?=
 SCENARIO ?=
-SCENARIOS := common etcd haproxy patroni pgbouncer redis redis_sentinel dns prometheus data cache
+# Every role's Molecule scenario (`make test-roles` runs them all, each with its idempotence
+# step). `make test` runs MOLECULE_IN_TEST only: the scenarios whose checks no lab test makes
+# (README, "The test suite"); the others converge roles that site.yml converges on the lab,
+# where the same checks and the idempotence of every role are asserted.
+SCENARIOS := common etcd haproxy patroni pgbouncer redis redis_sentinel dns prometheus witness
+MOLECULE_IN_TEST ?= common
 PYTHON ?= python3
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
@@ -19,7 +24,8 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help demo test test-unit lint test-molecule test-integration bench venv deps \
+.PHONY: help demo test test-unit lint test-molecule test-roles test-integration test-lifecycle \
+        bench venv deps \
         lab-up lab-down lab-status lab-image lab-stop-region lab-start-region lab-partition \
         lab-heal site health clean
 
@@ -34,7 +40,8 @@ demo: deps ## Fresh machine -> lab up, site.yml, and the health of every region
 	ansible-playbook health.yml
 	$(LABCTL) status
 
-test: deps lint test-unit test-molecule test-integration ## The whole suite (what CI runs)
+test: deps ## The whole suite (what CI runs); ends with a table of where the time went
+	bash tests/stages.sh lint test-unit test-molecule test-integration
 
 ## --- pieces ------------------------------------------------------------------------------
 
@@ -56,15 +63,24 @@ lint: venv ## ruff, yamllint, ansible-lint (production profile)
 	yamllint --strict .
 	ansible-lint --profile production --offline
 
-test-molecule: deps ## Molecule: every scenario, or SCENARIO=name (full sequence, idempotence on)
+test-molecule: deps ## Molecule: the scenarios make test runs, or SCENARIO=name (idempotence on)
 	$(LABCTL) image
 	cd tests
-	for scenario in $(or $(SCENARIO),$(SCENARIOS)); do
+	for scenario in $(or $(SCENARIO),$(MOLECULE_IN_TEST)); do
+	  start=$$(date +%s)
 	  molecule test --scenario-name "$$scenario"
+	  echo "molecule $$scenario: $$(( $$(date +%s) - start )) s"
 	done
 
-test-integration: deps ## Lab smoke tests: mini lab up, reachability, faults, bad input, down
-	pytest -q -p no:cacheprovider tests/integration
+test-roles: deps ## Molecule: every role's scenario (full sequence, idempotence on)
+	$(MAKE) --no-print-directory test-molecule MOLECULE_IN_TEST="$(SCENARIOS)"
+
+test-integration: deps ## The lab tests: mini lab, lifecycle scenarios, lab-down, the ha lab
+	pytest -q -p no:cacheprovider -rxX --durations=25 tests/integration
+
+test-lifecycle: venv ## One lifecycle scenario on the lab that is up: SCENARIO=partition (a -k)
+	BATON_REUSE_LAB=1 pytest -q -s -p no:cacheprovider -rxX tests/integration/test_lifecycle.py \
+	  $(if $(SCENARIO),-k "$(SCENARIO)")
 
 bench: deps ## Benchmarks; each prints its figures (replaces any lab that is up)
 	$(BIN)/python bench/lab_timings.py

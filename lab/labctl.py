@@ -518,6 +518,25 @@ def wait_systemd(names: list[str], timeout: float = 90) -> dict[str, str]:
     return states
 
 
+def warm_apt_cache(name: str, tries: int = 3, timeout: float = 120) -> None:
+    """One container fetches the package indexes through the host's cache first: the cache
+    fails when many clients ask it for the same index in the same second ("Failure to move
+    file ... out of the way"), which left apt on some nodes waiting for ever. Bounded, retried;
+    a cache that still fails is said, and the deploy's own bounded retries take over."""
+    for attempt in range(1, tries + 1):
+        try:
+            proc = run(["podman", "exec", name, "apt-get", "update", "-qq"], check=False,
+                       timeout=timeout)
+        except subprocess.TimeoutExpired:
+            say(f"warning: apt-get update in {name} ran past {timeout:.0f} s (try {attempt})")
+            continue
+        if proc.returncode == 0:
+            return
+        say(f"warning: apt-get update in {name} failed (try {attempt}): "
+            f"{proc.stderr.decode(errors='replace').strip().splitlines()[-1:]}")
+    say("warning: the apt cache could not be warmed; site.yml retries its own updates")
+
+
 def container_state(name: str) -> str:
     info = inspect_container(name)
     return "absent" if info is None else info["State"]["Status"]
@@ -543,6 +562,7 @@ def cmd_up(size: str) -> None:
     STATE_DIR.mkdir(exist_ok=True)
     SIZE_FILE.write_text(size + "\n")
     wait_systemd(names)
+    warm_apt_cache(names[0])
     say(f"{size} lab up: {len(names)} hosts in {len(topo['sites'])} sites "
         f"({time.monotonic() - started:.0f} s)")
 

@@ -30,7 +30,8 @@ options:
     type: str
     default: baton-
   sizes:
-    description: Nodes per region for each lab size.
+    description: Nodes per region for each lab size; a number (every region), or a mapping
+      of region name to number with C(default) for the regions it does not name.
     type: dict
     required: true
   default_size:
@@ -110,6 +111,16 @@ def _site_hosts(name: str, network: str, subnet: str, nodes: int, offset: int,
     return hosts
 
 
+def nodes_in(size: int | dict[str, int], region: str) -> int:
+    """Nodes of region in a size: `3`, or `{us-east: 3, default: 1}`."""
+    if isinstance(size, dict):
+        if region not in size and "default" not in size:
+            raise LabTopologyError(f"lab size {size} names no node count for region {region}: "
+                                   "add it, or a 'default'")
+        return int(size.get(region, size.get("default")))
+    return int(size)
+
+
 def build_topology(config: dict[str, Any], size: str) -> dict[str, Any]:
     """Pure function: the lab's sites and hosts for one size."""
     sizes = config["sizes"]
@@ -125,7 +136,7 @@ def build_topology(config: dict[str, Any], size: str) -> dict[str, Any]:
     seen_subnets: dict[str, str] = {}
     for region in regions:
         sites.append({"name": region["name"], "kind": "region", "network": region["name"],
-                      "subnet": region["subnet"], "nodes": int(sizes[size])})
+                      "subnet": region["subnet"], "nodes": nodes_in(sizes[size], region["name"])})
     sites.append({"name": glob["name"], "kind": "global",
                   "network": glob.get("network", glob["name"]), "subnet": glob["subnet"],
                   "nodes": int(glob.get("nodes", 1))})

@@ -390,6 +390,21 @@ def test_the_global_prometheus_has_up_series_from_every_region(lab):
     assert [s["metric"]["region"] for s in primaries] == ["us-east"]
 
 
+def test_the_dr_alerts_fire_in_their_cases_and_the_deployed_configurations_check_clean(lab):
+    """What the prometheus role's Molecule scenario checks, on the lab's global Prometheus."""
+    rules = (ROOT / "tests/promtool/baton-dr.test.yml").read_text()
+    copy = subprocess.run(["podman", "exec", "-i", "baton-global-1", "sh", "-c",
+                           "cat > /tmp/baton-dr.test.yml"], input=rules, text=True, env=ENV,
+                          capture_output=True, timeout=30)
+    assert copy.returncode == 0, copy.stderr
+    for check in (["promtool", "test", "rules", "/tmp/baton-dr.test.yml"],
+                  ["promtool", "check", "config", "/etc/prometheus/prometheus.yml"],
+                  ["promtool", "check", "rules", "/etc/prometheus/rules/baton-dr.rules.yml"],
+                  ["amtool", "check-config", "/etc/prometheus/alertmanager.yml"]):
+        run = sh("podman", "exec", "baton-global-1", *check, timeout=60)
+        assert run.returncode == 0, (check, run.stdout[-2000:], run.stderr[-2000:])
+
+
 def health_report() -> dict:
     return json.loads((ROOT / "reports/health-latest.json").read_text())
 
@@ -422,6 +437,13 @@ def test_health_yml_assesses_every_region_healthy_with_us_east_holding_the_baton
     assert facts["patroni"]["cluster_role"] == "standby" and facts["postgres"]["in_recovery"]
     assert {p["host"] for p in facts["pgbouncer"].values()} == {MINI["us-east-1"]}
     print(f"baton_assess on the healthy mini lab: {report['elapsed']} s")
+    # Every database node's fence agent runs and has not fenced its node.
+    for host in ("us-east-1", "us-west-1", "eu-west-1"):
+        agent = sh("podman", "exec", f"baton-{host}", "python3",
+                   "/usr/local/lib/baton/baton_agent.py", "status", "--config",
+                   "/etc/baton/agent.json", timeout=30)
+        assert agent.returncode == 0 and json.loads(agent.stdout)["fenced"] is False, (
+            host, agent.stdout, agent.stderr)
     # The verdicts reach the global Prometheus through node_exporter's textfile collector.
     wait_for(lambda: prometheus_query("global-1", "baton_region_status") != [], 60,
              "baton_region_status in the global Prometheus")
@@ -604,7 +626,7 @@ def test_unknown_region_is_one_sentence_and_exit_2(lab):
 def test_unknown_lab_size_is_one_sentence_and_nonzero_through_make(lab):
     proc = sh("make", "--no-print-directory", "lab-up", "LAB=huge")
     assert proc.returncode != 0
-    assert "lab: error: unknown lab size 'huge': use LAB=full or LAB=mini" in proc.stderr
+    assert "lab: error: unknown lab size 'huge': use LAB=full or LAB=ha or LAB=mini" in proc.stderr
 
 
 LAB_REGIONS = ["us-east", "us-west", "eu-west"]

@@ -29,6 +29,20 @@ def test_full_lab_has_three_nodes_per_region():
     assert len(topo["hosts"]) == 10
 
 
+def test_ha_lab_has_three_nodes_only_in_the_initial_primary_region():
+    topo = build_topology(CONFIG, "ha")
+    counts = {}
+    for h in topo["hosts"]:
+        counts[h["site"]] = counts.get(h["site"], 0) + 1
+    assert counts == {"us-east": 3, "us-west": 1, "eu-west": 1, "global": 1}
+
+
+def test_a_size_mapping_without_the_region_or_a_default_is_refused():
+    config = {**CONFIG, "sizes": {"odd": {"us-east": 3}}}
+    with pytest.raises(LabTopologyError, match="names no node count for region us-west"):
+        build_topology(config, "odd")
+
+
 def test_node_addresses_are_fixed_and_unique():
     topo = build_topology(CONFIG, "full")
     addresses = {h["name"]: h["address"] for h in topo["hosts"]}
@@ -54,7 +68,8 @@ def test_environment_size_wins_over_state_file_and_default():
 def test_unknown_size_names_its_origin_and_the_valid_sizes():
     with pytest.raises(LabTopologyError) as err:
         resolve_size(SIZES, "huge", None, "mini")
-    assert str(err.value) == "unknown lab size 'huge' (from BATON_LAB_SIZE): use one of full, mini"
+    assert str(err.value) == ("unknown lab size 'huge' (from BATON_LAB_SIZE): use one of full, "
+                              "ha, mini")
 
 
 def test_two_sites_on_one_subnet_are_refused():
@@ -82,7 +97,7 @@ def _inventory(size: str) -> dict:
     return json.loads(proc.stdout)
 
 
-@pytest.mark.parametrize(("size", "count"), [("mini", 4), ("full", 10)])
+@pytest.mark.parametrize(("size", "count"), [("mini", 4), ("full", 10), ("ha", 6)])
 def test_ansible_reads_the_lab_inventory_at_each_size(size, count):
     data = _inventory(size)
     assert len(data["_meta"]["hostvars"]) == count
