@@ -31,6 +31,8 @@ import dns.exception
 import dns.resolver
 import psycopg
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 # Lab throwaway credentials (inventories/lab/group_vars/all/secrets.yml).
 APP_USER, APP_PASSWORD = "app", "lab-app-not-secret"
@@ -46,6 +48,7 @@ class Event:
     seq: int | None = None
     target: str | None = None   # the address that took (or refused) it
     error: str | None = None
+    sent: float | None = None   # probes: when the write was sent (it took effect in sent..at)
 
 
 @dataclass
@@ -59,6 +62,11 @@ class Stream:
     def add(self, event: Event) -> None:
         with self.lock:
             self.events.append(event)
+
+    def snapshot(self) -> Stream:
+        """A copy of the log as it is now (a writer stuck in a call may append later)."""
+        with self.lock:
+            return Stream(self.name, list(self.events))
 
     def acked(self) -> list[Event]:
         return [e for e in self.events if e.ok]
@@ -82,6 +90,13 @@ def resolve(name: str, servers: list[str]) -> str:
     return resolver.resolve(name, "A")[0].to_text()
 
 
+def redis_at(address: str, timeout: float) -> redis.Redis:
+    """A Redis client that tries once: redis-py's default retries (with back-off) would hide
+    an outage in one late error and keep a client on a dead address for tens of seconds."""
+    return redis.Redis(host=address, port=6379, password=REDIS_PASSWORD, socket_timeout=timeout,
+                       socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+
+
 def short(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text[:160]}"
@@ -103,6 +118,7 @@ class Workload:
                 self.probes[(tier, node)] = Stream(f"{tier} probe on {node}")
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.stuck: list[str] = []  # writers still inside a call 15 s after the stop
         self._seq = {"pg": 0, "redis": 0}
         self.started = self.ended = 0.0
         self._prepare()
@@ -158,8 +174,7 @@ class Workload:
             try:
                 if client is None:
                     target = resolve(f"redis.{self.zone}", self.name_servers)
-                    client = redis.Redis(host=target, port=6379, password=REDIS_PASSWORD,
-                                         socket_timeout=3, socket_connect_timeout=3)
+                    client = redis_at(target, 3)
                 client.hset(key, str(seq), f"{time.time():.3f}")
                 self.redis.add(Event(time.time(), True, seq, target))
             except (redis.RedisError, dns.exception.DNSException, OSError) as exc:
@@ -175,6 +190,7 @@ class Workload:
     def _pg_probe(self, node: str, address: str) -> None:
         stream, conn = self.probes[("postgres", node)], None
         while not self._stop.is_set():
+            sent = time.time()
             try:
                 if conn is None:
                     conn = psycopg.connect(host=address, port=5432, dbname="app", user=APP_USER,
@@ -182,9 +198,9 @@ class Workload:
                                            autocommit=True, prepare_threshold=None,
                                            tcp_user_timeout=2000)
                 conn.execute(f"INSERT INTO {PROBE_TABLE} (node) VALUES (%s)", (node,))
-                stream.add(Event(time.time(), True, target=address))
+                stream.add(Event(time.time(), True, target=address, sent=sent))
             except (psycopg.Error, OSError) as exc:
-                stream.add(Event(time.time(), False, target=address, error=short(exc)))
+                stream.add(Event(time.time(), False, target=address, error=short(exc), sent=sent))
                 if conn is not None and (conn.closed or conn.broken):
                     conn = None
             self._stop.wait(self.probe_interval)
@@ -193,14 +209,14 @@ class Workload:
 
     def _redis_probe(self, node: str, address: str) -> None:
         stream = self.probes[("redis", node)]
-        client = redis.Redis(host=address, port=6379, password=REDIS_PASSWORD, socket_timeout=1,
-                             socket_connect_timeout=1)
+        client = redis_at(address, 1)
         while not self._stop.is_set():
+            sent = time.time()
             try:
                 client.set(f"baton:probe:{node}", f"{time.time():.3f}")
-                stream.add(Event(time.time(), True, target=address))
+                stream.add(Event(time.time(), True, target=address, sent=sent))
             except (redis.RedisError, OSError) as exc:
-                stream.add(Event(time.time(), False, target=address, error=short(exc)))
+                stream.add(Event(time.time(), False, target=address, error=short(exc), sent=sent))
             self._stop.wait(self.probe_interval)
         client.close()
 
@@ -211,7 +227,8 @@ class Workload:
         for node, (_region, address) in self.nodes.items():
             targets += [(self._pg_probe, (node, address)), (self._redis_probe, (node, address))]
         for fn, args in targets:
-            thread = threading.Thread(target=fn, args=args, daemon=True)
+            thread = threading.Thread(target=fn, args=args, daemon=True,
+                                      name=f"{fn.__name__}{args[:1]}")
             thread.start()
             self._threads.append(thread)
         return self
@@ -221,10 +238,11 @@ class Workload:
 
     def stop(self) -> Measurement:
         if not self._stop.is_set():
+            self.ended = time.time()
             self._stop.set()
             for thread in self._threads:
                 thread.join(15)
-            self.ended = time.time()
+            self.stuck = [t.name for t in self._threads if t.is_alive()]
         return Measurement(self)
 
     def wait_acked(self, count: int = 5, timeout: float = 30,
@@ -248,10 +266,27 @@ class Workload:
         return errors[-1].error if errors else None
 
 
-def writable_intervals(stream: Stream, slack: float) -> list[tuple[float, float]]:
-    """Spans of consecutive acknowledged probe writes: [first ok, last ok] of each run, widened
-    by nothing; a single failed sample ends a run. slack is unused room for callers' rounding."""
-    del slack
+def possible_intervals(stream: Stream, start: float, end: float) -> list[tuple[float, float]]:
+    """Each run of acknowledged probe writes, from the refused sample before it (or the start)
+    to the send time of the refused sample after it (or the end)."""
+    spans: list[tuple[float, float]] = []
+    before, opened = start, None
+    for event in stream.events:
+        if event.ok and opened is None:
+            opened = before
+        elif not event.ok:
+            if opened is not None:
+                spans.append((opened, event.sent or event.at))
+                opened = None
+            before = event.at
+    if opened is not None:
+        spans.append((opened, end))
+    return spans
+
+
+def writable_intervals(stream: Stream) -> list[tuple[float, float]]:
+    """Spans of consecutive acknowledged probe writes: [first ok, last ok] of each run; one
+    refused sample ends a run. Two regions' spans that overlap are a two-writer interval."""
     spans: list[tuple[float, float]] = []
     start = last = None
     for event in stream.events:
@@ -271,6 +306,10 @@ class Measurement:
 
     def __init__(self, workload: Workload):
         self.w = workload
+        # Frozen at the stop: what a writer stuck past it logs later is not counted.
+        self.pg, self.redis = workload.pg.snapshot(), workload.redis.snapshot()
+        self.probes = {key: stream.snapshot() for key, stream in workload.probes.items()}
+        self.stuck = list(workload.stuck)
         self.lost_pg: list[int] | None = None
         self.lost_redis: list[int] | None = None
 
@@ -281,24 +320,28 @@ class Measurement:
                              password=APP_PASSWORD, connect_timeout=3, autocommit=True) as conn:
             stored = {r[0] for r in conn.execute(
                 f"SELECT seq FROM {TABLE} WHERE scenario = %s", (self.w.scenario,))}
-        self.lost_pg = [e.seq for e in self.w.pg.acked() if e.seq not in stored]
-        client = redis.Redis(host=holder_address, port=6379, password=REDIS_PASSWORD,
-                             socket_timeout=3, decode_responses=True)
+        self.lost_pg = [e.seq for e in self.pg.acked() if e.seq not in stored]
+        client = redis_at(holder_address, 3)
         try:
-            fields = set(client.hkeys(f"baton:lifecycle:{self.w.scenario}"))
+            fields = {f.decode() for f in client.hkeys(f"baton:lifecycle:{self.w.scenario}")}
         finally:
             client.close()
-        self.lost_redis = [e.seq for e in self.w.redis.acked() if str(e.seq) not in fields]
+        self.lost_redis = [e.seq for e in self.redis.acked() if str(e.seq) not in fields]
         return self
 
     # --------------------------------------------------------------------- figures
-    def two_writer_intervals(self, tier: str) -> list[dict[str, Any]]:
-        """Every interval in which nodes of two different regions accepted writes in `tier`."""
+    def two_writer_intervals(self, tier: str, possible: bool = False) -> list[dict[str, Any]]:
+        """Every interval in which nodes of two different regions accepted writes in `tier`:
+        between acknowledgements (certain), or, with possible=True, each run of acknowledged
+        samples widened to the neighbouring refused samples (a write may have been taken
+        anywhere in that time: an upper bound, for the report)."""
         spans = []
-        for (t, node), stream in self.w.probes.items():
+        for (t, node), stream in self.probes.items():
             if t == tier:
                 region = self.w.nodes[node][0]
-                spans += [(region, node, a, b) for a, b in writable_intervals(stream, 0)]
+                runs = (possible_intervals(stream, self.w.started, self.w.ended) if possible
+                        else writable_intervals(stream))
+                spans += [(region, node, a, b) for a, b in runs]
         found = []
         for i, (ra, na, a0, a1) in enumerate(spans):
             for rb, nb, b0, b1 in spans[i + 1:]:
@@ -311,14 +354,14 @@ class Measurement:
     def writable_regions_at_end(self, tier: str, window: float = 1.5) -> list[str]:
         """Regions whose probes acknowledged a write in the last `window` seconds."""
         regions = set()
-        for (t, node), stream in self.w.probes.items():
+        for (t, node), stream in self.probes.items():
             if t == tier and any(e.ok and e.at >= self.w.ended - window for e in stream.events):
                 regions.add(self.w.nodes[node][0])
         return sorted(regions)
 
     def last_write_by_region(self, tier: str) -> dict[str, float | None]:
         last: dict[str, float | None] = {}
-        for (t, node), stream in self.w.probes.items():
+        for (t, node), stream in self.probes.items():
             if t == tier:
                 region = self.w.nodes[node][0]
                 oks = [e.at for e in stream.events if e.ok]
@@ -330,9 +373,9 @@ class Measurement:
 
     def summary(self) -> dict[str, Any]:
         start, end = self.w.started, self.w.ended
-        out: dict[str, Any] = {"seconds": round(end - start, 1)}
-        for tier, stream, lost in (("postgres", self.w.pg, self.lost_pg),
-                                   ("redis", self.w.redis, self.lost_redis)):
+        out: dict[str, Any] = {"seconds": round(end - start, 1), "stuck_writers": self.stuck}
+        for tier, stream, lost in (("postgres", self.pg, self.lost_pg),
+                                   ("redis", self.redis, self.lost_redis)):
             errors = stream.errors()
             kinds: dict[str, int] = {}
             for e in errors:
@@ -344,6 +387,8 @@ class Measurement:
                 "longest_gap": round(stream.longest_gap(start, end), 2),
                 "lost": None if lost is None else len(lost),
                 "two_writer_intervals": self.two_writer_intervals(tier),
+                "possible_two_writer_seconds": round(sum(
+                    i["seconds"] for i in self.two_writer_intervals(tier, possible=True)), 2),
             }
         return out
 
