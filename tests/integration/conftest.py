@@ -12,9 +12,11 @@ site.yml): to run one lifecycle scenario alone after `make lab-up site`.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -37,9 +39,34 @@ def pytest_runtest_protocol(item, nextitem):
     _FILE_SECONDS[item.path.name] += time.monotonic() - started
 
 
+LIFECYCLE_LOG = Path(__file__).resolve().parents[2] / "reports" / "lifecycle.jsonl"
+
+
+def lifecycle_rows(path: Path) -> list[str]:
+    """One line per lifecycle step: what the harness measured (tests/integration/harness.py)."""
+    rows = [f"{'scenario / step':58} {'pg ack/lost/err/gap':22} {'redis ack/lost/err/gap':22} "
+            "2w pg/redis  stated loss"]
+    for line in path.read_text().splitlines():
+        e = json.loads(line)
+        cells = []
+        for tier in ("postgres", "redis"):
+            t = e[tier]
+            cells.append(f"{t['acked']}/{t['lost']}/{t['errors']}/{t['longest_gap']}s")
+        two = f"{len(e['postgres']['two_writer_intervals'])}/" \
+              f"{len(e['redis']['two_writer_intervals'])}"
+        stated = e.get("stated_loss_bytes")
+        rows.append(f"{(e['scenario'] + ' / ' + e['step'])[:58]:58} {cells[0]:22} {cells[1]:22} "
+                    f"{two:11}  {'' if stated is None else f'{stated} B'}")
+    return rows
+
+
 def pytest_terminal_summary(terminalreporter):
     if not _FILE_SECONDS:
         return
+    if "test_lifecycle.py" in _FILE_SECONDS and LIFECYCLE_LOG.exists():
+        terminalreporter.write_sep("-", "lifecycle steps, as the harness measured them")
+        for row in lifecycle_rows(LIFECYCLE_LOG):
+            terminalreporter.write_line(row)
     terminalreporter.write_sep("-", "lab time by file (minutes)")
     for name in sorted(_FILE_SECONDS, key=lambda n: ORDER.index(n) if n in ORDER else 99):
         terminalreporter.write_line(f"{name:24} {_FILE_SECONDS[name] / 60:6.1f}")
