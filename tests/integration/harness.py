@@ -38,7 +38,7 @@ from redis.retry import Retry
 APP_USER, APP_PASSWORD = "app", "lab-app-not-secret"
 REDIS_PASSWORD = "lab-redis-not-secret"
 TABLE = "baton_lifecycle"
-PROBE_TABLE = "baton_probe"
+PROBE_TABLE = "baton_lifecycle_probe"
 
 
 @dataclass

@@ -86,7 +86,7 @@ def pg_accepts_write(address: str) -> bool:
         with psycopg.connect(host=address, port=5432, dbname="app", user=APP_USER,
                              password=APP_PASSWORD, connect_timeout=2, autocommit=True,
                              prepare_threshold=None) as conn:
-            conn.execute("INSERT INTO baton_probe (node) VALUES ('check')")
+            conn.execute("INSERT INTO baton_lifecycle_probe (node) VALUES ('check')")
         return True
     except psycopg.Error:
         return False
