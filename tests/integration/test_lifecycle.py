@@ -507,19 +507,21 @@ def make_witness_leader(node: str) -> None:
     assert witness_status(NODES[node][1])["leader"] == target, f"{node} did not become leader"
 
 
+@pytest.fixture(scope="class")
+def partition_cleanup():
+    """Whatever a step left: the partition healed, the writer inside us-east stopped."""
+    yield
+    labctl("heal", "us-east")
+    stop_inside_writer()
+
+
+@pytest.mark.usefixtures("partition_cleanup")
 class TestPartition:
     """A partition of the holder (us-east) while a client inside it keeps writing through its
     own PgBouncer -> failover to us-west -> heal -> a minute -> failback -> home."""
 
     witness_leader: str | None = None
     name = "partition"
-
-    @pytest.fixture(scope="class", autouse=True)
-    def cleanup(self):
-        """Whatever a step left: the partition healed, the writer inside us-east stopped."""
-        yield
-        labctl("heal", "us-east")
-        stop_inside_writer()
 
     def test_failover_while_the_holder_is_cut_off(self, home):
         state = STATE[self.name] = {}
