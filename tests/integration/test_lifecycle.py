@@ -599,17 +599,17 @@ class TestPartition:
         assert not pg_accepts_write(MINI["us-east-1"])
 
     @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 15: the failover report says 0 bytes of data "
-                       "lost although the cut-off primary acknowledged writes that the new "
-                       "primary never received")
+                       reason="issue 15: the failover report says 0 bytes of data lost although "
+                       "the cut-off primary acknowledged writes that the new primary never "
+                       "received")
     def test_the_report_states_the_loss_the_clients_saw(self):
         state = STATE[self.name]
         assert state["failover"]["stated_loss_bytes"] > 0
 
     @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 15: after the heal, the region's Sentinel "
-                       "still watches its own master and turns the new holder's master into its "
-                       "replica (flushing it); its name server may serve the old zone")
+                       reason="issue 15: after the heal, the region's Sentinel still watches its "
+                       "own master and turns the new holder's master into its replica (flushing "
+                       "it); its name server may serve the old zone")
     def test_the_healed_region_is_fenced_in_every_tier(self):
         state = STATE[self.name]
         assert state["wrong"] == []
@@ -622,8 +622,8 @@ class TestPartition:
         failback_and_home(self.name, state, "us-west", "-e", "region=us-east")
 
     @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 15: the hijacked Redis tier is left in a "
-                       "replication loop by failback")
+                       reason="issue 15: the hijacked Redis tier is left in a replication loop "
+                       "by failback")
     def test_every_tier_follows_the_holder_after_failback_and_home(self):
         state = STATE[self.name]
         assert state["failback_wrong"] == [] and state["home_wrong"] == []
