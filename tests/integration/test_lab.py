@@ -487,25 +487,6 @@ def total_changed(run: subprocess.CompletedProcess) -> int:
     return sum(n for n, _u, _f in recap(run.stdout).values())
 
 
-def write_through_db(token: str, timeout: float = 30) -> str:
-    """A client's write through db.baton.internal (resolved at the global name server);
-    returns the address that took it."""
-    def attempt():
-        address = dns_answer("global-1", "db")[0]
-        with psycopg.connect(host=address, port=6432, dbname="app", autocommit=True,
-                             **APP) as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS baton_tokens (v text)")
-            conn.execute("INSERT INTO baton_tokens VALUES (%s)", (token,))
-        return address
-    return wait_for(attempt, timeout, f"a write through db.{ZONE}")
-
-
-def read_ro(host: str, token: str) -> bool:
-    with pgbouncer(host, "app_ro") as conn:
-        return conn.execute("SELECT count(*) FROM baton_tokens WHERE v = %s",
-                            (token,)).fetchone()[0] == 1
-
-
 def test_failover_check_evaluates_the_gates_prints_the_plan_and_changes_nothing(lab):
     before = holder()
     run = playbook("failover.yml", "-e", "target=us-west", "--check")

@@ -54,9 +54,10 @@ from test_lab import (
     labctl,
     member,
     playbook,
-    recap,
     redis_pids,
+    report,
     sh,
+    total_changed,
     witness,
 )
 
@@ -203,18 +204,6 @@ def check_tiers(holder: str, **kwargs: Any) -> None:
     assert not wrong, "; ".join(wrong)
 
 
-def run_playbook(name: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return playbook(name, *args, timeout=timeout)
-
-
-def report(kind: str) -> dict:
-    return json.loads((ROOT / f"reports/{kind}-latest.json").read_text())
-
-
-def changed(run: subprocess.CompletedProcess) -> int:
-    return sum(n for n, _u, _f in recap(run.stdout).values())
-
-
 def record(scenario: str, step: str, m: Measurement, extra: dict | None = None) -> dict:
     """Print and log one step's figures (the issue note and the README quote them)."""
     entry = {"scenario": scenario, "step": step, **m.summary(), **(extra or {})}
@@ -257,7 +246,7 @@ def switch_over(scenario: str, target: str, *,
                 require: tuple[str, ...] = ("postgres", "redis")) -> dict:
     """switchover.yml to target under the workload; its figures (the run must succeed)."""
     figures, run = measure(scenario, f"switchover to {target}", target,
-                           lambda: run_playbook("switchover.yml", "-e", f"target={target}"),
+                           lambda: playbook("switchover.yml", "-e", f"target={target}"),
                            report_kind="switchover", require=require)
     assert run.returncode == 0, run.stdout[-3000:]
     return figures
@@ -267,7 +256,7 @@ def lose_region_and_fail_over(scenario: str, lost: str, target: str) -> dict:
     """Every container of `lost` stopped, then failover.yml to target, under the workload."""
     def action():
         assert labctl("stop-region", lost).returncode == 0
-        return run_playbook("failover.yml", "-e", f"target={target}")
+        return playbook("failover.yml", "-e", f"target={target}")
     figures, run = measure(scenario, f"{lost} stopped, failover to {target}", target, action,
                            report_kind="failover")
     assert run.returncode == 0, run.stdout[-3000:]
@@ -372,8 +361,8 @@ def test_switchover_there_and_back_under_clients(home):
     planned_no_loss(figures)
     assert figures["stated_loss_bytes"] == 0
     check_tiers("us-west")
-    rerun = run_playbook("switchover.yml", "-e", "target=us-west")
-    assert rerun.returncode == 0 and changed(rerun) == 0, rerun.stdout[-2000:]
+    rerun = playbook("switchover.yml", "-e", "target=us-west")
+    assert rerun.returncode == 0 and total_changed(rerun) == 0, rerun.stdout[-2000:]
     figures = switch_over("switchover", "us-east")
     assert_single_writer(figures)
     planned_no_loss(figures)
@@ -408,8 +397,8 @@ def test_region_loss_failover_under_clients(home):
     STATE["loss"] = {"failover": figures}
     check_tiers("us-west", down=("us-east",))
     assert report("failover")["unreachable"] == ["us-east"]
-    rerun = run_playbook("failover.yml", "-e", "target=us-west")
-    assert rerun.returncode == 0 and changed(rerun) == 0, rerun.stdout[-2000:]
+    rerun = playbook("failover.yml", "-e", "target=us-west")
+    assert rerun.returncode == 0 and total_changed(rerun) == 0, rerun.stdout[-2000:]
 
 
 def test_region_loss_the_region_returns_and_stays_fenced():
@@ -440,15 +429,15 @@ def failback_and_home(scenario: str, state: dict, holder: str, *args: str) -> No
     """failback.yml (a re-run changes nothing), then switchover.yml home, under the workload;
     what the tiers show after each goes to state (the known defects are asserted apart)."""
     figures, run = measure(scenario, f"failback {' '.join(args)}".strip(), holder,
-                           lambda: run_playbook("failback.yml", *args), require=("postgres",))
+                           lambda: playbook("failback.yml", *args), require=("postgres",))
     assert run.returncode == 0, run.stdout[-3000:]
     state["failback"] = figures
     # failback.yml waits for streaming itself; what is still wrong now is a defect.
     state["failback_wrong"] = tiers_wrong(holder, settle=20)
     assert_single_writer_in(figures, "postgres")
-    rerun = run_playbook("failback.yml", *args)
+    rerun = playbook("failback.yml", *args)
     assert rerun.returncode == 0, rerun.stdout[-3000:]
-    state["failback_rerun_changed"] = changed(rerun)
+    state["failback_rerun_changed"] = total_changed(rerun)
     figures = state["home"] = switch_over(scenario, HOME, require=("postgres",))
     state["home_wrong"] = tiers_wrong(HOME)
     print(f"{scenario}: after failback {state['failback_wrong']}; after the switchover home "
@@ -545,7 +534,7 @@ class TestPartition:
         def cut_and_fail_over():
             assert labctl("partition", "us-east").returncode == 0
             state["cut_at"] = time.time()
-            return run_playbook("failover.yml", "-e", "target=us-west")
+            return playbook("failover.yml", "-e", "target=us-west")
         try:
             figures, run = measure(self.name, "us-east cut off, failover to us-west", "us-west",
                                    cut_and_fail_over, report_kind="failover")
@@ -667,7 +656,7 @@ def test_round_trip_failback_of_us_west_and_switchover_home():
     state = STATE["round"]
     assert "failover" in state, "the earlier steps did not run"
     figures, run = measure("round trip", "failback of us-west", "eu-west",
-                           lambda: run_playbook("failback.yml", "-e", "region=us-west"),
+                           lambda: playbook("failback.yml", "-e", "region=us-west"),
                            require=("postgres",))
     assert run.returncode == 0, run.stdout[-3000:]
     assert_single_writer_in(figures, "postgres")
@@ -696,7 +685,7 @@ def test_round_trip_every_tier_follows_the_holder():
 
 def test_round_trip_reclone_keeps_the_old_data_and_streams(home):
     figures, run = measure("round trip", "failback -e region=eu-west -e reclone=true", HOME,
-                           lambda: run_playbook("failback.yml", "-e", "region=eu-west",
+                           lambda: playbook("failback.yml", "-e", "region=eu-west",
                                                 "-e", "reclone=true"))
     assert run.returncode == 0, run.stdout[-3000:]
     assert "eu-west is cloned afresh from us-east" in run.stdout
@@ -706,8 +695,8 @@ def test_round_trip_reclone_keeps_the_old_data_and_streams(home):
               "ls -d /var/lib/postgresql/*/baton.diverged-*", timeout=30)
     assert kept.returncode == 0 and kept.stdout.strip(), "the old data directory was not kept"
     check_tiers(HOME)
-    rerun = run_playbook("failback.yml", "-e", "region=eu-west")
-    assert rerun.returncode == 0 and changed(rerun) == 0, rerun.stdout[-2000:]
+    rerun = playbook("failback.yml", "-e", "region=eu-west")
+    assert rerun.returncode == 0 and total_changed(rerun) == 0, rerun.stdout[-2000:]
 
 
 # --------------------------------------------------------------------------- 5: interrupted runs
@@ -726,7 +715,7 @@ def test_a_second_run_is_refused_while_one_holds_the_lock(home):
     held = lock_record("eu-west")
     assert witness().create("/baton/lock", json.dumps(held))
     try:
-        run = run_playbook("failover.yml", "-e", "target=us-west")
+        run = playbook("failover.yml", "-e", "target=us-west")
     finally:
         entry = witness().get("/baton/lock")
         witness().delete("/baton/lock", expect_mod_revision=entry.mod_revision)
@@ -766,7 +755,7 @@ def test_a_switchover_killed_before_the_baton_moved_is_finished_by_running_it_ag
         finally:
             kill(first)
         state["holder_when_killed"] = holder_region()
-        return run_playbook("switchover.yml", "-e", "target=us-west")
+        return playbook("switchover.yml", "-e", "target=us-west")
     figures, run = measure("interrupted", "switchover killed before the move, re-run",
                            "us-west", kill_then_rerun, report_kind="switchover")
     assert state["holder_when_killed"] == HOME, "the run was killed too late for this test"
@@ -790,7 +779,7 @@ def test_a_switchover_killed_after_the_baton_moved_is_finished_by_running_it_aga
         finally:
             kill(first)
         assert witness().get("/baton/lock") is not None, "the killed run left no lock"
-        return run_playbook("switchover.yml", "-e", f"target={HOME}")
+        return playbook("switchover.yml", "-e", f"target={HOME}")
     figures, run = measure("interrupted", "switchover killed after the move, re-run", HOME,
                            kill_then_rerun, report_kind="switchover")
     assert run.returncode == 0, run.stdout[-3000:]
@@ -809,7 +798,7 @@ def test_site_yml_after_every_move_keeps_the_holder_and_restarts_nothing(home):
     starts = {n: member(n)["postmaster_start_time"] for n in NODES}
     pids = redis_pids()
     figures, run = measure("site.yml after the moves", "site.yml --diff", HOME,
-                           lambda: run_playbook("site.yml", "--diff"))
+                           lambda: playbook("site.yml", "--diff"))
     assert run.returncode == 0, run.stdout[-3000:]
     STATE["drift"] = changed_tasks(run.stdout)
     print(f"site.yml after the moves changed: {STATE['drift']}")
