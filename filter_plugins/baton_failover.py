@@ -22,13 +22,15 @@ def baton_redis_chain(regions: Mapping[str, list[str]], hostvars: Hostvars, targ
     target's first node a master, its other nodes its replicas (replica priority as the
     inventory sets it), every other region's first node a replica of it and their other nodes
     replicas of their first node (priority 0: Sentinel never promotes them). Regions in skip
-    (not reachable) are left out. The new master comes first. regions: region -> its Redis
-    hosts (baton_redis_regions)."""
+    (not reachable) are left out. The new master comes first; the target's servers are marked
+    `unfence` (a fence left there is lifted). regions: region -> its Redis hosts
+    (baton_redis_regions)."""
 
-    def server(host: str, source: str | None, priority: int) -> dict[str, Any]:
+    def server(host: str, source: str | None, priority: int, unfence: bool) -> dict[str, Any]:
         hv = hostvars[host]
         return {"address": str(hv["baton_address"]), "port": int(hv.get("redis_port", 6379)),
-                "replicaof": source or "", "priority": priority}
+                "replicaof": source or "", "priority": priority,
+                "unfence": unfence}
 
     head = regions[target][0]
     master = f"{hostvars[head]['baton_address']}:{hostvars[head].get('redis_port', 6379)}"
@@ -42,7 +44,7 @@ def baton_redis_chain(regions: Mapping[str, list[str]], hostvars: Hostvars, targ
             priority = (int(hostvars[host].get("redis_replica_priority", 100))
                         if region == target else 0)
             source = (None if host == head else master if host == first else first_at)
-            chain.append(server(host, source, priority))
+            chain.append(server(host, source, priority, region == target))
     chain.sort(key=lambda s: s["replicaof"] != "")
     return chain
 

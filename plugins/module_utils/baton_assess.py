@@ -19,12 +19,14 @@ from typing import Any
 try:  # inside a module (AnsiballZ) ...
     from ansible.module_utils.baton_dns import absolute_name, parse_server, read, serial
     from ansible.module_utils.baton_patroni import lsn_to_int
+    from ansible.module_utils.baton_redis import REDIS_FENCE
     from ansible.module_utils.baton_redis import client as redis_client
 except ModuleNotFoundError as missing:  # ... or imported directly by tests and bench/ scripts
     if not (missing.name or "").startswith("ansible.module_utils.baton_"):
         raise  # e.g. dnspython itself is missing: say that, not something else
     from baton_dns import absolute_name, parse_server, read, serial
     from baton_patroni import lsn_to_int
+    from baton_redis import REDIS_FENCE
     from baton_redis import client as redis_client
 
 Probe = dict[str, Any]
@@ -151,13 +153,17 @@ def probe_endpoint(address: str, port: int, user: str, password: str,
 
 
 def probe_redis(address: str, port: int, password: str, timeout: float) -> Probe:
-    """INFO replication: role, offsets, where a replica's master is and its link status."""
+    """INFO replication: role, offsets, where a replica's master is and its link status; and
+    whether Baton's fence makes it refuse writes (min-replicas-to-write 1000000)."""
     try:
-        info = redis_client(address, port, password, timeout, once=True).info("replication")
+        client = redis_client(address, port, password, timeout, once=True)
+        info = client.info("replication")
+        fence = client.config_get("min-replicas-to-write").get("min-replicas-to-write")
     except Exception as exc:
         return {"ok": False, "error": _error(exc)}
     role = info.get("role")
-    out = {"ok": True, "role": role, "offset": info.get("master_repl_offset")}
+    out = {"ok": True, "role": role, "offset": info.get("master_repl_offset"),
+           "address": f"{address}:{port}", "fenced": str(fence) == str(REDIS_FENCE)}
     if role == "slave":
         out.update(master=f"{info.get('master_host')}:{info.get('master_port')}",
                    link=info.get("master_link_status"),
@@ -368,8 +374,11 @@ def standby_lag_bytes(summary: dict[str, Any], primary_position: int | None) -> 
     """Bytes of WAL the region's standby leader has not received (None: unknown)."""
     if summary["patroni"]["cluster_role"] != "standby" or primary_position is None:
         return None
-    received = lsn_to_int(summary["postgres"]["receive_lsn"] or summary["postgres"]["replay_lsn"])
-    return None if received is None else max(0, primary_position - received)
+    # The greater of received and replayed: after a restart pg_last_wal_receive_lsn() starts
+    # from the segment it streams next, behind what was already replayed from the archive.
+    known = [lsn_to_int(summary["postgres"][k]) for k in ("receive_lsn", "replay_lsn")]
+    known = [k for k in known if k is not None]
+    return None if not known else max(0, primary_position - max(known))
 
 
 def writable_regions(summaries: dict[str, dict[str, Any]]) -> list[str]:
@@ -440,3 +449,113 @@ def dns_view(probes: dict[str, Probe], address_regions: dict[str, str]) -> dict[
     return {"names": names, "serials": serials,
             "errors": {s: p["error"] for s, p in probes.items() if not p.get("ok")},
             "in_sync": len(set(serials.values())) <= 1}
+
+
+# --- every tier against the witness: one writer, and everything follows it (pure) ----------
+
+def redis_tier_problems(summaries: dict[str, dict[str, Any]], holder: str | None) -> list[str]:
+    """Exactly one Redis accepts writes and it is in the holder region; no replication loop;
+    every other Redis follows the writable master (directly or through its region's first
+    node) with its link up; no Sentinel watches anything outside the holder region, and the
+    holder's Sentinels watch the writable master."""
+    problems: list[str] = []
+    nodes = {(region, node): probe for region, s in summaries.items()
+             for node, probe in s["redis"].items()}
+    if not nodes:
+        return problems
+    by_address = {p.get("address"): (r, n) for (r, n), p in nodes.items() if p.get("address")}
+    writable = sorted((r, n) for (r, n), p in nodes.items()
+                      if p.get("ok") and p.get("role") == "master" and not p.get("fenced"))
+    if not writable:
+        problems.append("no Redis accepts writes (every master is fenced, or there is none)")
+    elif len(writable) > 1:
+        problems.append("Redis accepts writes on more than one server: "
+                        + ", ".join(f"{n} ({r})" for r, n in writable))
+    elif holder and writable[0][0] != holder:
+        problems.append(f"Redis accepts writes on {writable[0][1]} in {writable[0][0]}, but "
+                        f"{holder} holds the baton")
+    master = nodes[writable[0]].get("address") if len(writable) == 1 else None
+    looped: set[str] = set()
+    for (region, node), probe in sorted(nodes.items()):
+        if not probe.get("ok") or probe.get("role") != "slave":
+            continue
+        seen, at, ends = [probe.get("address")], probe.get("master"), None
+        while True:
+            if at in seen:
+                cycle = seen[seen.index(at):]
+                if not set(cycle) & looped:
+                    first = cycle.index(min(cycle))  # the same loop reads the same way
+                    names = [by_address.get(a, ("?", a))[1]
+                             for a in cycle[first:] + cycle[:first]]
+                    problems.append(f"Redis replication loop: {' -> '.join([*names, names[0]])}")
+                looped.update(cycle)
+                break
+            upstream = nodes.get(by_address.get(at, ("", "")))
+            if upstream is None or not upstream.get("ok") or upstream.get("role") != "slave":
+                ends = at
+                break
+            seen.append(at)
+            at = upstream.get("master")
+        if ends is None:
+            continue
+        if master and ends != master:
+            problems.append(f"Redis on {node} ({region}) follows {ends}, not the writable "
+                            f"master {master}")
+        elif probe.get("link") != "up":
+            problems.append(f"Redis on {node} ({region}): link to its master is "
+                            f"{probe.get('link')}")
+    for (region, node), probe in sorted(nodes.items()):
+        if not probe.get("ok"):
+            continue
+        if probe.get("role") == "master" and (region, node) not in writable:
+            if region == holder:
+                problems.append(f"Redis on {node} in {holder}, which holds the baton, is a "
+                                "fenced master: lift the fence (failover.yml or failback.yml)")
+            elif len(writable) == 1:
+                problems.append(f"Redis on {node} ({region}) is a master (fenced): it does not "
+                                "follow the holder; run failback.yml")
+    for region, s in sorted(summaries.items()):
+        for node, probe in sorted(s["sentinel"].items()):
+            if not probe.get("ok") or not probe.get("watching"):
+                continue
+            if holder and region != holder:
+                problems.append(f"Sentinel on {node} ({region}) watches {probe['watching']} "
+                                f"outside the holder region {holder}: it could reconfigure "
+                                "the holder's Redis; run failback.yml")
+            elif master and probe["watching"] != master:
+                problems.append(f"Sentinel on {node} ({region}) watches {probe['watching']}, "
+                                f"not the writable master {master}")
+    return problems
+
+
+def dns_tier_problems(dns: dict[str, Any], holder: str | None, primary: str | None,
+                      zone: str) -> list[str]:
+    """Every name server answers every failover name with the holder's addresses, with the
+    primary's serial."""
+    problems: list[str] = []
+    for name, answers in sorted(dns["names"].items()):
+        for server, answer in sorted(answers.items()):
+            if holder and answer["regions"] != [holder]:
+                problems.append(f"{name}.{zone} on {server} points at "
+                                f"{', '.join(answer['regions']) or 'nothing'}, not at {holder}, "
+                                "which holds the baton")
+    want = dns["serials"].get(primary) if primary else None
+    for server, found in sorted(dns["serials"].items()):
+        if want is not None and server != primary and found != want:
+            problems.append(f"name server {server} serves serial {found} of {zone}, the primary "
+                            f"{primary} has {want}: it missed updates (rndc refresh {zone} there)")
+    for server, error in sorted(dns["errors"].items()):
+        problems.append(f"name server {server} does not answer: {error}")
+    return problems
+
+
+def witness_problems(witness_holder: str | None, witness_error: str | None,
+                     writable: list[str]) -> list[str]:
+    """The witness names the region whose PostgreSQL accepts writes."""
+    if witness_error:
+        return [f"the witness does not answer ({witness_error}): no move is possible, and the "
+                "holder's agents will fence it"]
+    if witness_holder and len(writable) == 1 and writable[0] != witness_holder:
+        return [f"PostgreSQL accepts writes in {writable[0]} but the witness names "
+                f"{witness_holder} as holder"]
+    return []

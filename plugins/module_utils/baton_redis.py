@@ -86,11 +86,20 @@ def parse_role(reply: list[Any]) -> dict[str, Any]:
     return {"role": kind, "master": None, "link": None, "offset": None}
 
 
+# min-replicas-to-write while a node is fenced (the agent's fence and its redis-gate use the
+# same value: more replicas than any deployment has, so every write gets NOREPLICAS).
+REDIS_FENCE = 1000000
+
+
 def plan_server(role: dict[str, Any], priority: str | None, want_master: str,
-                want_priority: int | None) -> list[list[str]]:
+                want_priority: int | None, fence: str | None = None,
+                unfence_to: int | None = None) -> list[list[str]]:
     """The commands that make one server what is wanted (pure). want_master is '' for a
-    master, else host:port of its master."""
+    master, else host:port of its master. fence is its min-replicas-to-write; unfence_to,
+    when given, is the value that replaces a fence (a server of the holder region)."""
     commands: list[list[str]] = []
+    if unfence_to is not None and str(fence) == str(REDIS_FENCE):
+        commands.append(["CONFIG", "SET", "min-replicas-to-write", str(unfence_to)])
     if not want_master and role["role"] != "master":
         commands.append(["REPLICAOF", "NO", "ONE"])
     elif want_master and (role["role"] != "replica" or role["master"] != want_master):

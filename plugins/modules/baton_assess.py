@@ -74,6 +74,16 @@ options:
     type: list
     elements: str
     default: []
+  dns_primary:
+    description: The zone's primary server (one of O(dns_servers)); every other server must
+      serve its serial.
+    type: str
+  witness_endpoints:
+    description: The global witness's members (C(host:port)); the holder it names is the one
+      every tier is checked against. Empty skips the witness.
+    type: list
+    elements: str
+    default: []
   max_data_loss_bytes:
     description: A standby region whose received WAL lags the primary position by more is
       reported degraded (and its candidate entry says so).
@@ -152,11 +162,13 @@ elapsed:
 """
 
 import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from functools import partial  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.baton_assess import (  # noqa: E402
     UNHEALTHY,
+    dns_tier_problems,
     dns_view,
     global_view,
     lsn_to_int,
@@ -170,10 +182,23 @@ from ansible.module_utils.baton_assess import (  # noqa: E402
     probe_postgres,
     probe_redis,
     probe_sentinel,
+    redis_tier_problems,
     region_summary,
     region_verdict,
     run_probes,
+    witness_problems,
 )
+from ansible.module_utils.baton_witness import HOLDER, Witness, parse_holder  # noqa: E402
+
+
+def read_witness(endpoints: list[str], timeout: float) -> tuple[str | None, str | None]:
+    """(the region the witness names as holder, an error); never raises."""
+    try:
+        entry = Witness(endpoints, timeout=timeout).get(HOLDER)
+        holder = parse_holder(entry.value if entry else None)
+    except Exception as exc:  # a check reports every failure as data
+        return None, f"{type(exc).__name__}: {exc}"
+    return (holder["region"] if holder else None), None
 
 PORTS = {"patroni": 8008, "etcd": 2379, "postgres": 5432, "pgbouncer": 6432,
          "haproxy_rw": 5000, "haproxy_ro": 5001, "redis": 6379, "sentinel": 26379, "dns": 53}
@@ -211,6 +236,8 @@ def main() -> None:
             "dns_zone": {"type": "str", "default": "baton.internal"},
             "dns_names": {"type": "list", "elements": "str", "default": ["db", "redis"]},
             "dns_servers": {"type": "list", "elements": "str", "default": []},
+            "dns_primary": {"type": "str"},
+            "witness_endpoints": {"type": "list", "elements": "str", "default": []},
             "max_data_loss_bytes": {"type": "int"},
             "last_known_primary_lsn": {"type": "str"},
         },
@@ -249,6 +276,8 @@ def main() -> None:
         address = server if ":" in server else f"{server}:{ports['dns']}"
         jobs[("dns", server)] = partial(probe_dns, address, p["dns_zone"], p["dns_names"],
                                         p["timeout"])
+    witness_job = ThreadPoolExecutor(max_workers=1).submit(
+        read_witness, p["witness_endpoints"], p["timeout"]) if p["witness_endpoints"] else None
     # psycopg connects in whole seconds (at least 2); half a second more for the threads.
     probes = run_probes(jobs, max(p["timeout"], 2) + 0.5)
 
@@ -268,18 +297,19 @@ def main() -> None:
     problems = [view["problem"]] if view["problem"] else []
     problems += [f"{r} is unhealthy: {'; '.join(out[r]['reasons'])}"
                  for r in regions if verdicts[r] == UNHEALTHY]
+    # Every tier is checked against the witness's holder (else PostgreSQL's writable region).
+    holder = view["baton_holder"]
+    if p["witness_endpoints"]:
+        named, error = witness_job.result()
+        view["witness_holder"], view["witness_error"] = named, error
+        problems += witness_problems(named, error, view["writable_regions"])
+        holder = named or holder
+    problems += redis_tier_problems(summaries, holder)
     result = {"changed": False, "regions": out, "global": view, "problems": problems}
     if p["dns_servers"]:
         addresses = {str(n["address"]): r for r, nodes in regions.items() for n in nodes}
         dns = dns_view({k[1]: v for k, v in probes.items() if k[0] == "dns"}, addresses)
-        holder = view["baton_holder"]
-        for server, answer in sorted(dns["names"].get(p["dns_names"][0], {}).items()):
-            if holder and answer["regions"] != [holder]:
-                problems.append(f"{p['dns_names'][0]}.{p['dns_zone']} on {server} points at "
-                                f"{', '.join(answer['regions']) or 'nothing'}, not at {holder}, "
-                                "which holds the baton")
-        for server, error in sorted(dns["errors"].items()):
-            problems.append(f"name server {server} does not answer: {error}")
+        problems += dns_tier_problems(dns, holder, p["dns_primary"], p["dns_zone"])
         result["dns"] = dns
     result["elapsed"] = round(time.monotonic() - started, 3)
     module.exit_json(**result)

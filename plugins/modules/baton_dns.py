@@ -15,7 +15,8 @@ description:
     other fails, changing nothing.
   - After the update, waits until every server of O(verify_servers) answers the new values
     (NOTIFY and IXFR reach the secondaries), or fails naming the servers that lag and what they
-    answer.
+    answer. When nothing needed sending, the O(verify_servers) are still checked the same way
+    (a secondary that missed an update while its region was down or cut off fails the task).
   - Runs on the controller (delegated to C(localhost)) with dnspython. Check mode reads,
     decides and reports the change without sending it; diff mode shows the record set before
     and after as zone-file lines.
@@ -244,6 +245,11 @@ def main() -> None:
         result["after"] = list(desired.values if decision.action != "none" else current.values)
         result["update_sent"] = False
         if decision.action == "none":
+            # Nothing to send, but a secondary that missed earlier changes (a region that was
+            # down or cut off) must still be seen to answer what the primary holds.
+            if p["verify_servers"] and not module.check_mode:
+                result["servers"] = wait_until_served(verify, zone, current, p["state"],
+                                                      p["wait_timeout"], p["timeout"])
             module.exit_json(**result)
         if module._diff:
             result["diff"] = {"before": current.text(), "after": desired.text(),

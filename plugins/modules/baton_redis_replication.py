@@ -32,6 +32,32 @@ options:
     description: Seconds each command may take.
     type: float
     default: 3
+  min_replicas_to_write:
+    description: The value that replaces a fence on a server marked C(unfence).
+    type: int
+    default: 0
+  wait_timeout:
+    description: Seconds to wait for the master's write and the replicas' links (0, no wait).
+    type: float
+    default: 0
+  handover_from:
+    description: C(host:port) of the master a planned move takes writes away from.
+    type: str
+  handover_timeout:
+    description: Seconds the new master may take to reach the old master's offset; past it
+      the pause is lifted, nothing is changed and the task fails.
+    type: float
+    default: 10
+  pause_ms:
+    description: How long the old master's writes stay paused at most (milliseconds).
+    type: int
+    default: 20000
+  release_paused:
+    description: C(host:port) of servers whose normal clients are disconnected and whose
+      pause ends (the old master, once DNS names the new one).
+    type: list
+    elements: str
+    default: []
 author: Baton
 """
 
@@ -58,7 +84,18 @@ skipped:
   returned: always
   type: list
   elements: str
+handover:
+  description: Whether a planned handover paused the old master and the new one caught up
+    (C(done), C(offset), C(caught_up_seconds)), or why none was made (C(why)).
+  returned: unless O(release_paused) is given
+  type: dict
+released:
+  description: Per server given in O(release_paused), how many client connections were closed.
+  returned: when O(release_paused) is given
+  type: dict
 """
+
+import time  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.baton_redis import (  # noqa: E402
@@ -67,6 +104,78 @@ from ansible.module_utils.baton_redis import (  # noqa: E402
     parse_role,
     plan_server,
 )
+
+
+def settled(entries: list[dict], password: str, timeout: float) -> list[str]:
+    """What is not yet as wanted: the master refusing a write, a replica whose link is down or
+    that follows another master. Empty when all is done."""
+    waiting = []
+    for entry in entries:
+        address = f"{entry['address']}:{entry.get('port') or 6379}"
+        try:
+            redis = client(str(entry["address"]), int(entry.get("port") or 6379), password,
+                           timeout, once=True)
+            if not entry.get("replicaof"):
+                redis.set(f"baton:probe:{entry['address']}", str(time.time()), px=60000)
+                continue
+            role = parse_role(redis.execute_command("ROLE"))
+        except Exception as exc:  # refused (NOREPLICAS, READONLY) or silent: not yet
+            waiting.append(f"{address}: {type(exc).__name__}: {exc}")
+            continue
+        if role["role"] != "replica" or role["master"] != entry["replicaof"] \
+                or role["link"] != "up":
+            waiting.append(f"{address}: {describe(role)}, link {role.get('link')}")
+    return waiting
+
+
+def hand_over(old_at: str, new: dict, p: dict) -> dict:
+    """Pauses the old master's writes and waits until the new master has its offset. Returns
+    what was done; raises RedisProblem (the pause lifted) when it cannot."""
+    host, port = old_at.rsplit(":", 1)
+    new_at = f"{new['address']}:{new.get('port') or 6379}"
+    old = client(host, int(port), p["password"], p["timeout"], once=True)
+    successor = client(str(new["address"]), int(new.get("port") or 6379), p["password"],
+                       p["timeout"], once=True)
+    try:
+        old_role = parse_role(old.execute_command("ROLE"))
+        new_role = parse_role(successor.execute_command("ROLE"))
+    except Exception as exc:
+        return {"done": False, "why": f"not read ({type(exc).__name__}: {exc})"}
+    if old_role["role"] != "master":
+        return {"done": False, "why": f"{old_at} is not a master (done already)"}
+    if new_role["role"] != "replica" or new_role["master"] != old_at or new_role["link"] != "up":
+        return {"done": False, "why": f"{new_at} does not stream from {old_at}: a plain move"}
+    started = time.monotonic()
+    old.execute_command("CLIENT", "PAUSE", str(p["pause_ms"]), "WRITE")
+    try:
+        wanted = int(old.info("replication")["master_repl_offset"])
+        deadline = started + p["handover_timeout"]
+        while True:
+            reached = int(parse_role(successor.execute_command("ROLE"))["offset"] or 0)
+            if reached >= wanted:
+                break
+            if time.monotonic() > deadline:
+                raise RedisProblem(f"{new_at} reached offset {reached} of {old_at}'s {wanted} "
+                                   f"within {p['handover_timeout']:g} s: nothing was changed "
+                                   "and writes go on there; check the link, then re-run")
+            time.sleep(0.05)
+    except Exception:
+        old.execute_command("CLIENT", "UNPAUSE")
+        raise
+    return {"done": True, "from": old_at, "to": new_at, "offset": wanted,
+            "caught_up_seconds": round(time.monotonic() - started, 3)}
+
+
+def release(addresses: list[str], p: dict) -> dict:
+    """Disconnects the normal clients of each server and ends its write pause."""
+    done = {}
+    for at in addresses:
+        host, port = at.rsplit(":", 1)
+        redis = client(host, int(port), p["password"], p["timeout"], once=True)
+        killed = redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        redis.execute_command("CLIENT", "UNPAUSE")
+        done[at] = {"clients_closed": int(killed or 0)}
+    return done
 
 
 def describe(role: dict) -> str:
@@ -79,11 +188,36 @@ def main() -> None:
             "servers": {"type": "list", "elements": "dict", "required": True},
             "password": {"type": "str", "required": True, "no_log": True},
             "timeout": {"type": "float", "default": 3.0},
+            "min_replicas_to_write": {"type": "int", "default": 0},
+            "wait_timeout": {"type": "float", "default": 0.0},
+            "handover_from": {"type": "str"},
+            "handover_timeout": {"type": "float", "default": 10.0},
+            "pause_ms": {"type": "int", "default": 20000},
+            "release_paused": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
     p = module.params
     out, skipped, changed = {}, [], False
+    if p["release_paused"]:
+        if module.check_mode:
+            module.exit_json(changed=True, released={a: {} for a in p["release_paused"]})
+        try:
+            module.exit_json(changed=True, released=release(p["release_paused"], p))
+        except Exception as exc:
+            module.fail_json(msg=f"could not release the paused clients of "
+                                 f"{', '.join(p['release_paused'])} ({exc}); their pause ends "
+                                 f"by itself after {p['pause_ms']} ms")
+    handover = {"done": False, "why": "not asked (not a planned move)"}
+    masters = [e for e in p["servers"] if not e.get("replicaof")]
+    if p["handover_from"] and masters and not module.check_mode:
+        try:
+            handover = hand_over(p["handover_from"], masters[0], p)
+        except RedisProblem as exc:
+            module.fail_json(msg=str(exc), handover={"done": False})
+        except Exception as exc:
+            module.fail_json(msg=f"the handover from {p['handover_from']} failed "
+                                 f"({type(exc).__name__}: {exc}): re-run", handover={"done": False})
     for entry in p["servers"]:
         if not entry.get("address"):
             module.fail_json(msg=f"servers: {entry} has no address: give each server "
@@ -95,7 +229,9 @@ def main() -> None:
             redis = client(str(entry["address"]), int(entry.get("port") or 6379), p["password"],
                            p["timeout"], once=True)
             role = parse_role(redis.execute_command("ROLE"))
-            priority = redis.config_get("replica-priority").get("replica-priority")
+            config = redis.config_get("replica-priority")
+            priority = config.get("replica-priority")
+            fence = redis.config_get("min-replicas-to-write").get("min-replicas-to-write")
         except RedisProblem as exc:
             module.fail_json(msg=str(exc))
         except Exception as exc:
@@ -105,7 +241,9 @@ def main() -> None:
             module.fail_json(msg=f"Redis at {address} did not answer ({type(exc).__name__}: "
                                  f"{exc}): check that it runs and redis_password, then re-run",
                              servers=out, skipped=skipped)
-        commands = plan_server(role, priority, want_master, want_priority)
+        unfence = str(entry.get("unfence", False)).lower() in ("true", "yes", "1")
+        commands = plan_server(role, priority, want_master, want_priority, fence,
+                               p["min_replicas_to_write"] if unfence else None)
         out[address] = {"before": describe(role), "commands": [" ".join(c) for c in commands]}
         if commands and not module.check_mode:
             for command in commands:
@@ -119,7 +257,18 @@ def main() -> None:
         out[address]["after"] = (("master" if not want_master else f"replica of {want_master}")
                                  if module.check_mode else describe(role))
         changed = changed or bool(commands)
-    module.exit_json(changed=changed, servers=out, skipped=skipped)
+    if p["wait_timeout"] > 0 and not module.check_mode:
+        answering = [e for e in p["servers"]
+                     if f"{e['address']}:{e.get('port') or 6379}" not in skipped]
+        deadline = time.monotonic() + p["wait_timeout"]
+        while waiting := settled(answering, p["password"], p["timeout"]):
+            if time.monotonic() > deadline:
+                module.fail_json(msg=f"Redis did not settle within {p['wait_timeout']:g} s: "
+                                     f"{'; '.join(waiting)}: check those servers, then re-run",
+                                 servers=out, skipped=skipped, changed=changed,
+                                 handover=handover)
+            time.sleep(1)
+    module.exit_json(changed=changed, servers=out, skipped=skipped, handover=handover)
 
 
 if __name__ == "__main__":

@@ -164,3 +164,109 @@ def test_dns_answers_are_traced_to_regions_and_serials_compared():
 def test_wal_positions_parse_as_postgresql_writes_them():
     assert lsn_to_int("16/B374D848") == (0x16 << 32) + 0xB374D848
     assert lsn_to_int(None) is None
+
+
+# --- every tier against the witness --------------------------------------------------------
+
+def redis_node(address: str, role: str = "slave", master: str | None = None,
+               link: str = "up", fenced: bool = False) -> dict:
+    probe = {"ok": True, "role": role, "address": f"{address}:6379", "fenced": fenced}
+    if role == "slave":
+        probe.update(master=f"{master}:6379", link=link)
+    return probe
+
+
+def tiers(east: dict, west: dict, euw: dict, sentinels: dict | None = None) -> dict:
+    sentinels = sentinels or {}
+    return {region: {"redis": {f"{region}-1": probe},
+                     "sentinel": {f"{region}-1": sentinels.get(region, {"ok": True,
+                                                                         "watching": None})}}
+            for region, probe in (("us-east", east), ("us-west", west), ("eu-west", euw))}
+
+
+E, W, U = "10.231.1.11", "10.231.2.11", "10.231.3.11"
+
+
+def test_one_writable_redis_in_the_holder_region_with_everything_following_is_no_problem():
+    from baton_assess import redis_tier_problems
+
+    lab = tiers(redis_node(E, "master"), redis_node(W, master=E), redis_node(U, master=E),
+                {"us-east": {"ok": True, "watching": f"{E}:6379"}})
+    assert redis_tier_problems(lab, "us-east") == []
+
+
+def test_a_returned_regions_writable_master_and_its_watching_sentinel_are_problems():
+    from baton_assess import redis_tier_problems
+
+    # us-west holds the baton; us-east came back as a writable master, its Sentinel watching.
+    lab = tiers(redis_node(E, "master"), redis_node(W, "master"), redis_node(U, master=W),
+                {"us-east": {"ok": True, "watching": f"{E}:6379"},
+                 "us-west": {"ok": True, "watching": f"{W}:6379"}})
+    problems = redis_tier_problems(lab, "us-west")
+    assert problems[0] == ("Redis accepts writes on more than one server: us-east-1 (us-east), "
+                           "us-west-1 (us-west)")
+    assert any("Sentinel on us-east-1 (us-east) watches 10.231.1.11:6379 outside" in p
+               for p in problems)
+    # Fenced by its gate, it is still a master that does not follow: pending failback.
+    lab["us-east"]["redis"]["us-east-1"]["fenced"] = True
+    lab["us-east"]["sentinel"]["us-east-1"]["watching"] = None
+    assert redis_tier_problems(lab, "us-west") == [
+        "Redis on us-east-1 (us-east) is a master (fenced): it does not follow the holder; run "
+        "failback.yml"]
+
+
+def test_a_replication_loop_and_no_writable_redis_are_named():
+    from baton_assess import redis_tier_problems
+
+    lab = tiers(redis_node(E, master=W), redis_node(W, master=E), redis_node(U, master=W))
+    problems = redis_tier_problems(lab, "us-west")
+    assert problems[0].startswith("no Redis accepts writes")
+    assert sum("replication loop" in p for p in problems) == 1
+    assert "us-east-1 -> us-west-1 -> us-east-1" in " ".join(problems)
+
+
+def test_a_writable_redis_outside_the_holder_and_a_broken_link_are_problems():
+    from baton_assess import redis_tier_problems
+
+    lab = tiers(redis_node(E, "master"), redis_node(W, master=E, link="down"),
+                redis_node(U, master=E))
+    problems = redis_tier_problems(lab, "us-west")
+    assert problems == ["Redis accepts writes on us-east-1 in us-east, but us-west holds the "
+                        "baton", "Redis on us-west-1 (us-west): link to its master is down"]
+
+
+def test_every_name_server_must_answer_the_holder_at_the_primarys_serial():
+    from baton_assess import dns_tier_problems
+
+    dns = {"names": {"db": {"10.231.0.11": {"regions": ["us-west"]},
+                            "10.231.1.11": {"regions": ["us-east"]}},
+                     "redis": {"10.231.0.11": {"regions": ["us-west"]},
+                               "10.231.1.11": {"regions": ["us-east"]}}},
+           "serials": {"10.231.0.11": 9, "10.231.1.11": 7}, "errors": {}}
+    problems = dns_tier_problems(dns, "us-west", "10.231.0.11", "baton.internal")
+    assert problems == [
+        "db.baton.internal on 10.231.1.11 points at us-east, not at us-west, which holds the "
+        "baton",
+        "redis.baton.internal on 10.231.1.11 points at us-east, not at us-west, which holds the "
+        "baton",
+        "name server 10.231.1.11 serves serial 7 of baton.internal, the primary 10.231.0.11 has "
+        "9: it missed updates (rndc refresh baton.internal there)"]
+
+
+def test_the_witness_must_name_the_region_whose_postgresql_takes_writes():
+    from baton_assess import witness_problems
+
+    assert witness_problems("us-west", None, ["us-west"]) == []
+    assert witness_problems("us-west", None, ["us-east"]) == [
+        "PostgreSQL accepts writes in us-east but the witness names us-west as holder"]
+    assert "does not answer" in witness_problems(None, "timed out", ["us-east"])[0]
+
+
+def test_the_data_loss_estimate_uses_the_greater_of_received_and_replayed():
+    from baton_assess import standby_lag_bytes
+
+    summary = {"patroni": {"cluster_role": "standby"},
+               "postgres": {"receive_lsn": "0/3000000", "replay_lsn": "0/3800000"}}
+    assert standby_lag_bytes(summary, 0x3800000) == 0
+    summary["postgres"]["replay_lsn"] = "0/2000000"
+    assert standby_lag_bytes(summary, 0x3800000) == 0x800000

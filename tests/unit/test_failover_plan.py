@@ -130,10 +130,14 @@ def test_the_redis_chain_puts_the_new_master_first_and_skips_unreachable_regions
     regions = {"us-east": ["e1", "e2"], "us-west": ["w1", "w2"], "eu-west": ["u1", "u2"]}
     chain = baton_redis_chain(regions, hostvars, "us-west", ["us-east"])
     assert chain == [
-        {"address": "10.0.2.11", "port": 6379, "replicaof": "", "priority": 100},
-        {"address": "10.0.2.12", "port": 6379, "replicaof": "10.0.2.11:6379", "priority": 100},
-        {"address": "10.0.3.11", "port": 6379, "replicaof": "10.0.2.11:6379", "priority": 0},
-        {"address": "10.0.3.12", "port": 6379, "replicaof": "10.0.3.11:6379", "priority": 0},
+        {"address": "10.0.2.11", "port": 6379, "replicaof": "", "priority": 100,
+         "unfence": True},
+        {"address": "10.0.2.12", "port": 6379, "replicaof": "10.0.2.11:6379", "priority": 100,
+         "unfence": True},
+        {"address": "10.0.3.11", "port": 6379, "replicaof": "10.0.2.11:6379", "priority": 0,
+         "unfence": False},
+        {"address": "10.0.3.12", "port": 6379, "replicaof": "10.0.3.11:6379", "priority": 0,
+         "unfence": False},
     ]
 
 
@@ -215,6 +219,19 @@ def test_redis_role_changes_only_what_differs():
         ["REPLICAOF", "10.231.2.11", "6379"], ["CONFIG", "SET", "replica-priority", "0"],
         ["CONFIG", "REWRITE"]]
     assert plan_server(replica, "0", "10.231.1.11:6379", 0) == []
+
+
+def test_a_fence_is_lifted_only_on_the_holder_regions_servers():
+    from baton_redis import REDIS_FENCE, plan_server
+
+    master = {"role": "master", "master": None}
+    fenced = str(REDIS_FENCE)
+    assert plan_server(master, "100", "", 100, fenced, 0) == [
+        ["CONFIG", "SET", "min-replicas-to-write", "0"], ["CONFIG", "REWRITE"]]
+    assert plan_server(master, "100", "", 100, "0", 0) == []
+    # Not marked unfence (another region's server): the fence stays.
+    assert plan_server(master, "0", "10.231.2.11:6379", 0, fenced, None) == [
+        ["REPLICAOF", "10.231.2.11", "6379"], ["CONFIG", "REWRITE"]]
 
 
 def test_patroni_byte_positions_read_as_postgresql_prints_them():

@@ -684,7 +684,8 @@ def test_agent_process_fences_the_nodes_redis_after_pgbouncer_and_before_patroni
         agent_module, tmp_path, monkeypatch):
     witness = FakeWitness({"region": "us-west", "epoch": 4})
     agent = make_agent(agent_module, tmp_path, witness)
-    agent.cfg.update(redis_port=6379, redis_password="lab-redis-not-secret")
+    agent.cfg.update(redis_port=6379, redis_password="lab-redis-not-secret", sentinel_port=26379,
+                     sentinel_password="lab-sentinel-not-secret")
     agent.state = {"lease": 7, "last_renewal": time.monotonic(), "holder_epoch": 3}
     commands: list[tuple[list[str], dict[str, str]]] = []
 
@@ -694,12 +695,17 @@ def test_agent_process_fences_the_nodes_redis_after_pgbouncer_and_before_patroni
 
     monkeypatch.setattr(agent_module.subprocess, "run", run)
     assert agent.step() == ["fence", "release"]
-    assert [c[0][-1] for c in commands] == ["DISABLE app", "KILL app", "1000000", "patroni"]
+    assert [c[0][-1] for c in commands] == ["DISABLE app", "KILL app", "1000000", "REWRITE",
+                                            "baton", "patroni"]
     redis_cmd, redis_env = commands[2]
     assert redis_cmd[0] == "redis-cli" and redis_cmd[-4:] == [
         "CONFIG", "SET", "min-replicas-to-write", "1000000"]
     assert redis_env["REDISCLI_AUTH"] == "lab-redis-not-secret"
-    assert all("lab-redis-not-secret" not in " ".join(cmd) for cmd, _ in commands)
+    sentinel_cmd, sentinel_env = commands[4]
+    assert sentinel_cmd[sentinel_cmd.index("-p") + 1] == "26379"
+    assert sentinel_cmd[-3:] == ["SENTINEL", "REMOVE", "baton"]
+    assert sentinel_env["REDISCLI_AUTH"] == "lab-sentinel-not-secret"
+    assert all("not-secret" not in " ".join(cmd) for cmd, _ in commands)
 
 
 class FakeRedis:
@@ -712,6 +718,8 @@ class FakeRedis:
             return True, f"min-replicas-to-write\n{self.fence}"
         if args[:2] == ("CONFIG", "SET"):
             self.fence = int(args[3])
+            return True, "OK"
+        if args == ("CONFIG", "REWRITE"):
             return True, "OK"
         if args == ("ROLE",):
             return True, f"{self.role}\n10.231.2.11\n6379\nconnected\n123"
@@ -738,3 +746,123 @@ def test_unfence_redis_lifts_the_fence_only_from_a_replica_and_only_once(agent_m
     assert agent_module.unfence_redis({**cfg, "redis_port": 0}, replica,
                                       lambda _cfg: "us-west")["changed"] is False
     assert agent_module.fence_redis({**cfg, "redis_port": 0}, replica) == "no Redis on this node"
+
+
+# --- the gates and the name server refresh ---------------------------------------------------
+
+REDIS_CONF = """# Baton: written once
+port 6379
+min-replicas-to-write 0
+appendonly yes
+"""
+
+
+def test_the_redis_gate_fences_a_would_be_master_outside_the_holder_region(agent_module):
+    cfg = {**agent_module.DEFAULTS, "region": "us-east"}
+    text, why = agent_module.redis_gate_text(cfg, REDIS_CONF, allowed=False)
+    assert "min-replicas-to-write 1000000" in text.splitlines() and why.startswith("fenced")
+    assert "min-replicas-to-write 0" not in text and "appendonly yes" in text
+    # Idempotent: a second start changes nothing.
+    assert agent_module.redis_gate_text(cfg, text, allowed=False) == (text, "fenced already")
+    # Back in the holder region: the fence goes, the configured value returns.
+    lifted, why = agent_module.redis_gate_text(cfg, text, allowed=True)
+    assert lifted == REDIS_CONF and why == "fence lifted"
+    # A Redis that starts as a replica needs no fence: it refuses writes by itself.
+    replica = REDIS_CONF + "replicaof 10.231.2.11 6379\n"
+    assert agent_module.redis_gate_text(cfg, replica, allowed=False)[0] == replica
+    # No min-replicas-to-write line at all (a file Redis never rewrote): one is appended.
+    bare = "port 6379\n"
+    assert agent_module.redis_gate_text(cfg, bare, allowed=False)[0] == (
+        "port 6379\nmin-replicas-to-write 1000000\n")
+
+
+def test_only_the_holder_regions_unfenced_nodes_may_serve(agent_module):
+    cfg = {"region": "us-east"}
+    east, west = {"region": "us-east", "epoch": 3}, {"region": "us-west", "epoch": 4}
+    assert agent_module.may_serve(cfg, True, east, False)[0] is True
+    assert agent_module.may_serve(cfg, True, None, False)[0] is True  # first deploy
+    assert agent_module.may_serve(cfg, True, west, False) == (
+        False, "us-west holds the baton (epoch 4)")
+    assert agent_module.may_serve(cfg, False, None, False)[0] is False
+    assert agent_module.may_serve(cfg, True, east, True) == (
+        False, "this node is fenced (marker present)")
+
+
+def test_the_sentinel_gate_removes_every_line_of_every_monitor(agent_module):
+    text = """port 26379
+sentinel myid 0123
+sentinel sentinel-pass "pw"
+sentinel monitor baton 10.231.1.11 6379 1
+sentinel auth-pass baton "pw"
+sentinel down-after-milliseconds baton 5000
+sentinel config-epoch baton 3
+sentinel leader-epoch baton 3
+sentinel known-replica baton 10.231.2.11 6379
+sentinel known-sentinel baton 10.231.1.12 26379 abcd
+sentinel current-epoch 3
+"""
+    kept, removed = agent_module.sentinel_gate_text(text)
+    assert removed == ["baton"]
+    assert kept == ('port 26379\nsentinel myid 0123\nsentinel sentinel-pass "pw"\n'
+                    "sentinel current-epoch 3\n")
+    assert agent_module.sentinel_gate_text(kept) == (kept, [])
+
+
+def test_a_gate_edits_the_file_in_place_and_keeps_its_mode(agent_module, tmp_path, monkeypatch):
+    conf = tmp_path / "redis.conf"
+    conf.write_text(REDIS_CONF)
+    conf.chmod(0o640)
+    cfg = {**agent_module.DEFAULTS, "region": "us-east", "node": "us-east-1",
+           "endpoints": ["a:2391"], "marker": str(tmp_path / "fenced"),
+           "redis_config": str(conf), "gate_wait": 0}
+    monkeypatch.setattr(agent_module, "read_holder_patiently",
+                        lambda _cfg: (True, {"region": "us-west", "epoch": 4}, ""))
+    logged: list[str] = []
+    assert agent_module.gate(cfg, "redis", logged.append) == 0
+    assert "min-replicas-to-write 1000000" in conf.read_text()
+    assert conf.stat().st_mode & 0o777 == 0o640
+    assert logged == ["redis-gate: fenced (min-replicas-to-write 1000000): us-west holds the "
+                      "baton (epoch 4)"]
+
+
+def test_a_silent_witness_is_asked_again_for_gate_wait_then_counts_as_not_this_region(
+        agent_module, monkeypatch):
+    class Silent:
+        def __init__(self, *_a: Any, **_kw: Any) -> None:
+            pass
+
+        def get(self, _key: str) -> Any:
+            raise agent_module.WitnessError("connection refused")
+
+    monkeypatch.setattr(agent_module, "Witness", Silent)
+    clock = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    answered, holder, error = agent_module.read_holder_patiently(
+        {"endpoints": ["a:2391"], "gate_wait": 3}, sleep, lambda: clock[0])
+    assert (answered, holder) == (False, None) and "refused" in error and len(slept) == 3
+
+
+def test_the_agent_refreshes_the_zone_at_start_on_a_new_epoch_and_when_the_witness_returns(
+        agent_module, tmp_path, monkeypatch):
+    witness = FakeWitness({"region": "us-west", "epoch": 4})
+    agent = make_agent(agent_module, tmp_path, witness, writable=False)
+    agent.cfg["dns_zone"] = "baton.internal"
+    refreshed: list[str] = []
+    monkeypatch.setattr(agent_module, "refresh_zone",
+                        lambda cfg: refreshed.append(cfg["dns_zone"]) or "ok")
+    agent.step()
+    agent.step()
+    assert refreshed == ["baton.internal"]  # at start only
+    witness.holder = {"region": "us-east", "epoch": 5}
+    agent.step()
+    assert len(refreshed) == 2  # a new epoch
+    witness.fail = True
+    agent.step()
+    witness.fail = False
+    agent.step()
+    assert len(refreshed) == 3  # the witness answers again

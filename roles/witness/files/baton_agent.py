@@ -8,14 +8,29 @@ the baton, and fences the node when it must not accept writes.
                                                             # the app database on PgBouncer
     baton_agent.py unfence-redis --config ...               # lift the Redis fence, once the
                                                             # node's Redis follows the holder
+    baton_agent.py redis-gate    --config ...               # redis-server's ExecStartPre
+    baton_agent.py sentinel-gate --config ...               # redis-sentinel's ExecStartPre
 
 Every interval: read the holder key (linearizable) from the witness, ask the local PostgreSQL
 whether it is writable, let baton_witness.agent_step decide, carry out what it says. To fence:
 write the marker file first (patroni.service will not start while it exists), then DISABLE and
 KILL the application database on PgBouncer's admin console, then make the node's Redis (if it
-runs one) refuse writes (min-replicas-to-write set out of reach: NOREPLICAS), then stop Patroni.
-Unfencing never happens by itself: failback (or an operator) runs `unfence`, then starts
-Patroni, and runs `unfence-redis` once the node's Redis has become a replica of the holder's.
+runs one) refuse writes (min-replicas-to-write set out of reach: NOREPLICAS, kept across restarts
+by CONFIG REWRITE) and its Sentinel forget the master it watched (SENTINEL REMOVE: a fenced
+region's Sentinel must never reconfigure anything), then stop Patroni. Unfencing never happens
+by itself: failback (or an operator) runs `unfence`, then starts Patroni, and runs
+`unfence-redis` once the node's Redis has become a replica of the holder's.
+
+Gates, decided from the witness like Patroni's (`may-start`): before Redis starts, `redis-gate`
+writes the fence into redis.conf when this Redis would start as a master outside the holder
+region (or the node is fenced, or the witness does not answer); before Sentinel starts,
+`sentinel-gate` removes every monitor from sentinel.conf unless this region holds the baton. So
+a region that comes back after a failover has no writable Redis and no Sentinel that could
+turn the new holder's master into its replica, from its first second.
+
+The region's secondary name server: the agent asks it to check the primary's zone (rndc
+refresh) when it starts, when the baton's epoch changes and when the witness answers again
+after it did not, so a region that returns or heals does not answer from an old zone.
 
 Stdlib only (Debian 12's python3); baton_witness.py sits in the same folder. Its state (lease,
 epoch, last renewal) survives a restart of the agent in /run/baton, so a restart during a
@@ -61,6 +76,13 @@ DEFAULTS: dict[str, Any] = {
     "redis_port": 0,  # 0: no Redis on this node
     "redis_password": "",
     "redis_min_replicas_to_write": 0,  # the value the fence replaces, restored by unfence-redis
+    "redis_config": "/etc/redis/redis.conf",
+    "sentinel_port": 0,  # 0: no Sentinel on this node
+    "sentinel_password": "",
+    "sentinel_master_name": "baton",
+    "sentinel_config": "/etc/redis/sentinel.conf",
+    "dns_zone": "",  # the zone this node's secondary name server serves ("": none)
+    "gate_wait": 10.0,  # seconds a gate keeps asking a silent witness before it fences
 }
 
 # min-replicas-to-write while fenced: more replicas than any deployment has, so the master
@@ -163,7 +185,30 @@ def fence_redis(cfg: dict[str, Any], command: Any = redis_command) -> str:
     if not int(cfg.get("redis_port") or 0):
         return "no Redis on this node"
     ok, reply = command(cfg, "CONFIG", "SET", "min-replicas-to-write", str(REDIS_FENCE))
-    return f"min-replicas-to-write {REDIS_FENCE}: {'ok' if ok else reply}"
+    if not ok:
+        return f"min-replicas-to-write {REDIS_FENCE}: {reply}"
+    # Kept in redis.conf: a Redis restarted while fenced comes back fenced (the gate would
+    # fence it too; this also covers a node without the gate's unit drop-in).
+    ok, reply = command(cfg, "CONFIG", "REWRITE")
+    return f"min-replicas-to-write {REDIS_FENCE}: ok, {'persisted' if ok else reply}"
+
+
+def sentinel_command(cfg: dict[str, Any], *args: str) -> tuple[bool, str]:
+    """One command to this node's Sentinel, like redis_command."""
+    return redis_command({**cfg, "redis_port": cfg["sentinel_port"],
+                          "redis_password": cfg["sentinel_password"]}, *args)
+
+
+def fence_sentinel(cfg: dict[str, Any], command: Any = sentinel_command) -> str:
+    """Makes this node's Sentinel forget the master it watched (Sentinel saves that in its
+    file): a fenced region's Sentinel must not turn the new holder's master into a replica of
+    the old one when the region comes back or the partition heals."""
+    if not int(cfg.get("sentinel_port") or 0):
+        return "no Sentinel on this node"
+    ok, reply = command(cfg, "SENTINEL", "REMOVE", str(cfg["sentinel_master_name"]))
+    if not ok and "No such master" in reply:
+        return "watched nothing"
+    return f"SENTINEL REMOVE {cfg['sentinel_master_name']}: {'ok' if ok else reply}"
 
 
 def witness_holder_region(cfg: dict[str, Any]) -> str | None:
@@ -203,7 +248,164 @@ def unfence_redis(cfg: dict[str, Any], command: Any = redis_command,
     ok, reply = command(cfg, "CONFIG", "SET", "min-replicas-to-write", wanted)
     if not ok:
         return {"changed": False, "error": f"cannot lift the Redis fence: {reply}"}
+    ok, reply = command(cfg, "CONFIG", "REWRITE")
+    if not ok:
+        return {"changed": True, "error": f"fence lifted but not saved to redis.conf: {reply}"}
     return {"changed": True, "redis": f"fence lifted (min-replicas-to-write {wanted})"}
+
+
+# --- gates: what a service may start as, decided from the witness -----------------------------
+
+def read_holder_patiently(cfg: dict[str, Any], sleep: Any = time.sleep,
+                          clock: Any = time.monotonic) -> tuple[bool, dict[str, Any] | None, str]:
+    """(answered, holder, error): the witness's holder, asked again for up to gate_wait
+    seconds when it does not answer (a node booting before its network, a witness election)."""
+    deadline = clock() + float(cfg.get("gate_wait") or 0)
+    while True:
+        try:
+            entry = Witness(list(cfg["endpoints"]), timeout=2).get(HOLDER)
+            return True, parse_holder(entry.value if entry else None), ""
+        except (WitnessError, ValueError) as exc:
+            error = str(exc)
+        if clock() >= deadline:
+            return False, None, error
+        sleep(1)
+
+
+def may_serve(cfg: dict[str, Any], answered: bool, holder: dict[str, Any] | None,
+              fenced: bool) -> tuple[bool, str]:
+    """Whether this node's Redis may take writes and its Sentinel may watch a master: only
+    when the witness names this region (or nobody yet: the first deploy) and the node is not
+    fenced (pure)."""
+    if fenced:
+        return False, "this node is fenced (marker present)"
+    if not answered:
+        return False, "the witness does not answer"
+    if holder is None:
+        return True, "the witness names no holder yet (first deploy)"
+    if holder["region"] == cfg["region"]:
+        return True, f"{cfg['region']} holds the baton (epoch {holder['epoch']})"
+    return False, f"{holder['region']} holds the baton (epoch {holder['epoch']})"
+
+
+def conf_set(text: str, name: str, value: str | None) -> str:
+    """text (redis.conf) with every `name ...` line replaced by `name value` (None: removed),
+    or the line appended when there was none (pure)."""
+    lines, done = [], False
+    for line in text.splitlines():
+        words = line.split()
+        if words and words[0].lower() == name:
+            if value is not None and not done:
+                lines.append(f"{name} {value}")
+                done = True
+            continue
+        lines.append(line)
+    if value is not None and not done:
+        lines.append(f"{name} {value}")
+    return "\n".join(lines) + "\n"
+
+
+def conf_value(text: str, name: str) -> str | None:
+    """The last `name value` of a redis.conf text (pure); None when absent."""
+    found = None
+    for line in text.splitlines():
+        words = line.split(None, 1)
+        if words and words[0].lower() == name:
+            found = words[1].strip() if len(words) > 1 else ""
+    return found
+
+
+def redis_gate_text(cfg: dict[str, Any], text: str, allowed: bool) -> tuple[str, str]:
+    """redis.conf as the gate leaves it, and why (pure). A Redis that will start as a replica
+    (a replicaof line) needs no fence: it refuses writes, and only Baton promotes it. One that
+    will start as a master is fenced unless it may take writes; a fence left in the holder
+    region (allowed) is lifted."""
+    fence = str(REDIS_FENCE)
+    current = conf_value(text, "min-replicas-to-write")
+    if allowed:
+        if current == fence:
+            wanted = str(int(cfg.get("redis_min_replicas_to_write") or 0))
+            return conf_set(text, "min-replicas-to-write", wanted), "fence lifted"
+        return text, "not fenced"
+    if conf_value(text, "replicaof") or conf_value(text, "slaveof"):
+        return text, "starts as a replica: no fence needed"
+    if current == fence:
+        return text, "fenced already"
+    return conf_set(text, "min-replicas-to-write", fence), f"fenced (min-replicas-to-write {fence})"
+
+
+# Per-master lines of sentinel.conf (`sentinel <directive> <master> ...`).
+SENTINEL_MASTER_DIRECTIVES = {
+    "monitor", "known-replica", "known-slave", "known-sentinel", "leader-epoch", "config-epoch",
+    "auth-pass", "auth-user", "down-after-milliseconds", "failover-timeout", "parallel-syncs",
+    "notification-script", "client-reconfig-script", "rename-command",
+    "master-reboot-down-after-period", "quorum",
+}
+
+
+def sentinel_gate_text(text: str) -> tuple[str, list[str]]:
+    """sentinel.conf without any monitor (every per-master line), and the masters removed
+    (pure)."""
+    kept, removed = [], []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0].lower() == "sentinel" \
+                and words[1].lower() in SENTINEL_MASTER_DIRECTIVES:
+            if words[1].lower() == "monitor":
+                removed.append(words[2])
+            continue
+        kept.append(line)
+    return "\n".join(kept) + "\n", removed
+
+
+def rewrite_conf(path: str, text: str) -> None:
+    """Replaces a service's configuration file, keeping its owner and mode."""
+    info = os.stat(path)
+    write_atomic(path, text, mode=info.st_mode & 0o7777)
+    os.chown(path, info.st_uid, info.st_gid)
+
+
+def gate(cfg: dict[str, Any], kind: str, log: Any) -> int:
+    """redis-gate / sentinel-gate: edit the service's file before it starts. Always lets the
+    service start (exit 0): a fenced Redis serves reads and replication; an idle Sentinel
+    answers. Exits 1 only when the file cannot be read or written."""
+    answered, holder, error = read_holder_patiently(cfg)
+    allowed, why = may_serve(cfg, answered, holder, os.path.exists(cfg["marker"]))
+    why += f" ({error})" if error else ""
+    path = cfg["redis_config" if kind == "redis" else "sentinel_config"]
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        log(f"{kind}-gate: cannot read {path}: {exc}")
+        return 1
+    if kind == "redis":
+        new, what = redis_gate_text(cfg, text, allowed)
+    elif allowed:
+        new, what = text, "may watch"
+    else:
+        new, removed = sentinel_gate_text(text)
+        what = (f"monitors removed: {', '.join(removed)}" if removed
+                else "watches nothing") if new != text or removed else "watches nothing"
+    if new != text:
+        try:
+            rewrite_conf(path, new)
+        except OSError as exc:
+            log(f"{kind}-gate: cannot write {path}: {exc}")
+            return 1
+    log(f"{kind}-gate: {what}: {why}")
+    return 0
+
+
+def refresh_zone(cfg: dict[str, Any]) -> str:
+    """Asks this node's secondary name server to check the primary's zone now (rndc refresh);
+    what happened, in a few words. Never raises."""
+    try:
+        out = subprocess.run(["rndc", "refresh", str(cfg["dns_zone"])], capture_output=True,
+                             text=True, timeout=3, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"failed: {exc}"
+    return "ok" if out.returncode == 0 else f"failed: {(out.stderr or out.stdout).strip()}"
 
 
 class Agent:
@@ -222,6 +424,11 @@ class Agent:
         self.witness_error = ""
         self.last_summary = ""
         self.started = time.monotonic()
+        self.loops = 0
+        # The name server is asked to refresh at start, on a new epoch and when the witness
+        # answers again: the epoch it last refreshed for, and whether the witness answered.
+        self.zone_epoch: Any = "start"
+        self.witness_was_ok = True
         self.load_state()
 
     # --- helpers ---
@@ -330,7 +537,29 @@ class Agent:
                 handler(observed, note, previous)
         self.save_state()
         self.write_metrics(observed)
+        self.after_step(observed, actions)
         return actions
+
+    def after_step(self, observed: dict[str, Any], actions: list[str]) -> None:
+        """What follows the baton besides PostgreSQL: the name server's zone, and in the
+        holder region a Redis fence left by a gate that could not read the witness."""
+        self.loops += 1
+        epoch = (observed.get("holder") or {}).get("epoch")
+        regained = observed["witness_ok"] and not self.witness_was_ok
+        self.witness_was_ok = observed["witness_ok"]
+        if self.cfg.get("dns_zone") and observed["witness_ok"] and (
+                regained or epoch != self.zone_epoch):
+            why = ("the witness answers again" if regained else "agent started"
+                   if self.zone_epoch == "start" else f"epoch {self.zone_epoch} -> {epoch}")
+            self.zone_epoch = epoch
+            self.log(f"name server: rndc refresh {self.cfg['dns_zone']} ({why}): "
+                     f"{refresh_zone(self.cfg)}")
+        holds = actions and actions[0] in ("grant", "keepalive")
+        if holds and int(self.cfg.get("redis_port") or 0) and self.loops % 10 == 1:
+            lifted = unfence_redis(self.cfg, holder_region=lambda _cfg: self.cfg["region"])
+            if lifted.get("changed"):
+                self.log(f"Redis: {lifted.get('redis') or lifted.get('error')} (this region "
+                         "holds the baton)")
 
     def do_grant(self, observed: dict[str, Any], note: str,
                  previous: dict[str, Any]) -> None:
@@ -447,6 +676,7 @@ def fence(cfg: dict[str, Any], reason: str, epoch: Any, pgbouncer: Any, log: Any
     for command in (f"DISABLE {db}", f"KILL {db}"):
         log(f"PgBouncer {command}: {pgbouncer(command)}")
     log(f"Redis: {fence_redis(cfg)}")
+    log(f"Sentinel: {fence_sentinel(cfg)}")
     try:
         out = subprocess.run(["systemctl", "stop", "patroni"], capture_output=True, text=True,
                              timeout=120, check=False)
@@ -529,7 +759,7 @@ def unfence(cfg: dict[str, Any], log: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["run", "status", "unfence", "unfence-redis",
-                                            "may-start"])
+                                            "may-start", "redis-gate", "sentinel-gate"])
     parser.add_argument("--config", default="/etc/baton/agent.json")
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
@@ -544,6 +774,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"baton-agent {cfg['node']}: Patroni {'may' if allowed else 'may NOT'} start: {why}",
               file=sys.stderr)
         return 0 if allowed else 1
+    if args.command in ("redis-gate", "sentinel-gate"):
+        return gate(cfg, args.command.split("-")[0],
+                    lambda message: print(f"baton-agent {cfg['node']}: {message}",
+                                          file=sys.stderr))
     if args.command == "unfence-redis":
         lifted = unfence_redis(cfg)
         print(json.dumps(lifted, sort_keys=True))
