@@ -14,6 +14,22 @@ description:
   - Servers are handled in the order given, so put the new master first.
   - A server marked C(optional) that does not answer (a region that is down or cut off) is
     skipped and listed in RV(skipped); any other that does not answer fails the task.
+  - A server marked C(unfence) (the holder region's) that a fence left refusing writes
+    (C(min-replicas-to-write) 1000000, set by Baton's agent or its redis-gate) gets
+    O(min_replicas_to_write) back.
+  - With O(wait_timeout), waits until the master accepts a write (a key under
+    C(baton:probe:), expiring in a minute) and every replica's link to its master is up.
+  - A planned move (O(handover_from), the old master) loses no acknowledged write and gives
+    no client C(READONLY). The old master's writes are paused (C(CLIENT PAUSE WRITE) for
+    O(pause_ms)), the new master (the first server) waits until it has the old master's
+    replication offset, and is promoted. The old master's own entry is returned in
+    RV(deferred), not applied - it stays a paused master, so its clients wait instead of
+    failing - until O(release_paused). Were the run to die in between, Baton's agent fences a
+    master outside the holder region once its grace has passed.
+  - O(release_paused) (once DNS names the new master) closes the normal client connections of
+    those servers, applies O(servers) (the deferred entries, which follow the new master, their
+    fence lifted), closes the connections again and ends the pause. Writes held by the pause
+    never run there; the clients reconnect, through DNS, to the new master.
   - Check mode support.
 options:
   servers:
@@ -51,7 +67,7 @@ options:
   pause_ms:
     description: How long the old master's writes stay paused at most (milliseconds).
     type: int
-    default: 20000
+    default: 60000
   release_paused:
     description: C(host:port) of servers whose normal clients are disconnected and whose
       pause ends (the old master, once DNS names the new one).
@@ -86,9 +102,14 @@ skipped:
   elements: str
 handover:
   description: Whether a planned handover paused the old master and the new one caught up
-    (C(done), C(offset), C(caught_up_seconds)), or why none was made (C(why)).
-  returned: unless O(release_paused) is given
+    (C(done), C(from), C(offset), C(caught_up_seconds)), or why none was made (C(why)).
+  returned: always
   type: dict
+deferred:
+  description: The old master's entry of O(servers), left for the O(release_paused) call.
+  returned: always
+  type: list
+  elements: dict
 released:
   description: Per server given in O(release_paused), how many client connections were closed.
   returned: when O(release_paused) is given
@@ -166,16 +187,20 @@ def hand_over(old_at: str, new: dict, p: dict) -> dict:
             "caught_up_seconds": round(time.monotonic() - started, 3)}
 
 
-def release(addresses: list[str], p: dict) -> dict:
-    """Disconnects the normal clients of each server and ends its write pause."""
-    done = {}
+def close_clients(addresses: list[str], p: dict, done: dict) -> None:
+    """Closes the normal client connections of each server (counted in done)."""
     for at in addresses:
         host, port = at.rsplit(":", 1)
         redis = client(host, int(port), p["password"], p["timeout"], once=True)
         killed = redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
-        redis.execute_command("CLIENT", "UNPAUSE")
-        done[at] = {"clients_closed": int(killed or 0)}
-    return done
+        done.setdefault(at, {"clients_closed": 0})["clients_closed"] += int(killed or 0)
+
+
+def unpause(addresses: list[str], p: dict) -> None:
+    for at in addresses:
+        host, port = at.rsplit(":", 1)
+        client(host, int(port), p["password"], p["timeout"], once=True).execute_command(
+            "CLIENT", "UNPAUSE")
 
 
 def describe(role: dict) -> str:
@@ -192,22 +217,20 @@ def main() -> None:
             "wait_timeout": {"type": "float", "default": 0.0},
             "handover_from": {"type": "str"},
             "handover_timeout": {"type": "float", "default": 10.0},
-            "pause_ms": {"type": "int", "default": 20000},
+            "pause_ms": {"type": "int", "default": 60000},
             "release_paused": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
     p = module.params
-    out, skipped, changed = {}, [], False
-    if p["release_paused"]:
-        if module.check_mode:
-            module.exit_json(changed=True, released={a: {} for a in p["release_paused"]})
+    out, skipped, changed, released, deferred = {}, [], False, {}, []
+    if p["release_paused"] and not module.check_mode:
         try:
-            module.exit_json(changed=True, released=release(p["release_paused"], p))
+            close_clients(p["release_paused"], p, released)
         except Exception as exc:
-            module.fail_json(msg=f"could not release the paused clients of "
-                                 f"{', '.join(p['release_paused'])} ({exc}); their pause ends "
-                                 f"by itself after {p['pause_ms']} ms")
+            module.fail_json(msg=f"could not close the clients of "
+                                 f"{', '.join(p['release_paused'])} ({exc}): re-run; their pause "
+                                 f"ends by itself after {p['pause_ms']} ms")
     handover = {"done": False, "why": "not asked (not a planned move)"}
     masters = [e for e in p["servers"] if not e.get("replicaof")]
     if p["handover_from"] and masters and not module.check_mode:
@@ -219,6 +242,12 @@ def main() -> None:
             module.fail_json(msg=f"the handover from {p['handover_from']} failed "
                                  f"({type(exc).__name__}: {exc}): re-run", handover={"done": False})
     for entry in p["servers"]:
+        at = f"{entry.get('address')}:{entry.get('port') or 6379}"
+        if handover["done"] and at == p["handover_from"]:
+            deferred.append(entry)  # stays a paused, fenced master until the release
+            continue
+        if at in p["release_paused"]:
+            entry = {**entry, "unfence": True}  # a replica from now on: its handover fence goes
         if not entry.get("address"):
             module.fail_json(msg=f"servers: {entry} has no address: give each server "
                                  "{address, port, replicaof, priority}")
@@ -268,7 +297,18 @@ def main() -> None:
                                  servers=out, skipped=skipped, changed=changed,
                                  handover=handover)
             time.sleep(1)
-    module.exit_json(changed=changed, servers=out, skipped=skipped, handover=handover)
+    if p["release_paused"] and not module.check_mode:
+        try:
+            close_clients(p["release_paused"], p, released)
+            unpause(p["release_paused"], p)
+        except Exception as exc:
+            module.fail_json(msg=f"could not end the pause of {', '.join(p['release_paused'])} "
+                                 f"({exc}): re-run; it ends by itself after {p['pause_ms']} ms",
+                             servers=out)
+        changed = True
+    module.exit_json(changed=changed, servers=out, skipped=skipped, handover=handover,
+                     deferred=deferred, **({"released": released} if p["release_paused"]
+                                           else {}))
 
 
 if __name__ == "__main__":

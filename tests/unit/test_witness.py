@@ -866,3 +866,27 @@ def test_the_agent_refreshes_the_zone_at_start_on_a_new_epoch_and_when_the_witne
     witness.fail = False
     agent.step()
     assert len(refreshed) == 3  # the witness answers again
+
+
+def test_a_writable_redis_master_outside_the_holder_region_is_fenced_after_its_grace(
+        agent_module, tmp_path, monkeypatch):
+    witness = FakeWitness({"region": "us-west", "epoch": 4})
+    agent = make_agent(agent_module, tmp_path, witness, writable=False)
+    agent.cfg.update(redis_port=6379, redis_master_grace=30.0)
+    redis = FakeRedis("master", 0)
+    monkeypatch.setattr(agent_module, "redis_command", redis)
+    clock = [1000.0]
+    monkeypatch.setattr(agent_module.time, "monotonic", lambda: clock[0])
+    agent.check_redis_outside_holder(witness.holder)
+    assert redis.fence == 0  # seen once: within its grace (a planned handover)
+    clock[0] += 31
+    agent.check_redis_outside_holder(witness.holder)
+    assert redis.fence == agent_module.REDIS_FENCE
+    assert ("CONFIG", "REWRITE") in redis.calls
+    # A replica, or a fenced master, is left alone.
+    replica = FakeRedis("slave", 0)
+    monkeypatch.setattr(agent_module, "redis_command", replica)
+    agent.check_redis_outside_holder(witness.holder)
+    clock[0] += 60
+    agent.check_redis_outside_holder(witness.holder)
+    assert replica.fence == 0

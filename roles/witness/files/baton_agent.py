@@ -83,6 +83,9 @@ DEFAULTS: dict[str, Any] = {
     "sentinel_config": "/etc/redis/sentinel.conf",
     "dns_zone": "",  # the zone this node's secondary name server serves ("": none)
     "gate_wait": 10.0,  # seconds a gate keeps asking a silent witness before it fences
+    # A Redis master outside the holder region is fenced once seen that long (a planned move
+    # holds the old master paused for a few seconds; a run that died there would leave two).
+    "redis_master_grace": 30.0,
 }
 
 # min-replicas-to-write while fenced: more replicas than any deployment has, so the master
@@ -429,6 +432,7 @@ class Agent:
         # answers again: the epoch it last refreshed for, and whether the witness answered.
         self.zone_epoch: Any = "start"
         self.witness_was_ok = True
+        self.redis_master_since: float | None = None
         self.load_state()
 
     # --- helpers ---
@@ -554,6 +558,15 @@ class Agent:
             self.zone_epoch = epoch
             self.log(f"name server: rndc refresh {self.cfg['dns_zone']} ({why}): "
                      f"{refresh_zone(self.cfg)}")
+        holder = observed.get("holder")
+        elsewhere = bool(observed["witness_ok"] and holder
+                         and holder.get("region") != self.cfg["region"])
+        fencing = "fence" in actions or observed["fenced"]  # the fence covers Redis itself
+        if elsewhere and not fencing and int(self.cfg.get("redis_port") or 0) \
+                and self.loops % 5 == 1:
+            self.check_redis_outside_holder(holder)
+        elif not elsewhere:
+            self.redis_master_since = None
         holds = actions and actions[0] in ("grant", "keepalive")
         if holds and int(self.cfg.get("redis_port") or 0) and self.loops % 10 == 1:
             lifted = unfence_redis(self.cfg, holder_region=lambda _cfg: self.cfg["region"])
@@ -615,6 +628,25 @@ class Agent:
         reason = note + (f" ({self.witness_error})" if self.witness_error else "")
         holder = observed.get("holder") or self.holder or {}
         fence(self.cfg, reason, holder.get("epoch"), self.pgbouncer, self.log)
+
+    def check_redis_outside_holder(self, holder: dict[str, Any]) -> None:
+        """Fences this node's Redis when it has been a writable master for redis_master_grace
+        while another region holds the baton (nothing Baton does leaves it so that long)."""
+        ok, role = redis_command(self.cfg, "ROLE")
+        master = ok and role.split()[:1] == ["master"]
+        if master:
+            ok, reply = redis_command(self.cfg, "CONFIG", "GET", "min-replicas-to-write")
+            master = ok and reply.split()[1:2] != [str(REDIS_FENCE)]
+        if not master:
+            self.redis_master_since = None
+            return
+        now = time.monotonic()
+        self.redis_master_since = self.redis_master_since or now
+        if now - self.redis_master_since >= float(self.cfg["redis_master_grace"]):
+            self.log(f"Redis: a writable master for {now - self.redis_master_since:.0f} s while "
+                     f"{holder['region']} holds the baton (epoch {holder.get('epoch')}): "
+                     f"{fence_redis(self.cfg, redis_command)}")
+            self.redis_master_since = None
 
     def write_metrics(self, observed: dict[str, Any]) -> None:
         path = self.cfg["metrics"]
