@@ -128,6 +128,16 @@ def baton_failover_plan(assessment: Mapping[str, Any], holder: Mapping[str, Any]
         plan["data_loss_bytes"] = candidate.get("data_loss_bytes")
         if kind == "failover" and not force:
             loss = plan["data_loss_bytes"]
+            # (Not when the baton moved already: a run killed after that took this decision.)
+            if old and held != target and not plan["old_answers"] \
+                    and plan["position_source"] not in ("live", "last known"):
+                plan["refuse"] = (f"the old primary region {old} does not answer and no recent "
+                                  "health report (baton_last_known_max_age, with it as the "
+                                  "primary) gives its position: the data loss of a failover to "
+                                  f"{target} cannot be estimated; re-run with -e force=true to "
+                                  "accept it (the report bounds it in time), and run health.yml "
+                                  "regularly so that a failover finds a recent position")
+                return plan
             if loss is None:
                 plan["refuse"] = (f"the data loss of a failover to {target} cannot be "
                                   "estimated (no primary position is known): run health.yml "
@@ -200,33 +210,74 @@ def baton_failover_report(plan: Mapping[str, Any], marks: Mapping[str, float],
                 if step != "start"]
     accepted = outcome.get("write_accepted_at")
     reference, promoted = outcome.get("reference_position"), outcome.get("promoted_position")
-    lost = (max(0, int(reference) - baton_lsn_int(promoted))
-            if outcome.get("promoted") and reference not in (None, "") and promoted else None)
+    gap = (max(0, int(reference) - baton_lsn_int(promoted))
+           if outcome.get("promoted") and reference not in (None, "") and promoted else None)
+    # Known only when the old primary's position was read at the move (live, or a demoted
+    # primary's final one). A failover from a primary nobody could read: the old region may
+    # have acknowledged writes until its fence deadline, which no position seen here shows.
+    known = plan["kind"] == "switchover" or outcome.get("reference_source") == "live" \
+        or not plan["old"]
+    window = None
+    if not known and outcome.get("promoted"):
+        fenced_at = marks.get("old region fenced, baton moved")
+        replayed_at = outcome.get("last_replayed_at")
+        window = {
+            "from": _iso(replayed_at), "to": _iso(fenced_at),
+            "seconds": (round(float(fenced_at) - float(replayed_at), 1)
+                        if fenced_at and replayed_at else None),
+            "at_least_bytes": gap,
+        }
     return {
         "kind": plan["kind"], "target": plan["target"], "old": plan["old"],
         "already": plan["already"], "epoch": outcome.get("epoch"),
         "rto_seconds": round(float(accepted) - start, 3) if accepted else None,
-        "data_lost_bytes": lost,
+        "data_lost_known": known if outcome.get("promoted") else None,
+        "data_lost_bytes": gap if known else None,
         "data_lost_source": (f"{outcome.get('reference_source')} minus the promoted leader's "
-                             "received position") if lost is not None else None,
+                             "received position") if known and gap is not None else None,
+        "data_loss_window": window,
         "unreachable": plan["unreachable"], "not_following": plan["not_following"],
         "actions_taken": outcome.get("actions_taken", []),
         "timeline": timeline, "plan": plan["steps"],
     }
 
 
+def _iso(at: Any) -> str | None:
+    """A Unix time as UTC ISO 8601 (None for none)."""
+    if at in (None, ""):
+        return None
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(float(at), tz=UTC).isoformat(timespec="milliseconds")
+
+
+def loss_sentence(report: Mapping[str, Any]) -> str:
+    """What the report knows of the data lost, in one line."""
+    lost, window = report.get("data_lost_bytes"), report.get("data_loss_window")
+    if window:
+        least = window.get("at_least_bytes")
+        return ("data lost: unknown - the old primary could not be read; it may have "
+                f"acknowledged writes from {window['from'] or 'an unknown time'} (the last "
+                f"transaction the new primary replayed) until {window['to']} (its fence "
+                f"deadline): at most {window['seconds'] if window['seconds'] is not None else '?'}"
+                " s of writes"
+                + (f", at least {least} bytes of WAL" if least else "")
+                + "; only the old primary's data directory holds them, until failback.yml "
+                "rewinds or re-clones it")
+    return "data lost: " + ("unknown" if lost is None else f"{lost} bytes of WAL") + (
+        f" ({report['data_lost_source']})" if report.get("data_lost_source") else "")
+
+
 def baton_failover_summary(report: Mapping[str, Any]) -> list[str]:
     """The report as a few lines for a human."""
     rto = report["rto_seconds"]
-    lost = report["data_lost_bytes"]
     lines = [
         f"{report['kind']} to {report['target']} (from {report['old'] or 'nobody'}): "
         + ("nothing to do, it already held the baton" if report["already"] and
            not report["actions_taken"] else f"epoch {report['epoch']}"),
         f"RTO: {rto if rto is not None else 'unknown'} s (start of the run to the first write "
         "accepted through the failover name)",
-        "data lost: " + ("unknown" if lost is None else f"{lost} bytes of WAL")
-        + (f" ({report['data_lost_source']})" if report.get("data_lost_source") else ""),
+        loss_sentence(report),
         "changed: " + (", ".join(report["actions_taken"]) or "nothing"),
     ]
     if report["not_following"]:
@@ -247,11 +298,43 @@ def baton_failover_metrics(report: Mapping[str, Any], now: float) -> str:
           registry=registry).labels(*values).set(now)
     Gauge("baton_failover_last_duration_seconds", "RTO of the last move: start of the run to "
           "the first accepted write", registry=registry).set(report["rto_seconds"] or 0)
-    Gauge("baton_failover_last_data_loss_bytes", "WAL bytes the last move lost",
-          registry=registry).set(report["data_lost_bytes"] or 0)
+    window = report.get("data_loss_window") or {}
+    Gauge("baton_failover_last_data_loss_bytes", "WAL bytes the last move lost (a lower bound "
+          "when baton_failover_last_data_loss_known is 0)", registry=registry).set(
+        report["data_lost_bytes"] if report.get("data_lost_bytes") is not None
+        else window.get("at_least_bytes") or 0)
+    Gauge("baton_failover_last_data_loss_known", "1 when the last move's data loss is known, 0 "
+          "when the old primary could not be read", registry=registry).set(
+        0 if window else 1)
+    Gauge("baton_failover_last_data_loss_window_seconds", "How long the old primary may have "
+          "acknowledged writes the new one never received (0 when the loss is known)",
+          registry=registry).set(window.get("seconds") or 0)
     Gauge("baton_epoch", "The baton's epoch on the witness", registry=registry).set(
         report["epoch"] or 0)
     return generate_latest(registry).decode()
+
+
+def baton_last_known_position(report_text: str | None, holder_region: str | None,
+                              max_age: float, now: float) -> str:
+    """The primary's WAL position from the last health report (its JSON text), for the
+    data-loss estimate of a failover whose primary no longer answers - '' unless that report
+    saw holder_region as the one writable region and is at most max_age seconds old: an older
+    one, or one from before the baton last moved, says nothing of the writes since (pure)."""
+    import json
+    from datetime import UTC, datetime
+
+    try:
+        report = json.loads(report_text or "")
+        seen = report["global"]
+        at = datetime.fromisoformat(str(report["assessed_at"]))
+    except (ValueError, KeyError, TypeError):
+        return ""
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)  # health.yml writes UTC without an offset
+    if seen.get("baton_holder") != holder_region or seen.get("primary_position") is None:
+        return ""
+    if not 0 <= float(now) - at.timestamp() <= float(max_age):
+        return ""
+    return baton_lsn(seen["primary_position"])
 
 
 def baton_endpoints_first(endpoints: list[str], addresses: list[str]) -> list[str]:
@@ -273,6 +356,7 @@ class FilterModule:
             "baton_lsn": baton_lsn,
             "baton_lsn_int": baton_lsn_int,
             "baton_redis_chain": baton_redis_chain,
+            "baton_last_known_position": baton_last_known_position,
             "baton_failover_report": baton_failover_report,
             "baton_failover_summary": baton_failover_summary,
             "baton_failover_metrics": baton_failover_metrics,

@@ -328,13 +328,15 @@ def _reason(exc: BaseException) -> str:
 
 
 def timing_problems(interval: float, fence_after: float, lease_ttl: int,
-                    promotion_wait: float) -> list[str]:
+                    promotion_wait: float, election_timeout_ms: float = 1000) -> list[str]:
     """Everything wrong with the agent's and the controller's timing, one sentence each.
 
     The chain that keeps two regions from accepting writes at once: a holder node that cannot
     renew its lease fences itself after fence_after, noticed within one interval; its lease
     on the witness lives lease_ttl after its last renewal; the controller waits
     promotion_wait (>= lease_ttl) after moving the baton before it promotes another region.
+    A witness election (up to two election timeouts without a leader) must not last long
+    enough to fence the holder.
     """
     problems: list[str] = []
     if interval <= 0:
@@ -357,6 +359,13 @@ def timing_problems(interval: float, fence_after: float, lease_ttl: int,
             f"({promotion_wait:g} s), or a failover could promote another region while the "
             f"old one's leases are still alive: raise baton_promotion_wait to at least "
             f"{lease_ttl}")
+    election = 2 * float(election_timeout_ms) / 1000
+    if election + interval >= fence_after > interval:
+        problems.append(
+            f"2 x the witness's election timeout + baton_agent_interval ({election + interval:g} "
+            f"s) must be less than baton_fence_after ({fence_after:g} s), or one witness "
+            f"election fences the holder: lower witness_election_timeout or raise "
+            f"baton_fence_after")
     return problems
 
 

@@ -290,63 +290,14 @@ def fresh_log():
     yield
 
 
-SENTINEL_PASSWORD = "lab-sentinel-not-secret"  # lab throwaway
-
-
-def repair_by_hand(holder: str) -> list[str]:
-    """What an operator does today after the defects of issue 15, so that one scenario's known
-    defect does not spoil the next: the holder's Redis made the master and unfenced, every other
-    Redis its replica, only the holder's Sentinel watching it; every secondary name server
-    fetches the zone again. Returns what it did."""
-    done = []
-    address = NODES[NODE_OF[holder]][1]
-    for node, (region, addr) in NODES.items():
-        sentinel = redis.Redis(host=addr, port=26379, password=SENTINEL_PASSWORD,
-                               socket_timeout=2, decode_responses=True)
-        try:
-            sentinel.execute_command("SENTINEL", "REMOVE", "baton")
-            done.append(f"SENTINEL REMOVE on {node}")
-        except redis.ResponseError:
-            pass
-        finally:
-            sentinel.close()
-        client = redis_client(addr)
-        role = client.info("replication")
-        if region == holder:
-            if role.get("role") != "master":
-                client.execute_command("REPLICAOF", "NO", "ONE")
-                done.append(f"REPLICAOF NO ONE on {node}")
-            client.config_set("min-replicas-to-write", 0)
-        elif role.get("master_host") != address:
-            client.execute_command("REPLICAOF", address, "6379")
-            done.append(f"REPLICAOF {address} on {node}")
-        client.close()
-    sentinel = redis.Redis(host=address, port=26379, password=SENTINEL_PASSWORD,
-                           socket_timeout=2, decode_responses=True)
-    sentinel.execute_command("SENTINEL", "MONITOR", "baton", address, "6379", "1")
-    for option, value in (("auth-pass", REDIS_PASSWORD), ("down-after-milliseconds", "5000"),
-                          ("failover-timeout", "60000"), ("parallel-syncs", "1")):
-        sentinel.execute_command("SENTINEL", "SET", "baton", option, value)
-    sentinel.close()
-    for node in NODES:
-        sh("podman", "exec", f"baton-{node}", "rndc", "retransfer", ZONE, timeout=30)
-    return done
-
-
 @pytest.fixture()
 def home():
-    """The lab as each scenario must find it: the baton at home, every tier healthy. Where the
-    known defects of an earlier scenario left Redis or a name server wrong, they are repaired
-    by hand first (and said so)."""
-    state = tier_state(HOME)
-    if ((state["problems"] or state["pending"]) and holder_region() == HOME
-            and pg_accepts_write(NODES[NODE_OF[HOME]][1])):
-        print("repaired by hand before this scenario (issue 15):", repair_by_hand(HOME))
-        deadline = time.monotonic() + 60  # a full resync, a zone transfer
-        while (state := tier_state(HOME))["problems"] or state["pending"]:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(2)
+    """The lab as each scenario must find it: the baton at home, every tier healthy. An
+    earlier scenario that left it otherwise is a defect: this one fails at once, saying so."""
+    deadline = time.monotonic() + 30  # a resync or a zone transfer still under way
+    while ((state := tier_state(HOME))["problems"] or state["pending"]) \
+            and time.monotonic() < deadline:
+        time.sleep(2)
     run = health()
     if state["problems"] or state["pending"] or run.returncode != 0:
         pytest.fail("the lab is not healthy with the baton at home, so this scenario cannot "
@@ -568,9 +519,11 @@ class TestPartition:
         inside_lost = [row for row, _acked in acks if round(row, 3) not in kept]
         last_ack = max(acked for _row, acked in acks) if acks else None
         state["inside"] = {"acked": len(acks), "lost": len(inside_lost),
+                           "lost_at": inside_lost,
                            "last_ack_before_move": None if last_ack is None
                            else round(state["moved_at"] - last_ack, 1)}
-        print(f"{self.name}: the client inside us-east: {state['inside']}; failover report: "
+        shown = {k: v for k, v in state["inside"].items() if k != "lost_at"}
+        print(f"{self.name}: the client inside us-east: {shown}; failover report: "
               f"{report('failover')['timeline']}")
         state["wrong"] = tiers_wrong("us-west", pending=("us-east",), settle=10)
         # The single-writer rule for PostgreSQL: every write us-east acknowledged came before
@@ -584,18 +537,23 @@ class TestPartition:
                   timeout=30).returncode == 0, "us-east-1 is not fenced"
         assert not pg_accepts_write(MINI["us-east-1"])
 
-    @pytest.mark.xfail(strict=True, raises=AssertionError,
-                       reason="issue 15: the failover report says 0 bytes of data lost although "
-                       "the cut-off primary acknowledged writes that the new primary never "
-                       "received")
-    def test_the_report_states_the_loss_the_clients_saw(self):
+    def test_the_report_states_the_loss_as_unknown_within_a_window_holding_every_lost_write(
+            self):
+        """The cut-off primary could not be read: the report must not give a figure, but the
+        window in which it may have acknowledged writes the new primary never received (from
+        the last transaction the target replayed to the old region's fence deadline), and every
+        write the clients lost must lie in it."""
         state = STATE[self.name]
-        assert state["failover"]["stated_loss_bytes"] > 0
+        done = report("failover")
+        window = done["data_loss_window"]
+        assert done["data_lost_known"] is False and done["data_lost_bytes"] is None, done
+        assert window and window["seconds"] > 0, done
+        start = datetime.fromisoformat(window["from"]).timestamp()
+        end = datetime.fromisoformat(window["to"]).timestamp()
+        lost = state["inside"]["lost_at"]
+        assert lost, "the client inside us-east lost no write: nothing to bound"
+        assert start - 0.5 <= min(lost) and max(lost) <= end + 0.5, (start, end, lost)
 
-    @pytest.mark.xfail(strict=True, raises=AssertionError,
-                       reason="issue 15: after the heal, the region's Sentinel still watches its "
-                       "own master and turns the new holder's master into its replica (flushing "
-                       "it); its name server may serve the old zone")
     def test_the_healed_region_is_fenced_in_every_tier(self):
         state = STATE[self.name]
         assert state["wrong"] == []
@@ -607,14 +565,18 @@ class TestPartition:
         assert "healed" in state, "the earlier steps did not run"
         failback_and_home(self.name, state, "us-west", "-e", "region=us-east")
 
-    @pytest.mark.xfail(strict=True, raises=AssertionError,
-                       reason="issue 15: the hijacked Redis tier is left in a replication loop "
-                       "by failback")
     def test_every_tier_follows_the_holder_after_failback_and_home(self):
         state = STATE[self.name]
         assert state["failback_wrong"] == [] and state["home_wrong"] == []
         assert state["failback_rerun_changed"] == 0
         no_loss(state["home"])
+
+    @pytest.mark.xfail(strict=True, raises=AssertionError,
+                       reason="issue 15 (not built yet): failback.yml does not count the old "
+                       "timeline's commits past the fork (pg_waldump) nor amend the report")
+    def test_failback_reconciles_the_loss_with_what_the_clients_lost(self):
+        state = STATE[self.name]
+        assert report("failover").get("reconciled_lost_transactions") == state["inside"]["lost"]
 
 
 class TestPartitionWhileItsWitnessMemberLeads(TestPartition):
@@ -639,6 +601,9 @@ def test_round_trip_switchover_to_us_west(home):
 def test_round_trip_failover_to_eu_west_with_us_west_stopped():
     state = STATE["round"]
     assert "there" in state, "the earlier steps did not run"
+    # As a scheduled health.yml would: a recent report with us-west as the primary gives the
+    # failover its last known position (without one it refuses unless forced).
+    health()
     try:
         figures = lose_region_and_fail_over("round trip", "us-west", "eu-west")
         assert_single_writer_in(figures, "postgres")
@@ -669,10 +634,6 @@ def test_round_trip_failback_of_us_west_and_switchover_home():
     state["home_wrong"] = tiers_wrong(HOME)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 15: the region that returns after the failover "
-                   "(us-west) hijacks the holder's Redis through its Sentinel, and failback "
-                   "leaves a replication loop")
 def test_round_trip_every_tier_follows_the_holder():
     state = STATE["round"]
     assert state["failover_wrong"] == [] and state["failback_wrong"] == []
@@ -807,9 +768,6 @@ def test_site_yml_after_every_move_keeps_the_holder_and_restarts_nothing(home):
     check_tiers(HOME)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15 reports site.yml rewriting Patroni's and "
-                   "PgBouncer's files after a few moves; not reproduced by this suite's moves so "
-                   "far (so not strict): a drift here fails no run but is listed")
 def test_site_yml_after_every_move_finds_no_drift():
     assert STATE["drift"] == [], STATE["drift"]
 

@@ -119,8 +119,7 @@ def test_an_unknown_data_loss_is_refused_unless_forced():
     regions["us-west"]["us-west-1"]["postgres"]["replay_lsn"] = None
     del regions["eu-west"]
     plan = baton_failover_plan(assessment(regions), HOLDER_EAST, "us-west", "failover", MiB)
-    assert plan["refuse"].startswith("the data loss of a failover to us-west cannot be "
-                                     "estimated")
+    assert "the data loss of a failover to us-west cannot be estimated" in plan["refuse"]
 
 
 def test_the_redis_chain_puts_the_new_master_first_and_skips_unreachable_regions():
@@ -142,16 +141,16 @@ def test_the_redis_chain_puts_the_new_master_first_and_skips_unreachable_regions
 
 
 def test_the_report_states_rto_data_lost_and_the_timeline():
-    plan = baton_failover_plan(assessment(lab(east="down"), last_known=0x5000100),
-                               HOLDER_EAST, "us-west", "failover", MiB)
+    plan = baton_failover_plan(assessment(lab()), HOLDER_EAST, "us-west", "failover", MiB)
     report = baton_failover_report(plan, {"start": 1000.0, "target promoted": 1012.5,
                                           "writes accepted through db": 1020.25},
                                    {"epoch": 2, "write_accepted_at": 1020.25,
                                     "reference_position": 0x5000100,
-                                    "reference_source": "last known",
+                                    "reference_source": "live",
                                     "promoted_position": "0/5000000", "promoted": True,
                                     "actions_taken": ["target promoted"]})
     assert report["rto_seconds"] == 20.25 and report["data_lost_bytes"] == 0x100
+    assert report["data_lost_known"] is True and report["data_loss_window"] is None
     assert report["timeline"] == [{"step": "target promoted", "at": 12.5},
                                   {"step": "writes accepted through db", "at": 20.25}]
     summary = baton_failover_summary(report)
@@ -161,6 +160,32 @@ def test_the_report_states_rto_data_lost_and_the_timeline():
     assert ('baton_failover_last_timestamp_seconds{epoch="2",source_region="us-east",'
             'target_region="us-west"} 1020.0') in metrics
     assert "baton_failover_last_data_loss_bytes 256.0" in metrics
+    assert "baton_failover_last_data_loss_known 1.0" in metrics
+
+
+def test_a_failover_from_a_primary_nobody_could_read_states_the_loss_as_unknown_and_bounded():
+    """The old primary (cut off) may have acknowledged writes until its fence deadline: the
+    report says so, with the window, instead of a figure no one measured."""
+    plan = baton_failover_plan(assessment(lab(east="down"), last_known=0x5000100),
+                               HOLDER_EAST, "us-west", "failover", MiB)
+    report = baton_failover_report(plan, {"start": 1000.0, "assessed": 1002.0,
+                                          "old region fenced, baton moved": 1011.0,
+                                          "target promoted": 1012.5},
+                                   {"epoch": 2, "reference_position": 0x5000100,
+                                    "reference_source": "last known",
+                                    "promoted_position": "0/5000000", "promoted": True,
+                                    "last_replayed_at": 1001.5})
+    assert report["data_lost_known"] is False and report["data_lost_bytes"] is None
+    assert report["data_loss_window"] == {
+        "from": "1970-01-01T00:16:41.500+00:00", "to": "1970-01-01T00:16:51.000+00:00",
+        "seconds": 9.5, "at_least_bytes": 256}
+    summary = baton_failover_summary(report)
+    assert summary[2].startswith("data lost: unknown - the old primary could not be read; it "
+                                 "may have acknowledged writes from 1970-01-01T00:16:41.500")
+    assert "at most 9.5 s of writes, at least 256 bytes of WAL" in summary[2]
+    metrics = baton_failover_metrics(report, 1020.0)
+    assert "baton_failover_last_data_loss_known 0.0" in metrics
+    assert "baton_failover_last_data_loss_window_seconds 9.5" in metrics
 
 
 def test_lsn_round_trip():
@@ -260,3 +285,29 @@ def test_the_target_regions_witness_member_is_tried_first():
     assert baton_endpoints_first(members, []) == members
     # 10.231.1.1 is not 10.231.1.11: addresses match whole.
     assert baton_endpoints_first(members, ["10.231.1.1"]) == members
+
+
+def test_a_last_known_position_counts_only_from_a_recent_report_of_the_same_holder():
+    import json
+
+    from baton_failover import baton_last_known_position
+
+    report = json.dumps({"assessed_at": "2026-12-03T11:42:07.832224",
+                         "global": {"baton_holder": "us-east", "primary_position": 0x5000100}})
+    at = 1796298127.832224  # 2026-12-03T11:42:07.832224Z
+    assert baton_last_known_position(report, "us-east", 300, at + 60) == "0/5000100"
+    assert baton_last_known_position(report, "us-east", 300, at + 301) == ""  # too old
+    assert baton_last_known_position(report, "us-west", 300, at + 60) == ""  # another primary
+    assert baton_last_known_position("", "us-east", 300, at) == ""
+    assert baton_last_known_position("{not json", "us-east", 300, at) == ""
+
+
+def test_a_failover_from_a_silent_primary_without_a_recent_position_is_refused_unless_forced():
+    plan = baton_failover_plan(assessment(lab(east="down")), HOLDER_EAST, "us-west",
+                               "failover", MiB)
+    assert plan["refuse"].startswith("the old primary region us-east does not answer and no "
+                                     "recent health report")
+    assert "-e force=true" in plan["refuse"]
+    forced = baton_failover_plan(assessment(lab(east="down")), HOLDER_EAST, "us-west",
+                                 "failover", MiB, force=True)
+    assert forced["refuse"] is None

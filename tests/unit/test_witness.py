@@ -306,7 +306,7 @@ def test_the_default_timing_satisfies_every_rule():
 
 
 def test_timing_refuses_an_interval_not_below_the_fence_time():
-    problems = timing_problems(5, 5, 20, 20)
+    problems = timing_problems(5, 5, 20, 20, election_timeout_ms=0)
     assert len(problems) == 1
     assert "baton_agent_interval (5 s) must be less than baton_fence_after (5 s)" in problems[0]
 
@@ -328,6 +328,14 @@ def test_timing_refuses_a_promotion_wait_shorter_than_the_lease():
 
 def test_timing_names_every_violation_once():
     assert len(timing_problems(0, 0, 0, -1)) == 4
+
+
+def test_timing_refuses_a_fence_time_a_witness_election_can_reach():
+    problems = timing_problems(1, 5, 10, 15, election_timeout_ms=2500)
+    assert problems == [
+        "2 x the witness's election timeout + baton_agent_interval (6 s) must be less than "
+        "baton_fence_after (5 s), or one witness election fences the holder: lower "
+        "witness_election_timeout or raise baton_fence_after"]
 
 
 def test_a_holder_that_stops_renewing_fences_before_its_lease_can_expire_and_before_promotion():

@@ -417,10 +417,12 @@ class Agent:
     def __init__(self, cfg: dict[str, Any], witness: Witness | None = None) -> None:
         self.cfg = cfg
         # One loop's witness calls stay within the interval: the holder read and the renewal
-        # each get half of it, over all members (an unreachable member costs its share once;
-        # the next call starts at the next member).
-        share = max(0.2, cfg["interval"] / 2)
-        self.witness = witness or Witness(list(cfg["endpoints"]), timeout=share, budget=share)
+        # each get half of it, and a member at most half of that, so that one silent member
+        # (cut off, restarting) never takes a whole call: the next one is asked within it (and
+        # the next call starts there).
+        share = max(0.4, cfg["interval"] / 2)
+        self.witness = witness or Witness(list(cfg["endpoints"]), timeout=share / 2,
+                                          budget=share)
         self.state = fresh_state()
         self.last_renewal_wall = 0.0
         self.holder: dict[str, Any] | None = None
