@@ -9,6 +9,7 @@ those dicts alone, so unit tests feed them recorded probes.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import urllib.error
@@ -199,6 +200,47 @@ def probe_sentinel(address: str, port: int, password: str, name: str,
     return {"ok": True, "watching": watched, "quorum": quorum, "quorum_message": quorum_msg}
 
 
+_SAMPLE = re.compile(r"^(?P<name>[A-Za-z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
+
+
+def parse_agent_metrics(text: str) -> Probe:
+    """What node_exporter says of the node's Baton agent: its gauges (baton_agent.prom) and
+    how old that file is by the node's own clock (pure)."""
+    values: dict[str, float] = {}
+    mtime = node_time = None
+    for line in text.splitlines():
+        found = _SAMPLE.match(line)
+        if not found:
+            continue
+        name, labels = found["name"], found["labels"] or ""
+        try:
+            number = float(found["value"])
+        except ValueError:
+            continue
+        if name.startswith("baton_agent_"):
+            values[name] = number
+        elif name == "node_textfile_mtime_seconds" and 'baton_agent.prom"' in labels:
+            mtime = number
+        elif name == "node_time_seconds":
+            node_time = number
+    if not values:
+        return {"ok": True, "agent": False}
+    return {"ok": True, "agent": True, "up": values.get("baton_agent_up") == 1,
+            "fenced": values.get("baton_agent_fenced") == 1,
+            "holds": values.get("baton_agent_holds_baton") == 1,
+            "age": (round(node_time - mtime, 1) if node_time is not None and mtime is not None
+                    else None)}
+
+
+def probe_agent(address: str, port: int, timeout: float) -> Probe:
+    """The node's Baton agent, as its node_exporter shows it (textfile collector)."""
+    try:
+        with _DIRECT.open(f"http://{address}:{port}/metrics", timeout=timeout) as resp:
+            return parse_agent_metrics(resp.read().decode())
+    except Exception as exc:
+        return {"ok": False, "error": _error(exc)}
+
+
 def probe_dns(server: str, zone: str, names: list[str], timeout: float) -> Probe:
     """Where the failover records point on one authoritative server, and its serial."""
     try:
@@ -299,6 +341,7 @@ def region_summary(region: str, nodes: dict[str, dict[str, Probe]]) -> dict[str,
         "redis": _per_node(service("redis")),
         "sentinel": _per_node(service("sentinel")),
         "pgbouncer": _per_node(service("pgbouncer")),
+        "agent": _per_node(service("agent")),
         "haproxy": {n: {"rw": services.get("haproxy_rw", {}), "ro": services.get("haproxy_ro", {})}
                     for n, services in nodes.items()
                     if "haproxy_rw" in services or "haproxy_ro" in services},
@@ -559,3 +602,28 @@ def witness_problems(witness_holder: str | None, witness_error: str | None,
         return [f"PostgreSQL accepts writes in {writable[0]} but the witness names "
                 f"{witness_holder} as holder"]
     return []
+
+
+def agent_problems(summaries: dict[str, dict[str, Any]], holder: str | None,
+                   max_age: float = 15.0) -> list[str]:
+    """Each node's fence agrees with the witness: its agent runs (its metrics file is fresh:
+    a dead agent's file still says up), and no node of the holder region is fenced."""
+    problems: list[str] = []
+    for region, s in sorted(summaries.items()):
+        for node, probe in sorted(s.get("agent", {}).items()):
+            if not probe.get("ok"):
+                continue  # the node does not answer: its region's verdict says so
+            if not probe.get("agent"):
+                problems.append(f"{node} ({region}) shows no Baton agent metrics: is "
+                                "baton-agent installed and running?")
+                continue
+            age = probe.get("age")
+            if not probe.get("up") or (age is not None and age > max_age):
+                when = f"last reported {age:g} s ago" if age is not None else "reports down"
+                problems.append(f"the Baton agent on {node} ({region}) {when}: it does not "
+                                "fence nor renew (systemctl status baton-agent there)")
+            elif holder and region == holder and probe.get("fenced"):
+                problems.append(f"{node} in {holder}, which holds the baton, is fenced: its "
+                                "PostgreSQL stays down; find why (journalctl -u baton-agent), "
+                                "then unfence it (baton_agent.py unfence) and start Patroni")
+    return problems

@@ -57,7 +57,8 @@ options:
     description:
       - Ports, by service, where they differ from the defaults C(patroni=8008), C(etcd=2379),
         C(postgres=5432), C(pgbouncer=6432), C(haproxy_rw=5000), C(haproxy_ro=5001),
-        C(redis=6379), C(sentinel=26379), C(dns=53).
+        C(redis=6379), C(sentinel=26379), C(dns=53), C(node_exporter=9100) (where each node's
+        Baton agent shows its state).
     type: dict
     default: {}
   dns_zone:
@@ -168,11 +169,13 @@ from functools import partial  # noqa: E402
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.baton_assess import (  # noqa: E402
     UNHEALTHY,
+    agent_problems,
     dns_tier_problems,
     dns_view,
     global_view,
     lsn_to_int,
     primary_position,
+    probe_agent,
     probe_cluster,
     probe_dns,
     probe_endpoint,
@@ -201,7 +204,8 @@ def read_witness(endpoints: list[str], timeout: float) -> tuple[str | None, str 
     return (holder["region"] if holder else None), None
 
 PORTS = {"patroni": 8008, "etcd": 2379, "postgres": 5432, "pgbouncer": 6432,
-         "haproxy_rw": 5000, "haproxy_ro": 5001, "redis": 6379, "sentinel": 26379, "dns": 53}
+         "haproxy_rw": 5000, "haproxy_ro": 5001, "redis": 6379, "sentinel": 26379, "dns": 53,
+         "node_exporter": 9100}
 
 
 def node_jobs(p: dict, ports: dict[str, int], address: str, redis: bool) -> dict:
@@ -214,6 +218,7 @@ def node_jobs(p: dict, ports: dict[str, int], address: str, redis: bool) -> dict
         "pgbouncer": partial(probe_pgbouncer, address, ports["pgbouncer"], user, secret, t),
         "haproxy_rw": partial(probe_endpoint, address, ports["haproxy_rw"], user, secret, t),
         "haproxy_ro": partial(probe_endpoint, address, ports["haproxy_ro"], user, secret, t),
+        "agent": partial(probe_agent, address, ports["node_exporter"], t),
     }
     if redis:
         jobs["redis"] = partial(probe_redis, address, ports["redis"], p["redis_password"], t)
@@ -305,6 +310,7 @@ def main() -> None:
         problems += witness_problems(named, error, view["writable_regions"])
         holder = named or holder
     problems += redis_tier_problems(summaries, holder)
+    problems += agent_problems(summaries, holder)
     result = {"changed": False, "regions": out, "global": view, "problems": problems}
     if p["dns_servers"]:
         addresses = {str(n["address"]): r for r, nodes in regions.items() for n in nodes}

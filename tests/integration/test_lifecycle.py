@@ -290,6 +290,9 @@ def fresh_log():
     yield
 
 
+SENTINEL_PASSWORD = "lab-sentinel-not-secret"  # lab throwaway
+
+
 @pytest.fixture()
 def home():
     """The lab as each scenario must find it: the baton at home, every tier healthy. An
@@ -374,6 +377,29 @@ def test_region_loss_the_returned_region_is_fenced_in_every_tier():
     assert STATE["loss"]["returned_wrong"] == []
     assert_single_writer(STATE["loss"]["returned"])
     no_loss(STATE["loss"]["returned"])
+
+
+def test_region_loss_the_fences_survive_a_restart_of_each_service():
+    """On the returned, fenced node: Redis and Sentinel restarted by hand come back fenced (no
+    writes, no monitor); Patroni refuses to start; every tier is as before."""
+    assert STATE["loss"].get("returned_wrong") == [], "the returned region was not fenced"
+    node = NODE_OF["us-east"]
+    for unit in ("redis-server", "redis-sentinel"):
+        done = sh("podman", "exec", f"baton-{node}", "systemctl", "restart", unit, timeout=60)
+        assert done.returncode == 0, (unit, done.stderr)
+    patroni = sh("podman", "exec", f"baton-{node}", "systemctl", "start", "patroni", timeout=60)
+    running = sh("podman", "exec", f"baton-{node}", "systemctl", "is-active", "patroni",
+                 timeout=30).stdout.strip()
+    assert running != "active", f"Patroni started on the fenced node ({patroni.stderr})"
+    address = NODES[node][1]
+    assert not redis_accepts_write(address), "the restarted Redis accepts writes"
+    sentinel = redis.Redis(host=address, port=26379, password=SENTINEL_PASSWORD,
+                           socket_timeout=2, decode_responses=True)
+    try:
+        assert sentinel.execute_command("SENTINEL", "MASTERS") in ([], {}), "it watches a master"
+    finally:
+        sentinel.close()
+    assert tiers_wrong("us-west", pending=("us-east",), settle=20) == []
 
 
 def failback_and_home(scenario: str, state: dict, holder: str, *args: str) -> None:

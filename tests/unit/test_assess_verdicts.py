@@ -270,3 +270,41 @@ def test_the_data_loss_estimate_uses_the_greater_of_received_and_replayed():
     assert standby_lag_bytes(summary, 0x3800000) == 0
     summary["postgres"]["replay_lsn"] = "0/2000000"
     assert standby_lag_bytes(summary, 0x3800000) == 0x800000
+
+
+NODE_METRICS = """# HELP baton_agent_up 1 while the agent runs its loop.
+# TYPE baton_agent_up gauge
+baton_agent_up{region="us-west",node="us-west-1"} 1
+baton_agent_fenced{region="us-west",node="us-west-1"} 1
+baton_agent_holds_baton{region="us-west",node="us-west-1"} 0
+node_textfile_mtime_seconds{file="/var/lib/prometheus/node-exporter/baton_agent.prom"} 1.7e+09
+node_textfile_mtime_seconds{file="/var/lib/prometheus/node-exporter/baton_health.prom"} 1.6e+09
+node_time_seconds 1.700000003e+09
+"""
+
+
+def test_the_agent_is_read_from_node_exporter_with_the_age_of_its_file():
+    from baton_assess import parse_agent_metrics
+
+    assert parse_agent_metrics(NODE_METRICS) == {"ok": True, "agent": True, "up": True,
+                                                 "fenced": True, "holds": False, "age": 3.0}
+    assert parse_agent_metrics("node_time_seconds 5\n") == {"ok": True, "agent": False}
+
+
+def test_a_fenced_node_in_the_holder_region_and_a_silent_agent_are_problems():
+    from baton_assess import agent_problems
+
+    fenced = {"ok": True, "agent": True, "up": True, "fenced": True, "age": 1.0}
+    fine = {"ok": True, "agent": True, "up": True, "fenced": False, "age": 1.0}
+    lab = {"us-west": {"agent": {"us-west-1": fenced}},
+           "us-east": {"agent": {"us-east-1": fenced}},
+           "eu-west": {"agent": {"eu-west-1": {**fine, "age": 60.0}}}}
+    problems = agent_problems(lab, "us-west")
+    assert problems == [
+        "the Baton agent on eu-west-1 (eu-west) last reported 60 s ago: it does not fence nor "
+        "renew (systemctl status baton-agent there)",
+        "us-west-1 in us-west, which holds the baton, is fenced: its PostgreSQL stays down; "
+        "find why (journalctl -u baton-agent), then unfence it (baton_agent.py unfence) and "
+        "start Patroni"]
+    # A fenced node outside the holder region is what a returned region looks like.
+    assert agent_problems({"us-east": {"agent": {"us-east-1": fenced}}}, "us-west") == []
