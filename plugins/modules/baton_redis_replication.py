@@ -24,8 +24,9 @@ description:
     O(pause_ms)), the new master (the first server) waits until it has the old master's
     replication offset, and is promoted. The old master's own entry is returned in
     RV(deferred), not applied - it stays a paused master, so its clients wait instead of
-    failing - until O(release_paused). Were the run to die in between, Baton's agent fences a
-    master outside the holder region once its grace has passed.
+    failing - until O(release_paused). The old master carries the key C(baton:handover) for
+    as long as the pause, and its fence agent leaves it alone meanwhile; were the run to die in
+    between, the agent fences it once the key has expired.
   - O(release_paused) (once DNS names the new master) closes the normal client connections of
     those servers, applies O(servers) (the deferred entries, which follow the new master, their
     fence lifted), closes the connections again and ends the pause. Writes held by the pause
@@ -118,6 +119,8 @@ released:
 
 import time  # noqa: E402
 
+HANDOVER_KEY = "baton:handover"  # baton_agent.py honours it (same name there)
+
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.baton_redis import (  # noqa: E402
     RedisProblem,
@@ -167,6 +170,9 @@ def hand_over(old_at: str, new: dict, p: dict) -> dict:
     if new_role["role"] != "replica" or new_role["master"] != old_at or new_role["link"] != "up":
         return {"done": False, "why": f"{new_at} does not stream from {old_at}: a plain move"}
     started = time.monotonic()
+    # Tells the old master's fence agent that it is paused on purpose (it fences a master
+    # outside the holder region otherwise); it expires with the pause.
+    old.set(HANDOVER_KEY, new_at, px=p["pause_ms"])
     old.execute_command("CLIENT", "PAUSE", str(p["pause_ms"]), "WRITE")
     try:
         wanted = int(old.info("replication")["master_repl_offset"])

@@ -703,13 +703,13 @@ def test_agent_process_fences_the_nodes_redis_after_pgbouncer_and_before_patroni
 
     monkeypatch.setattr(agent_module.subprocess, "run", run)
     assert agent.step() == ["fence", "release"]
-    assert [c[0][-1] for c in commands] == ["DISABLE app", "KILL app", "1000000", "REWRITE",
-                                            "baton", "patroni"]
+    assert [c[0][-1] for c in commands] == ["DISABLE app", "KILL app", "1000000", "patroni",
+                                            "REWRITE", "baton"]
     redis_cmd, redis_env = commands[2]
     assert redis_cmd[0] == "redis-cli" and redis_cmd[-4:] == [
         "CONFIG", "SET", "min-replicas-to-write", "1000000"]
     assert redis_env["REDISCLI_AUTH"] == "lab-redis-not-secret"
-    sentinel_cmd, sentinel_env = commands[4]
+    sentinel_cmd, sentinel_env = commands[5]
     assert sentinel_cmd[sentinel_cmd.index("-p") + 1] == "26379"
     assert sentinel_cmd[-3:] == ["SENTINEL", "REMOVE", "baton"]
     assert sentinel_env["REDISCLI_AUTH"] == "lab-sentinel-not-secret"
@@ -729,6 +729,8 @@ class FakeRedis:
             return True, "OK"
         if args == ("CONFIG", "REWRITE"):
             return True, "OK"
+        if args[:1] == ("EXISTS",):
+            return True, "1" if getattr(self, "handover", False) else "0"
         if args == ("ROLE",):
             return True, f"{self.role}\n10.231.2.11\n6379\nconnected\n123"
         return False, "failed: ERR unknown command"
@@ -891,6 +893,14 @@ def test_a_writable_redis_master_outside_the_holder_region_is_fenced_after_its_g
     agent.check_redis_outside_holder(witness.holder)
     assert redis.fence == agent_module.REDIS_FENCE
     assert ("CONFIG", "REWRITE") in redis.calls
+    # The old master of a planned handover (paused on purpose, marked) is left alone.
+    paused = FakeRedis("master", 0)
+    paused.handover = True
+    monkeypatch.setattr(agent_module, "redis_command", paused)
+    agent.check_redis_outside_holder(witness.holder)
+    clock[0] += 120
+    agent.check_redis_outside_holder(witness.holder)
+    assert paused.fence == 0
     # A replica, or a fenced master, is left alone.
     replica = FakeRedis("slave", 0)
     monkeypatch.setattr(agent_module, "redis_command", replica)

@@ -85,12 +85,14 @@ DEFAULTS: dict[str, Any] = {
     "gate_wait": 10.0,  # seconds a gate keeps asking a silent witness before it fences
     # A Redis master outside the holder region is fenced once seen that long (a planned move
     # holds the old master paused for a few seconds; a run that died there would leave two).
-    "redis_master_grace": 30.0,
+    "redis_master_grace": 90.0,
 }
 
 # min-replicas-to-write while fenced: more replicas than any deployment has, so the master
 # answers every write with NOREPLICAS (reads and replication go on).
 REDIS_FENCE = 1000000
+# Set (with the pause's expiry) on the old master while a planned move hands Redis over.
+HANDOVER_KEY = "baton:handover"
 
 
 def load_config(path: str) -> dict[str, Any]:
@@ -183,17 +185,25 @@ def redis_command(cfg: dict[str, Any], *args: str) -> tuple[bool, str]:
     return True, reply
 
 
-def fence_redis(cfg: dict[str, Any], command: Any = redis_command) -> str:
+def fence_redis(cfg: dict[str, Any], command: Any = redis_command, persist: bool = True) -> str:
     """Makes this node's Redis refuse writes; what happened, in a few words."""
     if not int(cfg.get("redis_port") or 0):
         return "no Redis on this node"
     ok, reply = command(cfg, "CONFIG", "SET", "min-replicas-to-write", str(REDIS_FENCE))
     if not ok:
         return f"min-replicas-to-write {REDIS_FENCE}: {reply}"
-    # Kept in redis.conf: a Redis restarted while fenced comes back fenced (the gate would
-    # fence it too; this also covers a node without the gate's unit drop-in).
+    if not persist:
+        return f"min-replicas-to-write {REDIS_FENCE}: ok"
+    return f"min-replicas-to-write {REDIS_FENCE}: ok, {persist_redis_fence(cfg, command)}"
+
+
+def persist_redis_fence(cfg: dict[str, Any], command: Any = redis_command) -> str:
+    """Keeps the fence in redis.conf (CONFIG REWRITE): a Redis restarted while fenced comes
+    back fenced (the gate would fence it too; this also covers a node without the drop-in)."""
+    if not int(cfg.get("redis_port") or 0):
+        return "no Redis on this node"
     ok, reply = command(cfg, "CONFIG", "REWRITE")
-    return f"min-replicas-to-write {REDIS_FENCE}: ok, {'persisted' if ok else reply}"
+    return "persisted" if ok else reply
 
 
 def sentinel_command(cfg: dict[str, Any], *args: str) -> tuple[bool, str]:
@@ -384,7 +394,10 @@ def gate(cfg: dict[str, Any], kind: str, log: Any) -> int:
         return 1
     if kind == "redis":
         new, what = redis_gate_text(cfg, text, allowed)
-    elif allowed:
+    elif allowed or (not answered and not os.path.exists(cfg["marker"])):
+        # A silent witness (a holder node booting before its network) leaves the monitors:
+        # a cut-off region's Sentinel reaches nothing outside it, and its agent's fence
+        # removes them before the partition can heal.
         new, what = text, "may watch"
     else:
         new, removed = sentinel_gate_text(text)
@@ -417,12 +430,11 @@ class Agent:
     def __init__(self, cfg: dict[str, Any], witness: Witness | None = None) -> None:
         self.cfg = cfg
         # One loop's witness calls stay within the interval: the holder read and the renewal
-        # each get half of it, and a member at most half of that, so that one silent member
-        # (cut off, restarting) never takes a whole call: the next one is asked within it (and
-        # the next call starts there).
-        share = max(0.4, cfg["interval"] / 2)
-        self.witness = witness or Witness(list(cfg["endpoints"]), timeout=share / 2,
-                                          budget=share)
+        # each get half of it, over all members (an unreachable member costs its share once;
+        # the next call starts at the next member). Not less per member: a linearizable read
+        # through a follower costs two round trips to the leader's region.
+        share = max(0.2, cfg["interval"] / 2)
+        self.witness = witness or Witness(list(cfg["endpoints"]), timeout=share, budget=share)
         self.state = fresh_state()
         self.last_renewal_wall = 0.0
         self.holder: dict[str, Any] | None = None
@@ -557,9 +569,11 @@ class Agent:
                 regained or epoch != self.zone_epoch):
             why = ("the witness answers again" if regained else "agent started"
                    if self.zone_epoch == "start" else f"epoch {self.zone_epoch} -> {epoch}")
-            self.zone_epoch = epoch
-            self.log(f"name server: rndc refresh {self.cfg['dns_zone']} ({why}): "
-                     f"{refresh_zone(self.cfg)}")
+            result = refresh_zone(self.cfg)
+            if result == "ok":  # else asked again next loop (named not up yet, say)
+                self.zone_epoch = epoch
+            if result == "ok" or self.loops % 30 == 1:
+                self.log(f"name server: rndc refresh {self.cfg['dns_zone']} ({why}): {result}")
         holder = observed.get("holder")
         elsewhere = bool(observed["witness_ok"] and holder
                          and holder.get("region") != self.cfg["region"])
@@ -639,6 +653,9 @@ class Agent:
         if master:
             ok, reply = redis_command(self.cfg, "CONFIG", "GET", "min-replicas-to-write")
             master = ok and reply.split()[1:2] != [str(REDIS_FENCE)]
+        if master:  # a planned handover holds it paused on purpose (baton_redis_replication)
+            ok, reply = redis_command(self.cfg, "EXISTS", HANDOVER_KEY)
+            master = not (ok and reply.strip() == "1")
         if not master:
             self.redis_master_since = None
             return
@@ -709,8 +726,7 @@ def fence(cfg: dict[str, Any], reason: str, epoch: Any, pgbouncer: Any, log: Any
     db = cfg["pgbouncer_database"]
     for command in (f"DISABLE {db}", f"KILL {db}"):
         log(f"PgBouncer {command}: {pgbouncer(command)}")
-    log(f"Redis: {fence_redis(cfg)}")
-    log(f"Sentinel: {fence_sentinel(cfg)}")
+    log(f"Redis: {fence_redis(cfg, persist=False)}")
     try:
         out = subprocess.run(["systemctl", "stop", "patroni"], capture_output=True, text=True,
                              timeout=120, check=False)
@@ -718,6 +734,9 @@ def fence(cfg: dict[str, Any], reason: str, epoch: Any, pgbouncer: Any, log: Any
     except (OSError, subprocess.SubprocessError) as exc:
         result = f"failed: {exc}"
     log(f"systemctl stop patroni: {result}")
+    # After Patroni: these keep the fence across restarts, nothing here stops writes sooner.
+    log(f"Redis fence kept in redis.conf: {persist_redis_fence(cfg)}")
+    log(f"Sentinel: {fence_sentinel(cfg)}")
 
 
 def status(cfg: dict[str, Any]) -> dict[str, Any]:
