@@ -559,6 +559,10 @@ def redis_tier_problems(summaries: dict[str, dict[str, Any]], holder: str | None
                                 "follow the holder; run failback.yml")
     for region, s in sorted(summaries.items()):
         for node, probe in sorted(s["sentinel"].items()):
+            if probe.get("ok") and not probe.get("watching") and holder and region == holder:
+                problems.append(f"Sentinel on {node} in {holder}, which holds the baton, watches "
+                                "nothing: a lost master would not be failed over (site.yml "
+                                "sets its monitor again)")
             if not probe.get("ok") or not probe.get("watching"):
                 continue
             if holder and region != holder:

@@ -193,6 +193,10 @@ def test_one_writable_redis_in_the_holder_region_with_everything_following_is_no
     lab = tiers(redis_node(E, "master"), redis_node(W, master=E), redis_node(U, master=E),
                 {"us-east": {"ok": True, "watching": f"{E}:6379"}})
     assert redis_tier_problems(lab, "us-east") == []
+    lab["us-east"]["sentinel"]["us-east-1"]["watching"] = None
+    assert redis_tier_problems(lab, "us-east") == [
+        "Sentinel on us-east-1 in us-east, which holds the baton, watches nothing: a lost "
+        "master would not be failed over (site.yml sets its monitor again)"]
 
 
 def test_a_returned_regions_writable_master_and_its_watching_sentinel_are_problems():
@@ -229,8 +233,8 @@ def test_a_writable_redis_outside_the_holder_and_a_broken_link_are_problems():
     from baton_assess import redis_tier_problems
 
     lab = tiers(redis_node(E, "master"), redis_node(W, master=E, link="down"),
-                redis_node(U, master=E))
-    problems = redis_tier_problems(lab, "us-west")
+                redis_node(U, master=E), {"us-west": {"ok": True, "watching": f"{E}:6379"}})
+    problems = redis_tier_problems(lab, "us-west")[:2]
     assert problems == ["Redis accepts writes on us-east-1 in us-east, but us-west holds the "
                         "baton", "Redis on us-west-1 (us-west): link to its master is down"]
 
