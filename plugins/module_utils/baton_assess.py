@@ -114,14 +114,18 @@ def probe_postgres(address: str, port: int, user: str, password: str, timeout: f
                 "SELECT pg_is_in_recovery(),"
                 " CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,"
                 " pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,"
-                " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8"
+                " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,"
+                " extract(epoch FROM pg_last_xact_replay_timestamp())::float8"
             ).fetchone()
     except Exception as exc:
         return {"ok": False, "error": _error(exc)}
-    in_recovery, current, received, replayed, replay_delay = row
+    in_recovery, current, received, replayed, replay_delay, replayed_at = row
     return {"ok": True, "in_recovery": bool(in_recovery), "current_lsn": current,
             "receive_lsn": received, "replay_lsn": replayed,
-            "replay_delay_seconds": None if replay_delay is None else round(replay_delay, 3)}
+            "replay_delay_seconds": None if replay_delay is None else round(replay_delay, 3),
+            # The commit time of the last transaction replayed (Unix time): a write committed
+            # on the primary after it may not have reached this standby.
+            "last_replay_at": None if replayed_at is None else round(replayed_at, 3)}
 
 
 def probe_pgbouncer(address: str, port: int, user: str, password: str, timeout: float,
@@ -333,6 +337,7 @@ def region_summary(region: str, nodes: dict[str, dict[str, Probe]]) -> dict[str,
             "receive_lsn": leader_pg.get("receive_lsn"),
             "replay_lsn": leader_pg.get("replay_lsn"),
             "replay_delay_seconds": leader_pg.get("replay_delay_seconds"),
+            "last_replay_at": leader_pg.get("last_replay_at"),
             # Any node that accepts writes, whatever Patroni says (split brain evidence).
             "writable_nodes": sorted(n for n, p in postgres.items()
                                      if p.get("ok") and p.get("in_recovery") is False),
