@@ -89,6 +89,9 @@ def parse_role(reply: list[Any]) -> dict[str, Any]:
 # min-replicas-to-write while a node is fenced (the agent's fence and its redis-gate use the
 # same value: more replicas than any deployment has, so every write gets NOREPLICAS).
 REDIS_FENCE = 1000000
+# Set on the old master, with the pause's expiry, while a planned move hands Redis over: its
+# fence agent leaves it alone meanwhile (baton_agent.py has the same two names: stdlib only).
+HANDOVER_KEY = "baton:handover"
 
 
 def plan_server(role: dict[str, Any], priority: str | None, want_master: str,

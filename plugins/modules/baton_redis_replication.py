@@ -119,10 +119,9 @@ released:
 
 import time  # noqa: E402
 
-HANDOVER_KEY = "baton:handover"  # baton_agent.py honours it (same name there)
-
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.baton_redis import (  # noqa: E402
+    HANDOVER_KEY,
     RedisProblem,
     client,
     parse_role,

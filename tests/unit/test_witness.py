@@ -908,3 +908,10 @@ def test_a_writable_redis_master_outside_the_holder_region_is_fenced_after_its_g
     clock[0] += 60
     agent.check_redis_outside_holder(witness.holder)
     assert replica.fence == 0
+
+
+def test_the_agent_and_the_controller_agree_on_the_fence_and_the_handover_key(agent_module):
+    import baton_redis
+
+    assert agent_module.REDIS_FENCE == baton_redis.REDIS_FENCE
+    assert agent_module.HANDOVER_KEY == baton_redis.HANDOVER_KEY
