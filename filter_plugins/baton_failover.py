@@ -228,6 +228,7 @@ def baton_failover_report(plan: Mapping[str, Any], marks: Mapping[str, float],
             "at_least_bytes": gap,
         }
     return {
+        "run_id": outcome.get("run_id"),
         "kind": plan["kind"], "target": plan["target"], "old": plan["old"],
         "already": plan["already"], "epoch": outcome.get("epoch"),
         "rto_seconds": round(float(accepted) - start, 3) if accepted else None,
@@ -251,8 +252,30 @@ def _iso(at: Any) -> str | None:
     return datetime.fromtimestamp(float(at), tz=UTC).isoformat(timespec="milliseconds")
 
 
+def reconciled_sentence(rec: Mapping[str, Any]) -> str:
+    """What failback.yml counted in the old timeline, in one line."""
+    if rec["status"] == "following":
+        return (f"{rec['region']} follows {rec['holder']} already: nothing left to reconcile "
+                "(a failover's report is amended at the first failback)")
+    if rec["status"] == "unknown":
+        return (f"the loss of {rec['region']}'s old timeline could not be counted: "
+                + ("; ".join(rec["problems"]) or "no node was read"))
+    if rec["status"] == "nothing":
+        return (f"data lost (reconciled at failback of {rec['region']}, {rec['reconciled_at']}): "
+                "none - the old primary's data ends where the new primary's timeline begins")
+    tables = ", ".join(f"{name} {n}" for name, n in rec["by_table"].items()) or "no table"
+    return (f"data lost (reconciled at failback of {rec['region']}, {rec['reconciled_at']}): "
+            f"{rec['transactions']} transactions committed on {rec['node']} after the fork at "
+            f"{rec['fork_lsn']}, from {rec['first_commit']} to {rec['last_commit']}, "
+            f"{rec['bytes']} bytes of WAL ({tables}); its WAL is kept in {rec['node']}:"
+            f"{rec['kept']}")
+
+
 def loss_sentence(report: Mapping[str, Any]) -> str:
     """What the report knows of the data lost, in one line."""
+    rec = report.get("reconciled") or {}
+    if rec.get("status") in ("counted", "nothing"):
+        return reconciled_sentence(rec)
     lost, window = report.get("data_lost_bytes"), report.get("data_loss_window")
     if window:
         least = window.get("at_least_bytes")
@@ -356,6 +379,7 @@ class FilterModule:
             "baton_lsn": baton_lsn,
             "baton_lsn_int": baton_lsn_int,
             "baton_redis_chain": baton_redis_chain,
+            "baton_reconciled_sentence": reconciled_sentence,
             "baton_last_known_position": baton_last_known_position,
             "baton_failover_report": baton_failover_report,
             "baton_failover_summary": baton_failover_summary,
