@@ -19,8 +19,9 @@ description:
     O(min_replicas_to_write) back.
   - With O(wait_timeout), waits until the master accepts a write (a key under
     C(baton:probe:), expiring in a minute) and every replica's link to its master is up.
-  - A planned move (O(handover_from), the old master) loses no acknowledged write and gives
-    no client C(READONLY). The old master's writes are paused (C(CLIENT PAUSE WRITE) for
+  - A planned move (O(handover_from), the old region's servers, one of them its master) loses
+    no acknowledged write and gives no client C(READONLY); with O(handover_required) it fails
+    rather than move without a handover. The old master's writes are paused (C(CLIENT PAUSE WRITE) for
     O(pause_ms)), the new master (the first server) waits until it has the old master's
     replication offset, and is promoted. The old master's own entry is returned in
     RV(deferred), not applied - it stays a paused master, so its clients wait instead of
@@ -151,23 +152,38 @@ def settled(entries: list[dict], password: str, timeout: float) -> list[str]:
     return waiting
 
 
-def hand_over(old_at: str, new: dict, p: dict) -> dict:
-    """Pauses the old master's writes and waits until the new master has its offset. Returns
-    what was done; raises RedisProblem (the pause lifted) when it cannot."""
-    host, port = old_at.rsplit(":", 1)
+def hand_over(candidates: list[str], new: dict, p: dict) -> dict:
+    """Pauses the writes of the master among candidates (the old region's servers) and waits
+    until the new master has its offset. Returns what was done, or why nothing was and whether
+    a handover was still needed; raises RedisProblem (the pause lifted) when it cannot."""
     new_at = f"{new['address']}:{new.get('port') or 6379}"
-    old = client(host, int(port), p["password"], p["timeout"], once=True)
     successor = client(str(new["address"]), int(new.get("port") or 6379), p["password"],
                        p["timeout"], once=True)
     try:
-        old_role = parse_role(old.execute_command("ROLE"))
         new_role = parse_role(successor.execute_command("ROLE"))
     except Exception as exc:
-        return {"done": False, "why": f"not read ({type(exc).__name__}: {exc})"}
-    if old_role["role"] != "master":
-        return {"done": False, "why": f"{old_at} is not a master (done already)"}
-    if new_role["role"] != "replica" or new_role["master"] != old_at or new_role["link"] != "up":
-        return {"done": False, "why": f"{new_at} does not stream from {old_at}: a plain move"}
+        return {"done": False, "needed": True,
+                "why": f"{new_at} not read ({type(exc).__name__}: {exc})"}
+    if new_role["role"] == "master":
+        return {"done": False, "needed": False, "why": f"{new_at} is a master already"}
+    masters = []
+    for at in candidates:
+        host, port = at.rsplit(":", 1)
+        try:
+            server = client(host, int(port), p["password"], p["timeout"], once=True)
+            if parse_role(server.execute_command("ROLE"))["role"] == "master":
+                masters.append((at, server))
+        except Exception:  # a server of the old region that is down holds no write
+            continue
+    if len(masters) != 1:
+        return {"done": False, "needed": True,
+                "why": f"{len(masters)} masters among {', '.join(candidates)}"}
+    old_at, old = masters[0]
+    same_stream = (old.info("replication").get("master_replid")
+                   == successor.info("replication").get("master_replid"))
+    if new_role["link"] != "up" or not same_stream:
+        return {"done": False, "needed": True,
+                "why": f"{new_at} does not stream from {old_at} (link {new_role['link']})"}
     started = time.monotonic()
     # Tells the old master's fence agent that it is paused on purpose (it fences a master
     # outside the holder region otherwise); it expires with the pause.
@@ -220,7 +236,8 @@ def main() -> None:
             "timeout": {"type": "float", "default": 3.0},
             "min_replicas_to_write": {"type": "int", "default": 0},
             "wait_timeout": {"type": "float", "default": 0.0},
-            "handover_from": {"type": "str"},
+            "handover_from": {"type": "list", "elements": "str", "default": []},
+            "handover_required": {"type": "bool", "default": False},
             "handover_timeout": {"type": "float", "default": 10.0},
             "pause_ms": {"type": "int", "default": 60000},
             "release_paused": {"type": "list", "elements": "str", "default": []},
@@ -236,7 +253,7 @@ def main() -> None:
             module.fail_json(msg=f"could not close the clients of "
                                  f"{', '.join(p['release_paused'])} ({exc}): re-run; their pause "
                                  f"ends by itself after {p['pause_ms']} ms")
-    handover = {"done": False, "why": "not asked (not a planned move)"}
+    handover = {"done": False, "needed": False, "why": "not asked (not a planned move)"}
     masters = [e for e in p["servers"] if not e.get("replicaof")]
     if p["handover_from"] and masters and not module.check_mode:
         try:
@@ -244,11 +261,16 @@ def main() -> None:
         except RedisProblem as exc:
             module.fail_json(msg=str(exc), handover={"done": False})
         except Exception as exc:
-            module.fail_json(msg=f"the handover from {p['handover_from']} failed "
+            module.fail_json(msg=f"the handover from {', '.join(p['handover_from'])} failed "
                                  f"({type(exc).__name__}: {exc}): re-run", handover={"done": False})
+        if p["handover_required"] and not handover["done"] and handover["needed"]:
+            module.fail_json(msg=f"no Redis handover could be made ({handover['why']}): nothing "
+                                 "was changed in Redis; a planned move does not take the risk "
+                                 "of losing writes - fix the replication, re-run, or use "
+                                 "failover.yml", handover=handover)
     for entry in p["servers"]:
         at = f"{entry.get('address')}:{entry.get('port') or 6379}"
-        if handover["done"] and at == p["handover_from"]:
+        if handover["done"] and at == handover["from"]:
             deferred.append(entry)  # stays a paused, fenced master until the release
             continue
         if at in p["release_paused"]:
