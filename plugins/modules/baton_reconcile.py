@@ -154,7 +154,7 @@ def table_names(relations: set[str], p: dict) -> tuple[dict[str, str], str | Non
                         if owner:
                             name = f"{databases[db]}.{owner_nsp}.{owner}"
                         elif nsp == "pg_catalog":
-                            name = f"{databases[db]}: (system catalogs - DDL)"
+                            name = f"{databases[db]}: (system catalogs - DDL, ANALYZE)"
                         else:
                             name = f"{databases[db]}.{nsp}.{rel}"
                         names.update(dict.fromkeys(keys, name))

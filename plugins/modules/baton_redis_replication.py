@@ -21,10 +21,10 @@ description:
     C(baton:probe:), expiring in a minute) and every replica's link to its master is up.
   - A planned move (O(handover_from), the old region's servers, one of them its master) loses
     no acknowledged write and gives no client C(READONLY); with O(handover_required) it fails
-    rather than move without a handover. The old master's writes are paused (C(CLIENT PAUSE WRITE) for
-    O(pause_ms)), the new master (the first server) waits until it has the old master's
-    replication offset, and is promoted. The old master's own entry is returned in
-    RV(deferred), not applied - it stays a paused master, so its clients wait instead of
+    rather than move without a handover. The old master's writes are paused
+    (C(CLIENT PAUSE WRITE) for O(pause_ms)), the new master (the first server) waits until it
+    has the old master's replication offset, and is promoted. The old master's own entry is
+    returned in RV(deferred), not applied - it stays a paused master, so its clients wait instead of
     failing - until O(release_paused). The old master carries the key C(baton:handover) for
     as long as the pause, and its fence agent leaves it alone meanwhile; were the run to die in
     between, the agent fences it once the key has expired.
