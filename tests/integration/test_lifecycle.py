@@ -656,6 +656,52 @@ class TestPartitionWhileItsWitnessMemberLeads(TestPartition):
     name = "partition, witness leader cut off"
 
 
+# --------------------------------------------------------------------------- witness churn
+
+def test_the_holder_is_never_fenced_while_witness_members_leave_and_rejoin(home):
+    """A member that rejoins with a raft term inflated by its lonely elections must not depose
+    the leader (pre-vote), and the agents' witness client tries every member within its budget:
+    us-west cut off while its member leads the witness, then eu-west cut off, then eu-west's
+    member stopped, each for longer than an election. The holder (us-east) keeps renewing its
+    lease: it is never fenced, and its clients lose no write and see no error."""
+    since = int(time.time())
+
+    def churn():
+        make_witness_leader("us-west-1")
+        for region in ("us-west", "eu-west"):
+            assert labctl("partition", region).returncode == 0
+            try:
+                time.sleep(15)
+            finally:
+                assert labctl("heal", region).returncode == 0
+            time.sleep(5)
+        stop = sh("podman", "exec", "baton-eu-west-1", "systemctl", "stop", "baton-witness",
+                  timeout=60)
+        try:
+            assert stop.returncode == 0, stop.stderr
+            time.sleep(15)
+        finally:
+            sh("podman", "exec", "baton-eu-west-1", "systemctl", "start", "baton-witness",
+               timeout=120)
+        time.sleep(5)
+    try:
+        figures, _ = measure("witness churn", "us-west, eu-west cut off in turn, a member stopped",
+                             HOME, churn)
+    finally:
+        for region in ("us-west", "eu-west"):
+            labctl("heal", region)
+    log = sh("podman", "exec", "baton-us-east-1", "journalctl", "-u", "baton-agent", "--since",
+             f"@{since}", "--no-pager", timeout=60).stdout
+    fenced = [line for line in log.splitlines() if re.search(r"(?<!UN)FENCED:", line)]
+    assert fenced == [], fenced
+    assert sh("podman", "exec", "baton-us-east-1", "test", "!", "-e", "/var/lib/baton/fenced",
+              timeout=30).returncode == 0, "us-east-1, the holder, is fenced"
+    no_loss(figures)
+    assert_single_writer(figures)
+    assert figures["postgres"]["errors"] == 0 and figures["redis"]["errors"] == 0, figures
+    check_tiers(HOME)
+
+
 # --------------------------------------------------------------------------- 4: A -> B -> C -> A
 
 def test_round_trip_switchover_to_us_west(home):
