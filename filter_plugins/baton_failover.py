@@ -229,6 +229,9 @@ def baton_failover_report(plan: Mapping[str, Any], marks: Mapping[str, float],
         }
     return {
         "run_id": outcome.get("run_id"),
+        # The timeline the target's promotion began: failback.yml matches its reconciliation
+        # of the old region's data to this report by it.
+        "promoted_timeline": outcome.get("promoted_timeline"),
         "kind": plan["kind"], "target": plan["target"], "old": plan["old"],
         "already": plan["already"], "epoch": outcome.get("epoch"),
         "rto_seconds": round(float(accepted) - start, 3) if accepted else None,
@@ -260,6 +263,11 @@ def reconciled_sentence(rec: Mapping[str, Any]) -> str:
     if rec["status"] == "unknown":
         return (f"the loss of {rec['region']}'s old timeline could not be counted: "
                 + ("; ".join(rec["problems"]) or "no node was read"))
+    if rec["status"] == "partial":
+        return (f"the loss of {rec['region']}'s old timeline is known only in part - at least "
+                f"{rec['transactions']} transactions, {rec['bytes']} bytes of WAL past the fork "
+                f"at {rec['fork_lsn']} - because " + "; ".join(rec["problems"])
+                + ": no report is amended")
     if rec["status"] == "nothing":
         return (f"data lost (reconciled at failback of {rec['region']}, {rec['reconciled_at']}): "
                 "none - the old primary's data ends where the new primary's timeline begins")

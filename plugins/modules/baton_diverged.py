@@ -18,8 +18,10 @@ description:
     the WAL bytes, the relations each wrote), copies those WAL segments and the history files to
     O(keep_dir)/tl<timeline>-<fork>/pg_wal and writes C(summary.json) beside them. A re-run finds
     the summary and changes nothing, also after the rewind has overwritten the data directory.
-  - A running PostgreSQL is not read (status C(running)); WAL past the fork that is no longer
-    in C(pg_wal) is said (status C(unknown), with the problem).
+  - The node's history must be a part of the holder's (timeline numbers alone can clash). A
+    running PostgreSQL is not read (status C(running)); WAL around the fork that is no longer
+    in C(pg_wal), or a data directory that is gone, is said (status C(unknown), with the
+    problem), and failback goes on.
   - Check mode counts and keeps nothing on disk.
 requirements: [pg_waldump and pg_controldata of the node's PostgreSQL version]
 attributes:
@@ -92,20 +94,30 @@ running:
 status:
   description: >-
     C(state=kept): C(diverged) (counted and kept), C(not_diverged) (its data ends at the
-    fork), C(following) (on the holder's timeline already: rewound or re-cloned),
-    C(running) (not read), C(unknown) (see problem).
+    fork), C(behind) (it ends before the fork - a replica that had not received all of the old
+    timeline), C(following) (on the holder's timeline, with the same history, already:
+    rewound or re-cloned), C(running) (not read), C(unknown) (see problem).
   returned: when state is kept
   type: str
 problem:
   description: Why what the node holds past the fork is not known.
   returned: when status is unknown
   type: str
+fork_lsn:
+  description: Where the holder's timeline left the node's.
+  returned: when the node's timeline is an ancestor of the holder's
+  type: str
+fork_timeline:
+  description: The timeline the holder began there (the failover report's promoted_timeline).
+  returned: when the node's timeline is an ancestor of the holder's
+  type: int
 count:
   description: >-
-    fork_lsn, end_lsn, bytes, records, transactions (committed), aborted, first_commit and
-    last_commit (Unix times), relation_sets (the tablespace/database/relfilenode sets written,
-    with their transactions), other_transactions.
-  returned: when status is diverged
+    fork_lsn, first_lsn, end_lsn, bytes, records (past the fork), transactions (committed),
+    aborted (abort records, rolled-back savepoints included), first_commit and last_commit
+    (Unix times), relation_sets (the tablespace/database/relfilenode sets changed, with their
+    transactions), other_transactions, wal_end (pg_waldump's last line).
+  returned: when status is diverged, not_diverged or behind
   type: dict
 kept:
   description: The directory the WAL past the fork and summary.json are kept in.
@@ -120,6 +132,7 @@ import re  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
@@ -127,16 +140,10 @@ from ansible.module_utils.baton_wal import (  # noqa: E402
     WalCount,
     fork_of,
     lsn_int,
+    lsn_text,
     parse_history,
     wal_file_name,
 )
-
-# pg_waldump's last line when it reaches the end of what was written: not a failure.
-END_OF_WAL = ("invalid record length", "invalid magic number", "incorrect prev-link",
-              "invalid resource manager", "could not find a valid record", "record with invalid",
-              "invalid record offset", "missing contrecord", "contrecord is requested",
-              "record length", "invalid contrecord", "unexpected pageaddr")
-MISSING = ("could not find file", "could not open file", "could not locate", "No such file")
 
 
 def patroni_dirs(config: str) -> dict[str, str]:
@@ -184,29 +191,36 @@ def read_node(bin_dir: str, data_dir: str) -> dict:
             "segment_size": int(control.get("Bytes per WAL segment", 16777216))}
 
 
-def count_past(bin_dir: str, wal: str, timeline: int, fork: str) -> tuple[dict, str]:
-    """pg_waldump from the fork to the end of the WAL; its last error line, if any."""
-    process = subprocess.Popen(
-        [os.path.join(bin_dir, "pg_waldump"), "--path", wal, "--timeline", str(timeline),
-         "--start", fork], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "TZ": "UTC", "LC_ALL": "C"})
-    counter = WalCount()
-    assert process.stdout is not None and process.stderr is not None
-    for line in process.stdout:
-        counter.feed(line)
-    error = process.stderr.read().strip()
-    process.wait()
-    return counter.result(fork), error
+def count_past(bin_dir: str, wal: str, timeline: int, fork: str,
+               segment_size: int) -> tuple[WalCount, str]:
+    """pg_waldump over timeline from the start of the fork's segment (so that a transaction
+    that changed rows before the fork and committed after it is counted with its tables) to
+    the end of the readable WAL; its last error line, if any."""
+    start = lsn_int(fork) // segment_size * segment_size
+    counter = WalCount(fork)
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(
+            [os.path.join(bin_dir, "pg_waldump"), "--path", wal, "--timeline", str(timeline),
+             "--start", lsn_text(start)], stdout=subprocess.PIPE, stderr=errors, text=True,
+            env={**os.environ, "TZ": "UTC", "LC_ALL": "C"})
+        assert process.stdout is not None
+        for line in process.stdout:
+            counter.feed(line)
+        process.wait()
+        errors.seek(0)
+        error = errors.read().strip()
+    counter.end_at(error)
+    return counter, error
 
 
-def keep(node: dict, count: dict, wal: str, timeline: int,
-         target: str) -> None:
+def keep(node: dict, count: dict, wal: str, timeline: int, target: str) -> None:
     os.makedirs(os.path.join(target, "pg_wal"), mode=0o700, exist_ok=True)
     os.chmod(os.path.dirname(target), 0o700)
     os.chmod(target, 0o700)
     size = node["segment_size"]
     first = lsn_int(count["fork_lsn"]) // size
-    last = max(first, (lsn_int(count["end_lsn"]) - 1) // size)
+    # One segment more than the end names, when there is one: the last record may end in it.
+    last = max(first, (lsn_int(count["end_lsn"]) - 1) // size) + 1
     names = [wal_file_name(timeline, seg * size, size) for seg in range(first, last + 1)]
     names += [os.path.basename(p) for p in glob.glob(os.path.join(wal, "*.history"))]
     for name in names:
@@ -251,49 +265,64 @@ def main() -> None:
     try:
         node = read_node(p["bin_dir"], p["data_dir"])
     except (OSError, subprocess.CalledProcessError, KeyError, ValueError) as exc:
-        module.fail_json(msg=f"{where}: pg_controldata could not read the data directory "
-                             f"({exc}): check patroni_data_dir and that PostgreSQL is installed")
+        problem = (f"pg_controldata could not read {p['data_dir']} ({exc}): no data directory "
+                   "(moved aside by a re-clone?) or not PostgreSQL's")
+        if p["state"] == "read":
+            module.fail_json(msg=f"{where}: {problem}")
+        # A region whose data is gone (a re-clone killed half-way) is still reprotected.
+        module.exit_json(changed=False, status="unknown", problem=problem,
+                         node=socket.gethostname(), running=False, timeline=None, history="")
     base = {k: node[k] for k in ("node", "timeline", "history", "running")}
     if p["state"] == "read":
         module.exit_json(changed=False, **base)
-    if node["running"]:
-        module.exit_json(changed=False, status="running", **base)
     try:
-        fork = fork_of(node["timeline"], p["holder_timeline"], parse_history(p["holder_history"]))
+        fork = fork_of(node["timeline"], parse_history(node["history"]), p["holder_timeline"],
+                       parse_history(p["holder_history"]))
     except ValueError as exc:
-        module.fail_json(msg=f"{where}: the holder's timeline history is unreadable ({exc})")
-    if fork.get("problem"):
-        module.exit_json(changed=False, status="unknown", problem=fork["problem"], **base)
+        module.fail_json(msg=f"{where}: a timeline history is unreadable ({exc})")
     if fork.get("following"):
         module.exit_json(changed=False, status="following", **base)
+    if fork.get("problem"):
+        module.exit_json(changed=False, status="unknown", problem=fork["problem"], **base)
+    fork_info = {"fork_lsn": fork["fork"], "fork_timeline": fork["child"]}
+    if node["running"]:
+        module.exit_json(changed=False, status="running", **fork_info, **base)
     target = os.path.join(p["keep_dir"],
                           f"tl{node['timeline']}-{fork['fork'].replace('/', '-')}")
     try:
         with open(os.path.join(target, "summary.json")) as handle:
             kept = json.load(handle)
         module.exit_json(changed=False, status="diverged", count=kept["count"], kept=target,
-                         **base)
+                         **fork_info, **base)
     except (OSError, ValueError, KeyError):
         pass
     wal = os.path.join(p["data_dir"], "pg_wal")
-    count, error = count_past(p["bin_dir"], wal, node["timeline"], fork["fork"])
-    if count["records"] == 0:
-        if any(s in error for s in MISSING):
-            module.exit_json(
-                changed=False, status="unknown", **base,
-                problem=f"the WAL of timeline {node['timeline']} from {fork['fork']} is no "
-                        f"longer in {wal} ({error.splitlines()[-1]}): what it held is not known")
-        module.exit_json(changed=False, status="not_diverged", **base)
-    if error and not any(s in error for s in END_OF_WAL + MISSING):
-        module.fail_json(msg=f"{where}: pg_waldump stopped at {count['end_lsn']} ({error}): "
-                             "read the WAL by hand before failback.yml rewinds this node")
+    try:
+        counter, error = count_past(p["bin_dir"], wal, node["timeline"], fork["fork"],
+                                    node["segment_size"])
+    except OSError as exc:
+        module.fail_json(msg=f"{where}: pg_waldump did not run ({exc}): install PostgreSQL's "
+                             "client programs there")
+    status, count = counter.status(), counter.result()
+    last = error.splitlines()[-1] if error else "no error"
+    if status == "unread":
+        module.exit_json(changed=False, status="unknown", **fork_info, **base,
+                         problem=f"the WAL of timeline {node['timeline']} around the fork at "
+                                 f"{fork['fork']} is not in {wal} ({last}): what it held past "
+                                 "the fork is not known")
+    if status != "diverged":
+        # behind: a node that had not received all the fork's parent timeline holds nothing
+        # the holder lacks; not_diverged: the data ends where the holder's timeline begins.
+        module.exit_json(changed=False, status=status, count=count, **fork_info, **base)
+    count["wal_end"] = last  # pg_waldump's own words for where the readable WAL ends
     if not module.check_mode:
         try:
             keep(node, count, wal, node["timeline"], target)
         except OSError as exc:
             module.fail_json(msg=f"{where}: could not keep the WAL past the fork in {target} "
                                  f"({exc}): free space there, then re-run failback.yml")
-    module.exit_json(changed=True, status="diverged", count=count, kept=target, **base)
+    module.exit_json(changed=True, status="diverged", count=count, kept=target, **fork_info,
+                     **base)
 
 
 if __name__ == "__main__":

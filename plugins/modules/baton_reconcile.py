@@ -13,10 +13,11 @@ description:
   - Takes the node that holds the most (the old primary), names the tables its transactions
     wrote (relfilenodes read from the holder's catalog as the monitoring user, on the first
     holder node that answers), and returns the reconciliation.
-  - Finds the newest failover report in O(report_dir) that moved the baton away from the
-    region and, when it carries no reconciliation yet, returns it amended (and
-    C(failover-latest.json) when that is the same run) for the play to write. A re-run finds the
-    reports reconciled and amends nothing.
+  - Finds the failover report in O(report_dir) whose promotion began the timeline the holder
+    forked into from the region's data (its C(promoted_timeline)), that moved the baton away
+    from the region and carries no reconciliation yet, and returns it amended (and
+    C(failover-latest.json) when that is the same run) for the play to write - only when every
+    node was read (status C(counted) or C(nothing)). A re-run amends nothing.
   - Never reports C(changed), as it reads the stack and writes nothing.
 requirements: [psycopg (the controller's venv)]
 attributes:
@@ -80,7 +81,8 @@ EXAMPLES = r"""
 RETURN = r"""
 reconciliation:
   description: >-
-    status (counted, nothing, following, unknown), node, kept, fork_lsn, end_lsn, bytes,
+    status (counted, nothing, partial, following, unknown), node, kept, fork_lsn,
+    fork_timeline, end_lsn, bytes,
     transactions, aborted, first_commit, last_commit, by_table (committed transactions per
     database.schema.table), problems.
   returned: always
@@ -200,7 +202,7 @@ def main() -> None:
                     reports.append((f"{stamp.group(0)} {path}", json.load(handle)))
             except (OSError, ValueError):
                 continue
-        chosen = report_to_amend(reports, p["region"])
+        chosen = report_to_amend(sorted(reports), p["region"], reconciliation["fork_timeline"])
         if chosen:
             path = chosen.split(" ", 1)[1]
             report = dict(reports)[chosen]
@@ -211,8 +213,7 @@ def main() -> None:
                     current = json.load(handle)
             except (OSError, ValueError):
                 current = None
-            same = ("run_id", "epoch", "target", "old", "timeline")
-            if current and all(current.get(k) == report.get(k) for k in same):
+            if current and current.get("run_id") and current.get("run_id") == report.get("run_id"):
                 amended.append({"path": latest, "report": amend(current, reconciliation)})
     module.exit_json(changed=False, reconciliation=reconciliation, amended=amended)
 

@@ -264,10 +264,10 @@ def main() -> None:
             module.fail_json(msg=f"the handover from {', '.join(p['handover_from'])} failed "
                                  f"({type(exc).__name__}: {exc}): re-run", handover={"done": False})
         if p["handover_required"] and not handover["done"] and handover["needed"]:
-            module.fail_json(msg=f"no Redis handover could be made ({handover['why']}): nothing "
-                                 "was changed in Redis; a planned move does not take the risk "
-                                 "of losing writes - fix the replication, re-run, or use "
-                                 "failover.yml", handover=handover)
+            module.fail_json(msg=f"no Redis handover could be made ({handover['why']}): no "
+                                 "Redis server was re-pointed or promoted; a planned move does "
+                                 "not take the risk of losing writes - fix the replication and "
+                                 "re-run, or use failover.yml", handover=handover)
     for entry in p["servers"]:
         at = f"{entry.get('address')}:{entry.get('port') or 6379}"
         if handover["done"] and at == handover["from"]:
