@@ -242,6 +242,9 @@ def baton_failover_report(plan: Mapping[str, Any], marks: Mapping[str, float],
         "data_loss_window": window,
         "unreachable": plan["unreachable"], "not_following": plan["not_following"],
         "actions_taken": outcome.get("actions_taken", []),
+        # Where the zone's updates went: {"host", "away", "why"}; away while the global site
+        # is lost (failback.yml moves the primary home once it answers).
+        "dns_primary": outcome.get("dns_primary"),
         "timeline": timeline, "plan": plan["steps"],
     }
 
@@ -314,6 +317,12 @@ def baton_failover_summary(report: Mapping[str, Any]) -> list[str]:
     if report["not_following"]:
         lines.append(f"not following {report['target']} (run failback.yml once they are "
                      f"back): {', '.join(report['not_following'])}")
+    dns_primary = report.get("dns_primary") or {}
+    if dns_primary.get("away"):
+        lines.append(f"DNS: the zone's primary is {dns_primary['host']} for now "
+                     f"({dns_primary.get('why') or 'its home did not answer'}); the global site "
+                     "has not seen these updates: run failback.yml once it answers, which moves "
+                     "the primary home")
     lines += [f"  +{t['at']:>7.1f} s  {t['step']}" for t in report["timeline"]]
     return lines
 

@@ -7,6 +7,9 @@ The witness is an etcd cluster with one member per region. It holds:
     /baton/lock                   the failover lock of a controller run (attached to a lease)
     /baton/alive/<region>/<node>  one key per database node of the holder region, attached to the
                                   node's lease: it vanishes when the node stops renewing
+    /baton/dns_primary            the name server that holds the failover zone's primary copy
+                                  while it is away from its home on the global site
+                                  ({"host", "address", "since", "by", "why"}); absent: at home
 
 This file is also copied next to the agent (roles/witness/files/baton_agent.py), which imports
 it: keep it free of Ansible imports.
@@ -29,6 +32,7 @@ from typing import Any
 PREFIX = "/baton/"
 HOLDER = PREFIX + "holder"
 LOCK = PREFIX + "lock"
+DNS_PRIMARY = PREFIX + "dns_primary"
 # etcd 3.4 serves its gRPC gateway at /v3/ (and the older /v3beta/); 3.3 only at /v3beta/.
 API = "/v3/"
 # gRPC codes (the gateway's "code") that mean "this member cannot serve now, ask another":
@@ -81,6 +85,20 @@ def parse_holder(value: str | None) -> dict[str, Any] | None:
         return {**record, "region": str(record["region"]), "epoch": int(record["epoch"])}
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{HOLDER} has a non-integer epoch: {record['epoch']!r}") from exc
+
+
+def parse_dns_primary(value: str | None, home: str) -> dict[str, Any]:
+    """DNS_PRIMARY's value as {"host", "home", "away", ...}: the zone's primary name server;
+    `home` (the inventory's, on the global site) when the key is absent; ValueError when
+    malformed."""
+    if value is None:
+        return {"host": home, "home": home, "away": False}
+    record = decode_record(value)
+    if record is None or not record.get("host"):
+        raise ValueError(f"{DNS_PRIMARY} holds {value!r}, not a name-server record "
+                         '({"host": ..., "address": ...})')
+    return {**record, "host": str(record["host"]), "home": home,
+            "away": str(record["host"]) != home}
 
 
 # --- the client --------------------------------------------------------------------------------
