@@ -61,6 +61,35 @@ def _facts(assessment: Mapping[str, Any], region: str) -> dict[str, Any]:
     return assessment["regions"][region]["facts"]
 
 
+def redis_handover_problem(assessment: Mapping[str, Any], old: str, target: str) -> str | None:
+    """Why a planned move cannot hand Redis over from old to target now (pure), or None.
+
+    The handover pauses the old master's writes until the target's new master has its
+    replication offset: it needs exactly one master in the old region, streaming (link up) to a
+    server of the target. Checked before anything moves, so that a switchover never moves
+    PostgreSQL and then stops at Redis. None when the target has a master already (a re-run)
+    or either region runs no Redis."""
+    old_redis = _facts(assessment, old).get("redis") or {}
+    new_redis = _facts(assessment, target).get("redis") or {}
+    if not old_redis or not new_redis:
+        return None
+    if any(p.get("ok") and p.get("role") == "master" for p in new_redis.values()):
+        return None
+    masters = sorted(str(p.get("address")) for p in old_redis.values()
+                     if p.get("ok") and p.get("role") == "master")
+    if len(masters) != 1:
+        return (f"{old} has {len(masters)} Redis masters ({', '.join(masters) or 'none answers'}),"
+                " not one")
+    streaming = [n for n, p in new_redis.items() if p.get("ok") and p.get("role") == "slave"
+                 and p.get("master") == masters[0] and p.get("link") == "up"]
+    if streaming:
+        return None
+    seen = "; ".join(f"{n}: " + (f"replica of {p.get('master')}, link {p.get('link')}"
+                                 if p.get("ok") else "does not answer")
+                     for n, p in sorted(new_redis.items()))
+    return f"no Redis server of {target} streams from {old}'s master {masters[0]} ({seen})"
+
+
 def baton_failover_plan(assessment: Mapping[str, Any], holder: Mapping[str, Any] | None,
                         target: str, kind: str, max_data_loss: int, force: bool = False
                         ) -> dict[str, Any]:
@@ -123,6 +152,12 @@ def baton_failover_plan(assessment: Mapping[str, Any], holder: Mapping[str, Any]
             plan["refuse"] = (f"a switchover needs the old primary region {old or '(none)'} to "
                               "answer, to demote it without losing data: it does not; use "
                               "failover.yml for an unplanned failover")
+            return plan
+        if kind == "switchover" and (why := redis_handover_problem(assessment, old, target)):
+            plan["refuse"] = (f"a switchover hands Redis over without losing a write, and it "
+                              f"cannot now: {why}; nothing was changed. Re-chain Redis "
+                              f"(failback.yml -e region={target}) and wait until its link is "
+                              "up, or use failover.yml, which does not hand over")
             return plan
         candidate = next((c for c in view.get("candidates", []) if c["region"] == target), {})
         plan["data_loss_bytes"] = candidate.get("data_loss_bytes")

@@ -7,7 +7,7 @@ per host at the address the inventory gives. Everything it creates carries the l
 `baton.lab=1`, so `down` removes exactly what `up` made.
 
     labctl.py up [--size mini|full]      labctl.py down        labctl.py status [--json]
-    labctl.py stop-region R              labctl.py start-region R
+    labctl.py stop-region R              labctl.py start-region R      (R: a region or global)
     labctl.py partition R                labctl.py heal [R]
     labctl.py image [--force]            labctl.py prereqs
 """
@@ -146,8 +146,11 @@ def load_topology(size: str) -> dict[str, Any]:
     return {"size": size, "hosts": hosts, "sites": sites}
 
 
-def region_of(topo: dict[str, Any], name: str) -> dict[str, Any]:
+def region_of(topo: dict[str, Any], name: str, any_site: bool = False) -> dict[str, Any]:
+    """The region called name (any site, the global one too, with any_site)."""
     site = topo["sites"].get(name)
+    if site and any_site:
+        return site
     if not site or not site["region"]:
         regions = ", ".join(s for s, v in topo["sites"].items() if v["region"])
         raise LabError(f"unknown region '{name}': the lab has {regions}")
@@ -628,7 +631,7 @@ def up_topology() -> dict[str, Any]:
 
 def cmd_region(action: str, name: str) -> None:
     topo = up_topology()
-    site = region_of(topo, name)
+    site = region_of(topo, name, any_site=True)  # the global site can be lost too
     names = [h["container"] for h in site["hosts"]]
     if action == "stop":
         run(["podman", "stop", "-t", "10", *names])

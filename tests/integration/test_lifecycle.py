@@ -36,6 +36,7 @@ import urllib.request
 from datetime import datetime
 from typing import Any
 
+import dns.exception
 import psycopg
 import pytest
 import redis
@@ -149,12 +150,12 @@ def tier_state(holder: str, down: frozenset[str] = frozenset()) -> dict[str, Any
         problems.append(f"Redis accepts writes on {rd or 'no node'}, not on {holder}'s only")
     want = [NODES[NODE_OF[holder]][1]]
     for server in SERVERS:
-        if server != "global-1" and NODES[server][0] in down:
+        if NODES.get(server, ("global",))[0] in down:
             continue
         for name in ("db", "redis"):
             try:
                 got = dns_answer(server, name)
-            except OSError as exc:
+            except (OSError, dns.exception.DNSException) as exc:
                 got = [f"no answer ({type(exc).__name__})"]
             if got != want:
                 problems.append(f"{server} answers {name} with {got}, not {want}")
@@ -175,7 +176,7 @@ def tiers_wrong(holder: str, *, pending: tuple[str, ...] = (), down: tuple[str, 
     """Waits up to `settle` s for every tier to be as expected (the holder alone writable, DNS
     on it, every other region following it but those in `pending` or `down`), then asks
     health.yml. Returns every way the lab differs from that (empty: all is as expected)."""
-    expected_pending = set(pending) | set(down)
+    expected_pending = (set(pending) | set(down)) - {"global"}
     deadline = time.monotonic() + settle
     while True:
         state = tier_state(holder, frozenset(down))
@@ -183,7 +184,7 @@ def tiers_wrong(holder: str, *, pending: tuple[str, ...] = (), down: tuple[str, 
         if (not state["problems"] and waiting == expected_pending) or time.monotonic() > deadline:
             break
         time.sleep(2)
-    expected_ok = not state["problems"] and not state["pending"]
+    expected_ok = not state["problems"] and not state["pending"] and "global" not in down
     run = health()
     if run.returncode != 0 and expected_ok:  # services still settling: ask once more
         time.sleep(5)
@@ -713,20 +714,51 @@ def test_round_trip_switchover_to_us_west(home):
     check_tiers("us-west")
 
 
-def test_round_trip_failover_to_eu_west_with_us_west_stopped():
+def dns_primary_record() -> dict | None:
+    """The witness's record of the zone's primary name server (None: at home, global-1)."""
+    entry = witness().get("/baton/dns_primary")
+    return json.loads(entry.value) if entry else None
+
+
+def test_round_trip_failover_to_eu_west_with_us_west_and_the_global_site_stopped():
+    """The global site (the zone's primary name server, global Prometheus) is lost with the
+    holder region: the failover makes eu-west's name server the zone's primary and every
+    surviving name server answers eu-west."""
     state = STATE["round"]
     assert "there" in state, "the earlier steps did not run"
     # As a scheduled health.yml would: a recent report with us-west as the primary gives the
     # failover its last known position (without one it refuses unless forced).
     health()
     try:
+        assert labctl("stop-region", "global").returncode == 0
         figures = lose_region_and_fail_over("round trip", "us-west", "eu-west")
         assert_single_writer_in(figures, "postgres")
         state["failover"] = figures
+        done = report("failover")
+        state["dns_primary"] = (done.get("dns_primary"), dns_primary_record(),
+                                done["actions_taken"])
+        # A re-run while the global site is still down finds every step done, DNS's included.
+        rerun = playbook("failover.yml", "-e", "target=eu-west")
+        state["rerun_changed"] = (rerun.returncode, total_changed(rerun))
         # us-east follows eu-west now (failover.yml repoints the standby regions it reaches).
-        state["failover_wrong"] = tiers_wrong("eu-west", down=("us-west",))
+        state["failover_wrong"] = tiers_wrong("eu-west", down=("us-west", "global"))
     finally:
         assert labctl("start-region", "us-west").returncode == 0
+        assert labctl("start-region", "global").returncode == 0
+
+
+def test_round_trip_the_global_site_returns_and_its_older_zone_stays_out_of_service():
+    state = STATE["round"]
+    assert "failover" in state, "the earlier steps did not run"
+    stated, recorded, actions = state["dns_primary"]
+    assert stated and stated["away"] and stated["host"] == "eu-west-1", stated
+    assert recorded and recorded["host"] == "eu-west-1", recorded
+    assert state["rerun_changed"] == (0, 0), state["rerun_changed"]
+    assert "DNS primary moved to eu-west-1" in actions, actions
+    named = sh("podman", "exec", "baton-global-1", "systemctl", "is-active", "named", timeout=30)
+    assert named.stdout.strip() != "active", "global-1 serves its older copy of the zone"
+    with pytest.raises((OSError, dns.exception.DNSException)):
+        dns_answer("global-1", "db")
 
 
 def test_round_trip_failback_of_us_west_and_switchover_home():
@@ -738,6 +770,8 @@ def test_round_trip_failback_of_us_west_and_switchover_home():
     assert run.returncode == 0, run.stdout[-3000:]
     assert_single_writer_in(figures, "postgres")
     state["failback_wrong"] = tiers_wrong("eu-west", settle=20)
+    # The zone's primary is home: the witness's record is gone, global-1 serves the primary.
+    state["dns_home"] = dns_primary_record()
     figures = switch_over("round trip", HOME, require=("postgres",))
     assert_single_writer_in(figures, "postgres")
     planned_no_loss(figures)
@@ -752,6 +786,7 @@ def test_round_trip_failback_of_us_west_and_switchover_home():
 def test_round_trip_every_tier_follows_the_holder():
     state = STATE["round"]
     assert state["failover_wrong"] == [] and state["failback_wrong"] == []
+    assert state["dns_home"] is None, state["dns_home"]
     assert state["home_wrong"] == []
     no_loss(state["home"])
 

@@ -17,6 +17,13 @@ from baton_assess import (
 DOWN = {"ok": False, "error": "TimeoutError: timed out"}
 
 
+def _redis_at(name):
+    """The lab address of a node's Redis (us-west-2 -> 10.231.2.12:6379)."""
+    region, _, index = name.rpartition("-")
+    site = {"us-east": 1, "us-west": 2, "eu-west": 3}.get(region, 9)
+    return f"10.231.{site}.{10 + int(index)}:6379" if index.isdigit() else f"{name}:6379"
+
+
 def node(name, role, *, lsn="0/5000000", received=None, in_recovery=None, paused=False,
          redis_role="master", sentinel_quorum=True, etcd=True):
     """Probes of one node as the module records them."""
@@ -36,7 +43,7 @@ def node(name, role, *, lsn="0/5000000", received=None, in_recovery=None, paused
         "pgbouncer": {"ok": True, "host": "10.231.1.11", "port": 5000, "paused": paused},
         "haproxy_rw": {"ok": True, "in_recovery": recovering},
         "haproxy_ro": {"ok": True, "in_recovery": recovering},
-        "redis": {"ok": True, "role": redis_role, "offset": 100,
+        "redis": {"ok": True, "role": redis_role, "offset": 100, "address": _redis_at(name),
                   **({"link": "up", "master": "10.231.1.11:6379"} if redis_role == "slave"
                      else {})},
         "sentinel": {"ok": True, "watching": "10.231.1.11:6379" if primary else None,

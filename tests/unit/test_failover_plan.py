@@ -113,6 +113,33 @@ def test_a_switchover_needs_the_old_primary_to_answer():
     assert "wait until eu-west has received us-east's final WAL position" in live["steps"]
 
 
+def test_a_switchover_is_refused_before_anything_moves_when_redis_cannot_be_handed_over():
+    regions = lab()
+    regions["eu-west"]["eu-west-1"]["redis"]["link"] = "down"
+    plan = baton_failover_plan(assessment(regions), HOLDER_EAST, "eu-west", "switchover", MiB)
+    assert plan["refuse"].startswith(
+        "a switchover hands Redis over without losing a write, and it cannot now: no Redis "
+        "server of eu-west streams from us-east's master 10.231.1.11:6379 (eu-west-1: replica "
+        "of 10.231.1.11:6379, link down)")
+    assert "failback.yml -e region=eu-west" in plan["refuse"]
+    # An unplanned failover does not hand over: it goes on.
+    assert baton_failover_plan(assessment(regions), HOLDER_EAST, "eu-west", "failover",
+                               MiB)["refuse"] is None
+    # Two masters in the old region (its Sentinels failed it over, say): no single offset.
+    regions = lab()
+    regions["us-east"]["us-east-2"] = node("us-east-2", "replica")
+    plan = baton_failover_plan(assessment(regions), HOLDER_EAST, "eu-west", "switchover", MiB)
+    assert "us-east has 2 Redis masters (10.231.1.11:6379, 10.231.1.12:6379), not one" \
+        in plan["refuse"]
+    # A re-run after Redis moved already: the target has its master, nothing to hand over.
+    regions = lab()
+    regions["eu-west"]["eu-west-1"]["redis"] = {"ok": True, "role": "master", "offset": 1,
+                                                "address": "10.231.3.11:6379"}
+    regions["us-east"]["us-east-1"]["redis"]["fenced"] = True
+    plan = baton_failover_plan(assessment(regions), HOLDER_EAST, "eu-west", "switchover", MiB)
+    assert plan["refuse"] is None
+
+
 def test_an_unknown_data_loss_is_refused_unless_forced():
     regions = lab(east="down")
     regions["us-west"]["us-west-1"]["postgres"]["receive_lsn"] = None
