@@ -313,8 +313,11 @@ def reconciled_sentence(rec: Mapping[str, Any]) -> str:
     return (f"data lost (reconciled at failback of {rec['region']}, {rec['reconciled_at']}): "
             f"{rec['transactions']} transactions committed on {rec['node']} after the fork at "
             f"{rec['fork_lsn']}, from {rec['first_commit']} to {rec['last_commit']}, "
-            f"{rec['bytes']} bytes of WAL ({tables}); its WAL is kept in {rec['node']}:"
-            f"{rec['kept']}")
+            f"{rec['bytes']} bytes of WAL ({tables})"
+            + (f"; {rec['prepared_undecided']} prepared transactions (two-phase commit) neither "
+               "committed nor rolled back there, gone with it"
+               if rec.get("prepared_undecided") else "")
+            + f"; its WAL is kept in {rec['node']}:{rec['kept']}")
 
 
 def loss_sentence(report: Mapping[str, Any]) -> str:

@@ -106,7 +106,8 @@ class WalCount:
     last committed, and for each set of relations (tablespace/database/relfilenode of the heap
     pages a transaction changed, its subtransactions' and its changes before the fork
     included; row locks are not changes) how many committed transactions changed exactly that
-    set. end_lsn is where the readable WAL ends."""
+    set; and the transactions prepared past the fork (two-phase commit) that were neither
+    committed nor rolled back by the end of the WAL. end_lsn is where the readable WAL ends."""
 
     def __init__(self, fork: str) -> None:
         self.fork = lsn_int(fork)
@@ -119,6 +120,9 @@ class WalCount:
         self.last_commit: float | None = None
         self._open: dict[int, set[str]] = {}
         self._prepared: dict[int, set[str]] = {}
+        # Prepared (PREPARE TRANSACTION) past the fork and neither committed nor rolled back
+        # by the end of the WAL: in doubt, and gone with the old timeline.
+        self._prepared_past_fork: set[int] = set()
         self.sets: dict[frozenset[str], int] = {}
         self.other = 0
 
@@ -146,10 +150,14 @@ class WalCount:
             return
         if desc.startswith("PREPARE"):
             self._prepared[tx] = self._gather(tx, desc)
+            if past_fork:
+                self._prepared_past_fork.add(tx)
             return
         commit = COMMIT.match(desc)
         if not commit and not ABORT.match(desc):
             return  # ASSIGNMENT and the like end nothing
+        if prepared:
+            self._prepared_past_fork.discard(int(prepared.group(1)))
         touched = (self._prepared.pop(int(prepared.group(1)), set()) if prepared
                    else self._gather(tx, desc))
         if not past_fork:
@@ -207,6 +215,7 @@ class WalCount:
             "records": self.records,
             "transactions": self.committed,
             "aborted": self.aborted,
+            "prepared_undecided": len(self._prepared_past_fork),
             "first_commit": self.first_commit,
             "last_commit": self.last_commit,
             "relation_sets": [{"relations": sorted(rels), "transactions": n}
@@ -274,6 +283,7 @@ def reconcile(region: str, holder: str, nodes: list[dict[str, Any]], names: dict
         **base, "status": "partial" if unread else "counted", "node": best.get("node"),
         "kept": best.get("kept"), "end_lsn": count["end_lsn"], "bytes": count["bytes"],
         "transactions": count["transactions"], "aborted": count["aborted"],
+        "prepared_undecided": count.get("prepared_undecided", 0),
         "first_commit": _iso(count["first_commit"]), "last_commit": _iso(count["last_commit"]),
         "by_table": by_table(count["relation_sets"], names, count.get("other_transactions", 0)),
     }

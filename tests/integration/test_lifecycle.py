@@ -757,6 +757,10 @@ def test_round_trip_the_global_site_returns_and_its_older_zone_stays_out_of_serv
     assert "DNS primary moved to eu-west-1" in actions, actions
     named = sh("podman", "exec", "baton-global-1", "systemctl", "is-active", "named", timeout=30)
     assert named.stdout.strip() != "active", "global-1 serves its older copy of the zone"
+    # The gate holds against an operator's restart too.
+    sh("podman", "exec", "baton-global-1", "systemctl", "restart", "named", timeout=60)
+    named = sh("podman", "exec", "baton-global-1", "systemctl", "is-active", "named", timeout=30)
+    assert named.stdout.strip() != "active", "a restart brought global-1's older copy back"
     with pytest.raises((OSError, dns.exception.DNSException)):
         dns_answer("global-1", "db")
 

@@ -106,6 +106,14 @@ def test_two_phase_commits_row_locks_and_assignments_are_read_for_what_they_are(
     ]
     count = WalCount("0/3003000").feed_all(lines).result()
     assert count["transactions"] == 2
+    assert count["prepared_undecided"] == 0
+    # A transaction prepared past the fork and never decided there: in doubt, reported apart.
+    undecided = [
+        *lines,
+        rec(903, "0/3003700", "Heap", "INSERT off 4 flags 0x00, blkref #0: rel 1663/5/16385 blk 0"),
+        rec(903, "0/3003800", "Transaction", "PREPARE gid t2: 2026-12-03 14:19:36.000000 UTC")]
+    count = WalCount("0/3003000").feed_all(undecided).result()
+    assert (count["transactions"], count["prepared_undecided"]) == (2, 1)
     assert {tuple(e["relations"]): e["transactions"] for e in count["relation_sets"]} == {
         ("1663/5/16385", "1663/5/16386"): 1, (): 1}
 
@@ -195,5 +203,9 @@ def test_the_amended_report_states_the_reconciled_loss_instead_of_the_bound():
     assert "6 transactions committed on us-east-1 after the fork at 0/30020C0" in \
         baton_failover_summary(done)[2]
     assert "app.public.baton_fence 5" in loss_sentence(done)
+    assert "prepared transactions" not in loss_sentence(done)
+    undecided = reconciled_sentence({**rec, "prepared_undecided": 2})
+    assert "; 2 prepared transactions (two-phase commit) neither committed nor rolled back " \
+        "there, gone with it; its WAL is kept" in undecided
     assert "could not be counted: a-1: gone" in reconciled_sentence(
         reconcile("a", "b", [node("a-1", "unknown", problem="gone")], {}, 0))
