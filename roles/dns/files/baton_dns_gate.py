@@ -18,7 +18,7 @@ before serving a zone that expired). When no witness member answers, the gate le
 as configured (the witness being unreachable says nothing about which copy is newer), and says
 so in the journal.
 
-Configuration: /etc/baton/dns-gate.json {"host", "home", "endpoints", "conf"}, written by the
+Configuration: /etc/bind/baton-gate.json {"host", "home", "endpoints", "conf"}, written by the
 dns role. baton_witness.py (Baton's witness client) sits next to this file.
 """
 
@@ -39,7 +39,7 @@ from baton_witness import (
     parse_dns_primary,
 )
 
-CONFIG = Path("/etc/baton/dns-gate.json")
+CONFIG = Path("/etc/bind/baton-gate.json")
 _PRIMARY = re.compile(r"^\s*type\s+(primary|master)\s*;", re.MULTILINE)
 
 
