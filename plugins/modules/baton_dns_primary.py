@@ -54,6 +54,13 @@ options:
     description: The run that moves it.
     type: str
     default: ""
+  candidates:
+    description: With C(state=read), name servers (inventory host names, in order of
+      preference) that could take the primary's place when it does not answer; RV(best) is the
+      one that answers with the highest serial (the first of them on a tie).
+    type: list
+    elements: str
+    default: []
   wait_followers:
     description: With C(state=read), wait until each of these name servers (inventory host
       names) serves the primary's serial, or fail naming the ones behind.
@@ -109,6 +116,11 @@ error:
   description: Why it did not answer (C(state=read)).
   returned: always
   type: str
+best:
+  description: Of O(candidates), the one that answers with the highest serial (C(state=read));
+    empty when none answers.
+  returned: always
+  type: str
 """
 
 import json  # noqa: E402
@@ -142,6 +154,7 @@ def main() -> None:
             "host": {"type": "str"},
             "why": {"type": "str", "default": ""},
             "by": {"type": "str", "default": ""},
+            "candidates": {"type": "list", "elements": "str", "default": []},
             "wait_followers": {"type": "list", "elements": "str", "default": []},
             "wait_timeout": {"type": "float", "default": 30.0},
             "timeout": {"type": "float", "default": 2.0},
@@ -161,7 +174,7 @@ def main() -> None:
         except ValueError as exc:
             module.fail_json(msg=f"{exc}: delete the key (etcdctl del {DNS_PRIMARY}) if the "
                                  f"zone's primary is {p['home']}, or write the host that is")
-        result = {"changed": False, "answers": False, "serial": None, "error": ""}
+        result = {"changed": False, "answers": False, "serial": None, "error": "", "best": ""}
         if p["state"] == "present":
             wanted = p["host"]
             if wanted not in addresses:
@@ -203,6 +216,15 @@ def main() -> None:
         zone = dns.name.from_text(p["zone"])
         found, error = _serial(addresses[host], zone, p["timeout"])
         result.update(answers=found is not None, serial=found, error=error)
+        unknown = [c for c in p["candidates"] if c not in addresses]
+        if unknown:
+            module.fail_json(msg=f"{', '.join(unknown)}: not name servers of this inventory")
+        ranked = []
+        for index, name in enumerate(p["candidates"] if found is None else []):
+            theirs, _why = _serial(addresses[name], zone, p["timeout"], attempts=1)
+            if theirs is not None:
+                ranked.append((theirs, -index, name))
+        result["best"] = max(ranked)[2] if ranked else ""
         followers = [f for f in p["wait_followers"] if f != host]
         unknown = [f for f in followers if f not in addresses]
         if unknown:
@@ -228,13 +250,20 @@ def main() -> None:
     module.exit_json(**result)
 
 
-def _serial(address: str, zone, timeout: float) -> tuple[int | None, str]:
-    """(the zone's SOA serial on the server or None, why none)."""
-    try:
-        found = serial(parse_server(address), zone, timeout)
-    except (DnsError, dns.exception.DNSException, OSError) as exc:
-        return None, str(exc) or type(exc).__name__
-    return found, "" if found is not None else "no SOA for the zone"
+def _serial(address: str, zone, timeout: float, attempts: int = 2) -> tuple[int | None, str]:
+    """(the zone's SOA serial on the server or None, why none). A server is asked `attempts`
+    times (one lost datagram must not move the zone's primary)."""
+    why = ""
+    for _ in range(attempts):
+        try:
+            found = serial(parse_server(address), zone, timeout)
+        except (DnsError, dns.exception.DNSException, OSError) as exc:
+            why = str(exc) or type(exc).__name__
+            continue
+        if found is not None:
+            return found, ""
+        why = "no SOA for the zone"
+    return None, why
 
 
 if __name__ == "__main__":

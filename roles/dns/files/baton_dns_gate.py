@@ -11,23 +11,31 @@ it a secondary of the recorded primary (or moves the primary home):
     baton_dns_gate.py start   systemd ExecStartPre of named: exit 1 (named does not start)
                               when this node is configured primary and the witness names
                               another host
-    baton_dns_gate.py check   from a timer: the same test on a running named; stops it
+    baton_dns_gate.py check   from a timer: the same test on what a running named serves
+                              (rndc zonestatus); stops it
+    baton_dns_gate.py convert ZONE
+                              this node's secondary copy (its journal folded in, after rndc
+                              sync) becomes the primary's zone file, checked to hold the serial
+                              named serves; prints {"serial": N} (used when the zone's primary
+                              moves to this node: the serial goes on from there)
 
 A secondary always passes (it follows whichever primary it is configured with and refreshes
 before serving a zone that expired). When no witness member answers, the gate lets named start
 as configured (the witness being unreachable says nothing about which copy is newer), and says
 so in the journal.
 
-Configuration: /etc/bind/baton-gate.json {"host", "home", "endpoints", "conf"}, written by the
-dns role. baton_witness.py (Baton's witness client) sits next to this file.
+Configuration: /etc/bind/baton-gate.json {"host", "home", "endpoints", "conf", "zone"}, written
+by the dns role. baton_witness.py (Baton's witness client) sits next to this file.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,6 +49,7 @@ from baton_witness import (
 
 CONFIG = Path("/etc/bind/baton-gate.json")
 _PRIMARY = re.compile(r"^\s*type\s+(primary|master)\s*;", re.MULTILINE)
+_SERIAL = re.compile(r"loaded serial (\d+)")
 
 
 def configured_primary(conf: str) -> bool:
@@ -51,9 +60,23 @@ def configured_primary(conf: str) -> bool:
         return False
 
 
-def verdict(cfg: dict) -> tuple[bool, str]:
-    """(may serve, why)."""
-    if not configured_primary(cfg.get("conf", "/etc/bind/named.conf.local")):
+def zone_status(zone: str) -> dict[str, str]:
+    """What the running named says of the zone (rndc zonestatus: 'type', 'serial', ...); empty
+    when named does not run or does not serve it."""
+    done = subprocess.run(["rndc", "zonestatus", zone], capture_output=True, text=True,
+                          check=False, timeout=15)
+    if done.returncode != 0:
+        return {}
+    return {k.strip(): v.strip() for k, _, v in
+            (line.partition(":") for line in done.stdout.splitlines()) if v}
+
+
+def verdict(cfg: dict, serves_primary: bool | None = None) -> tuple[bool, str]:
+    """(may serve, why). serves_primary: what the running named serves (None: read the
+    configuration, as before a start)."""
+    primary = (configured_primary(cfg.get("conf", "/etc/bind/named.conf.local"))
+               if serves_primary is None else serves_primary)
+    if not primary:
         return True, "a secondary copy"
     if not cfg.get("endpoints"):
         return True, "no witness configured"
@@ -71,22 +94,59 @@ def verdict(cfg: dict) -> tuple[bool, str]:
                    "failback.yml makes this node follow it")
 
 
+def convert(zone: str) -> dict:
+    """The secondary copy becomes the primary's zone file (see the module's docstring)."""
+    source = Path(f"/var/cache/bind/db.{zone}")
+    target = Path(f"/var/lib/bind/db.{zone}")
+    status = zone_status(zone)
+    if status:  # the zone in memory goes to its file (and the journal into it)
+        subprocess.run(["rndc", "sync", zone], capture_output=True, check=False, timeout=15)
+    if not source.exists():
+        raise SystemExit(f"baton-dns-gate: no secondary copy of {zone} here ({source}): this "
+                         "name server never transferred the zone; choose another one")
+    served = status.get("serial")
+    for _attempt in range(10):
+        new = target.with_name(target.name + ".new")
+        done = subprocess.run(["named-compilezone", "-j", "-f", "text", "-F", "text", "-o",
+                               str(new), zone, str(source)], capture_output=True, text=True,
+                              check=False, timeout=60)
+        found = _SERIAL.search(done.stdout)
+        if done.returncode == 0 and found and (served is None or found.group(1) == served):
+            break
+        new.unlink(missing_ok=True)
+        time.sleep(1)  # named still writing the file of a transfer it just took
+    else:
+        raise SystemExit(f"baton-dns-gate: the secondary copy {source} does not hold the serial "
+                         f"named serves ({served}): {done.stdout.strip()} {done.stderr.strip()}; "
+                         "re-run once named has written it (rndc sync)")
+    shutil.chown(new, "bind", "bind")
+    new.chmod(0o644)
+    Path(f"{target}.jnl").unlink(missing_ok=True)
+    new.replace(target)
+    return {"serial": int(found.group(1)), "file": str(target)}
+
+
 def main(argv: list[str]) -> int:
     mode = argv[1] if len(argv) > 1 else "start"
+    if mode == "convert":
+        print(json.dumps(convert(argv[2])))
+        return 0
     try:
         cfg = json.loads(CONFIG.read_text())
     except (OSError, ValueError) as exc:
         print(f"baton-dns-gate: no readable {CONFIG} ({exc}); named starts as configured")
         return 0
-    ok, why = verdict(cfg)
     if mode == "start":
+        ok, why = verdict(cfg)
         print(f"baton-dns-gate: {why}")
         return 0 if ok else 1
+    status = zone_status(cfg.get("zone", "baton.internal"))
+    if status.get("type") != "primary":
+        return 0  # named is down, or serves a secondary copy
+    ok, why = verdict(cfg, serves_primary=True)
     if not ok:
-        active = subprocess.run(["systemctl", "is-active", "--quiet", "named"], check=False)
-        if active.returncode == 0:
-            print(f"baton-dns-gate: {why}; stopping named")
-            subprocess.run(["systemctl", "stop", "named"], check=False)
+        print(f"baton-dns-gate: {why}; stopping named")
+        subprocess.run(["systemctl", "stop", "named"], check=False)
     return 0
 
 
