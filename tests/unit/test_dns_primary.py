@@ -112,3 +112,23 @@ def test_the_report_says_where_the_zones_updates_went():
                in line for line in lines), lines
     report["dns_primary"] = {"host": "global-1", "away": False, "why": ""}
     assert not any(line.startswith("DNS:") for line in baton_failover_summary(report))
+
+
+def test_the_timer_judges_what_named_serves_not_the_file(monkeypatch, tmp_path):
+    """A run killed between rewriting named.conf.local (secondary) and restarting named leaves
+    a primary copy running: the timer's check reads the running type."""
+    gate = load_gate()
+
+    class FakeWitness:
+        def __init__(self, *a, **k) -> None:
+            pass
+
+        def get(self, key):
+            return FakeEntry(AWAY)
+
+    monkeypatch.setattr(gate, "Witness", FakeWitness)
+    path = tmp_path / "named.conf.local"
+    path.write_text(SECONDARY_CONF)
+    cfg = {"host": "global-1", "home": "global-1", "endpoints": ["x:2391"], "conf": str(path)}
+    assert gate.verdict(cfg)[0]  # by the file: a secondary
+    assert not gate.verdict(cfg, serves_primary=True)[0]  # by what runs: a stale primary
