@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,39 @@ def test_example_secrets_are_vault_encrypted_and_decrypt_with_the_example_passwo
     proc = _ansible("ansible", "db-usw1-2", "-m", "debug", "-a", "var=vault_redis_password",
                     tmp_path=tmp_path)
     assert b"example-redis-change-me" in proc.stdout
+
+
+CONTROLLER_PLAYBOOKS = ["failover.yml", "switchover.yml", "failback.yml", "health.yml"]
+
+
+def render(playbook, tmp_path, inventory=EXAMPLE):
+    """The controller play's views of the inventory, rendered on the implicit localhost
+    (`--tags render --check`: nothing reaches a host; the example's addresses are not ours)."""
+    password = tmp_path / "vault-pass"
+    password.write_text(EXAMPLE_VAULT_PASSWORD + "\n")
+    exe = Path(sys.executable).parent / "ansible-playbook"
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    return subprocess.run([str(exe), "-i", str(inventory), "--vault-password-file", str(password),
+                           playbook, "-e", "target=us-west", "--check", "--tags", "render"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+
+def test_every_controller_playbook_renders_its_views_of_the_example_inventory(tmp_path):
+    for playbook in CONTROLLER_PLAYBOOKS:
+        done = render(playbook, tmp_path)
+        assert done.returncode == 0, (playbook, done.stdout[-2000:])
+        assert "Render the" in done.stdout, (playbook, "the render task did not run")
+
+
+def test_the_render_fails_when_group_vars_all_breaks_the_controllers_localhost(tmp_path):
+    """The example once set ansible_host to baton_address for every host, the implicit
+    localhost included: no failover could start. The render must catch that."""
+    broken = tmp_path / "example"
+    shutil.copytree(EXAMPLE, broken)
+    main = broken / "group_vars/all/main.yml"
+    text = main.read_text()
+    guarded = 'ansible_host: "{{ baton_address | default(inventory_hostname) }}"'
+    assert guarded in text
+    main.write_text(text.replace(guarded, 'ansible_host: "{{ baton_address }}"'))
+    done = render("failover.yml", tmp_path, broken)
+    assert done.returncode != 0 and "baton_address" in done.stdout, done.stdout[-2000:]
