@@ -43,6 +43,12 @@ def baton_hosts(groups: Groups, hostvars: Hostvars) -> list[str]:
     return [host for hosts in baton_sites(groups, hostvars).values() for host in hosts]
 
 
+def baton_host_addresses(groups: Groups, hostvars: Hostvars) -> dict[str, str]:
+    """Every host of the regions and the global site -> its baton_address (the name servers,
+    by inventory name)."""
+    return {h: str(hostvars[h]["baton_address"]) for h in baton_hosts(groups, hostvars)}
+
+
 def baton_inventory_problems(groups: Groups, hostvars: Hostvars,
                              initial_primary: str | None,
                              declared_regions: list[str] | None = None) -> list[str]:
@@ -232,6 +238,7 @@ class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "baton_regions": baton_regions,
+            "baton_host_addresses": baton_host_addresses,
             "baton_sites": baton_sites,
             "baton_hosts": baton_hosts,
             "baton_other_regions": baton_other_regions,

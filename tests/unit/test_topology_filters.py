@@ -4,6 +4,7 @@ import pytest
 from ansible.errors import AnsibleFilterError
 from baton_topology import (
     baton_assess_regions,
+    baton_host_addresses,
     baton_hosts,
     baton_inventory_problems,
     baton_other_regions,
@@ -40,6 +41,12 @@ def test_every_host_comes_in_the_same_order_whatever_order_groups_all_has():
     for order in (["gtm-1", "gtm-0", "a1", "a2", "a3", "b1"],
                   ["b1", "gtm-0", "a3", "gtm-1", "a1", "a2"]):
         assert baton_hosts({**GROUPS, "all": order}, witness) == expected
+
+
+def test_every_host_maps_to_its_address():
+    assert baton_host_addresses(GROUPS, HOSTVARS) == {
+        "a1": "10.0.1.1", "a2": "10.0.1.2", "a3": "10.0.1.3", "b1": "10.0.2.1",
+        "gtm-1": "10.0.9.1"}
 
 
 def test_the_other_regions_keep_inventory_order():
