@@ -257,6 +257,7 @@ def build_image(force: bool = False) -> str:
                   f"deb {MIRROR.rsplit('/', 1)[0]}/debian-security {SUITE}-security main\n"
         (rootfs / "etc/apt/sources.list").write_text(sources)
         shutil.copy(IMAGE_DIR / "90baton-lab", rootfs / "etc/apt/apt.conf.d/90baton-lab")
+        shutil.copy(IMAGE_DIR / "dpkg-90baton-lab", rootfs / "etc/dpkg/dpkg.cfg.d/90baton-lab")
         proxy = rootfs / "usr/local/sbin/baton-apt-proxy"
         shutil.copy(IMAGE_DIR / "baton-apt-proxy", proxy)
         proxy.chmod(0o755)

@@ -148,13 +148,14 @@ def test_lab_up_again_creates_nothing_new(lab):
     assert sorted(networks) == ["baton-eu-west", "baton-us-east", "baton-us-west", "baton-wan"]
 
 
-def test_site_yml_converges_then_a_second_run_changes_nothing(lab):
+def test_site_yml_converges_the_lab(lab):
+    """The cold deploy. Its re-run must change nothing: asserted by test_lifecycle.py's run of
+    site.yml after every move (a stronger form of the same check, on the same deployment), so
+    that the suite pays for one idempotence run, not two."""
     first = playbook("site.yml")
     assert first.returncode == 0, first.stdout[-3000:]
+    assert set(MINI) <= set(recap(first.stdout))
     DEPLOYED.append(True)
-    second = playbook("site.yml")
-    assert set(MINI) <= set(recap(second.stdout))
-    assert_nothing_changed(second)
 
 
 APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 3,  # lab throwaway

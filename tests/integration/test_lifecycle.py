@@ -515,9 +515,15 @@ def partition_cleanup():
 @pytest.mark.usefixtures("partition_cleanup")
 class TestPartition:
     """A partition of the holder (us-east) while a client inside it keeps writing through its
-    own PgBouncer -> failover to us-west -> heal -> a minute -> failback -> home."""
+    own PgBouncer -> failover to us-west -> heal -> a minute -> failback -> home.
 
-    witness_leader: str | None = None
+    us-east's witness member leads the witness when it is cut off, so the other two elect a
+    leader during the failover, and after the heal the returning former leader must not take
+    the baton back. This is the harder form of the partition: with a follower cut off, the
+    fence and the failover take the same steps without the election (the witness churn
+    scenario below cuts off a follower too), so the suite runs only this one."""
+
+    witness_leader = "us-east-1"
     name = "partition"
 
     def test_failover_while_the_holder_is_cut_off(self, home):
@@ -647,14 +653,6 @@ class TestPartition:
         assert rec["node"] == "us-east-1" and rec["first_commit"] <= rec["last_commit"]
         assert sh("podman", "exec", "baton-us-east-1", "test", "-s", f"{rec['kept']}/summary.json",
                   timeout=30).returncode == 0, "the old timeline's WAL is not kept on us-east-1"
-
-
-class TestPartitionWhileItsWitnessMemberLeads(TestPartition):
-    """The same, with us-east's witness member leading the witness when it is cut off: the
-    other two elect a leader, and after the heal us-west keeps the baton."""
-
-    witness_leader = "us-east-1"
-    name = "partition, witness leader cut off"
 
 
 # --------------------------------------------------------------------------- witness churn
