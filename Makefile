@@ -5,6 +5,10 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
 LAB ?= mini
+# How Ansible reaches the lab: `podman` (default; the project's connection, no SSH set-up) or
+# `ssh`: inventories/lab-ssh, shaped like inventories/example (SSH as baton-admin with sudo,
+# host keys checked, secrets in ansible-vault). The SSH inventory lists the mini lab.
+LAB_CONNECTION ?= podman
 REGION ?=
 SCENARIO ?=
 # Every role's Molecule scenario (`make test-roles` runs them all, each with its idempotence
@@ -23,6 +27,23 @@ export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+ifeq ($(LAB_CONNECTION),ssh)
+LAB_UP_SIZE := $(shell cat .lab/size 2>/dev/null)
+ifneq ($(LAB),mini)
+$(error LAB_CONNECTION=ssh drives the mini lab (inventories/lab-ssh lists its hosts): drop LAB=$(LAB) or use LAB_CONNECTION=podman)
+endif
+ifneq ($(filter-out mini,$(LAB_UP_SIZE)),)
+$(error LAB_CONNECTION=ssh drives the mini lab, and the $(LAB_UP_SIZE) lab is up: run make lab-down first, or use LAB_CONNECTION=podman)
+endif
+ifneq ($(filter test test-integration test-lifecycle test-molecule test-roles bench,$(MAKECMDGOALS)),)
+$(error LAB_CONNECTION=ssh is for demo, lab-up, site and health: the tests choose their own connection (their SSH scenarios use inventories/lab-ssh) and bench brings up the full lab)
+endif
+export ANSIBLE_INVENTORY := $(CURDIR)/inventories/lab-ssh
+export ANSIBLE_VAULT_PASSWORD_FILE := $(CURDIR)/lab/vault-password
+else ifneq ($(LAB_CONNECTION),podman)
+$(error LAB_CONNECTION=$(LAB_CONNECTION) is not a lab connection: use podman (the default) or ssh)
+endif
 
 .PHONY: help demo test test-unit lint test-molecule test-roles test-integration test-lifecycle \
         bench venv deps \

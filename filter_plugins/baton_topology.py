@@ -51,11 +51,17 @@ def baton_host_addresses(groups: Groups, hostvars: Hostvars) -> dict[str, str]:
 
 def baton_inventory_problems(groups: Groups, hostvars: Hostvars,
                              initial_primary: str | None,
-                             declared_regions: list[str] | None = None) -> list[str]:
+                             declared_regions: list[str] | None = None,
+                             deploy: bool = True) -> list[str]:
     """Everything wrong with an inventory's shape, one sentence each; [] when sane.
 
     declared_regions is the inventory's baton_region_names (None: not declared, so a region
     whose group lost all its hosts cannot be told from one that never existed).
+    deploy=False is the check of the controller playbooks that move the baton: what a move
+    needs (every host placed and addressed, every region declared), not what only a deploy
+    needs (etcd's odd member count, the initial primary, a declared region that has lost its
+    hosts), so that a region whose destroyed VMs were taken out of the inventory never
+    stops a failover.
     """
     problems: list[str] = []
     if not groups.get("regions"):  # nothing else can be judged without regions
@@ -75,12 +81,19 @@ def baton_inventory_problems(groups: Groups, hostvars: Hostvars,
                             f"{address}: give each host its own")
         else:
             addresses[str(address)] = host
+    in_regions = set(groups.get("regions", []))
+    for host in groups.get("all", []):
+        site = hostvars[host].get("baton_site")
+        if site and site != "global" and host not in in_regions:
+            problems.append(f"host {host} (baton_site {site}) is in no group under 'regions': "
+                            f"put it in its region's group under 'regions', or in 'global' "
+                            f"if it belongs to the global site")
     regions = baton_regions(groups, hostvars)
     if "global" in regions:
         problems.append("a host in 'regions' has baton_site 'global': the global site is not "
                         "a region")
     if declared_regions is not None:
-        for region in declared_regions:
+        for region in declared_regions if deploy else ():
             if region not in regions:
                 problems.append(f"region {region} (baton_region_names) has no database host: "
                                 f"add its hosts to its group under 'regions', or remove it "
@@ -98,6 +111,8 @@ def baton_inventory_problems(groups: Groups, hostvars: Hostvars,
                             f"{name}: member names must be unique across all regions")
         else:
             members[name] = host
+    if not deploy:
+        return problems
     for region, hosts in regions.items():
         if len(hosts) % 2 == 0 and not any("etcd_members" in hostvars[h] for h in hosts):
             problems.append(f"region {region} has {len(hosts)} database hosts: its etcd needs "

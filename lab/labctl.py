@@ -54,7 +54,14 @@ HOST_TOOLS = {  # command -> Debian package
     "debootstrap": "debootstrap",
     "iptables": "iptables",
     "apt-cacher-ng": "apt-cacher-ng",
+    "ssh": "openssh-client",  # the SSH lab (LAB_CONNECTION=ssh), and ssh-keygen for its key
 }
+# The SSH lab: Ansible logs in as this unprivileged user with the lab's own key and uses sudo,
+# checking host keys against the known_hosts file `up` writes (inventories/lab-ssh).
+SSH_DIR = STATE_DIR / "ssh"
+SSH_KEY = SSH_DIR / "id_ed25519"
+SSH_KNOWN_HOSTS = SSH_DIR / "known_hosts"
+SSH_ADMIN = "baton-admin"
 CHAIN_FWD = "BATON-LAB-FWD"
 CHAIN_OUT = "BATON-LAB-OUT"
 CHAIN_NAT = "BATON-LAB-NAT"
@@ -261,6 +268,13 @@ def build_image(force: bool = False) -> str:
         proxy = rootfs / "usr/local/sbin/baton-apt-proxy"
         shutil.copy(IMAGE_DIR / "baton-apt-proxy", proxy)
         proxy.chmod(0o755)
+        for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
+            key.unlink()
+        ssh_dropins = rootfs / "etc/systemd/system/ssh.service.d"
+        ssh_dropins.mkdir(parents=True, exist_ok=True)
+        shutil.copy(IMAGE_DIR / "ssh-hostkeys.conf", ssh_dropins / "10-baton-lab-hostkeys.conf")
+        shutil.copy(IMAGE_DIR / "sshd-baton-lab.conf",
+                    rootfs / "etc/ssh/sshd_config.d/10-baton-lab.conf")
         dropins = rootfs / "etc/systemd/system/service.d"
         dropins.mkdir(parents=True, exist_ok=True)
         shutil.copy(IMAGE_DIR / "10-baton-lab.conf", dropins / "10-baton-lab.conf")
@@ -541,6 +555,50 @@ def warm_apt_cache(name: str, tries: int = 3, timeout: float = 120) -> None:
     say("warning: the apt cache could not be warmed; site.yml retries its own updates")
 
 
+# Run in each container by `up`: the admin user with the lab's public key and password-less
+# sudo (as a cloud image's first boot would set it up), then the node's SSH host key.
+SSH_SETUP = r"""
+set -eu
+user=$1 key=$2
+id -u "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$user"
+install -d -m 0700 -o "$user" -g "$user" "/home/$user/.ssh"
+printf '%s\n' "$key" > "/home/$user/.ssh/authorized_keys.new"
+chown "$user:$user" "/home/$user/.ssh/authorized_keys.new"
+chmod 0600 "/home/$user/.ssh/authorized_keys.new"
+mv "/home/$user/.ssh/authorized_keys.new" "/home/$user/.ssh/authorized_keys"
+printf '%s ALL=(ALL:ALL) NOPASSWD: ALL\n' "$user" > /etc/sudoers.d/90-baton-lab
+chmod 0440 /etc/sudoers.d/90-baton-lab
+visudo -cqf /etc/sudoers.d/90-baton-lab
+systemctl is-active --quiet ssh || systemctl start ssh
+cat /etc/ssh/ssh_host_ed25519_key.pub
+"""
+
+
+def ensure_ssh_access(topo: dict[str, Any]) -> None:
+    """The lab's SSH key (made once, kept in .lab/ssh), the admin user on every running node,
+    and a known_hosts file with every node's host key, read through podman (the trusted
+    console path, as a cloud's first-boot output would be) and keyed by address and name."""
+    SSH_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not SSH_KEY.exists():
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "baton-lab",
+             "-f", str(SSH_KEY)])
+    public = SSH_KEY.with_suffix(".pub").read_text().strip()
+    lines = []
+    for host in topo["hosts"]:
+        if container_state(host["container"]) != "running":
+            continue
+        proc = run(["podman", "exec", "-i", host["container"], "bash", "-s", "--", SSH_ADMIN,
+                    public], input_=SSH_SETUP.encode(), check=False)
+        if proc.returncode != 0:
+            raise LabError(f"{host['container']}: setting up SSH access failed: "
+                           f"{proc.stderr.decode(errors='replace').strip()[-300:]}")
+        keytype, key = proc.stdout.decode().split()[:2]
+        lines.append(f"{host['address']},{host['name']} {keytype} {key}")
+    tmp = SSH_KNOWN_HOSTS.with_suffix(".new")
+    tmp.write_text("".join(f"{line}\n" for line in sorted(lines)))
+    tmp.replace(SSH_KNOWN_HOSTS)
+
+
 def container_state(name: str) -> str:
     info = inspect_container(name)
     return "absent" if info is None else info["State"]["Status"]
@@ -566,6 +624,7 @@ def cmd_up(size: str) -> None:
     STATE_DIR.mkdir(exist_ok=True)
     SIZE_FILE.write_text(size + "\n")
     wait_systemd(names)
+    ensure_ssh_access(topo)
     warm_apt_cache(names[0])
     say(f"{size} lab up: {len(names)} hosts in {len(topo['sites'])} sites "
         f"({time.monotonic() - started:.0f} s)")

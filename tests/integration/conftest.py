@@ -98,3 +98,14 @@ def deployed(mini_lab):
         assert site.returncode == 0, site.stdout[-3000:]
         DEPLOYED.append(True)
     yield
+
+
+@pytest.fixture()
+def over_ssh():
+    """Every playbook of the test, and of the fixtures it takes after this one, runs through
+    inventories/lab-ssh: SSH as baton-admin with sudo, host keys checked, the vault."""
+    from test_lab import VIA_SSH
+
+    VIA_SSH.append(True)
+    yield
+    VIA_SSH.clear()

@@ -90,11 +90,20 @@ def resolve(name: str, servers: list[str]) -> str:
     return resolver.resolve(name, "A")[0].to_text()
 
 
-def redis_at(address: str, timeout: float) -> redis.Redis:
+def redis_at(address: str, timeout: float, reply_timeout: float | None = None) -> redis.Redis:
     """A Redis client that tries once: redis-py's default retries (with back-off) would hide
-    an outage in one late error and keep a client on a dead address for tens of seconds."""
-    return redis.Redis(host=address, port=6379, password=REDIS_PASSWORD, socket_timeout=timeout,
-                       socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+    an outage in one late error and keep a client on a dead address for tens of seconds.
+    reply_timeout (default: timeout) bounds the wait for a reply once connected."""
+    return redis.Redis(host=address, port=6379, password=REDIS_PASSWORD,
+                       socket_timeout=reply_timeout or timeout, socket_connect_timeout=timeout,
+                       retry=Retry(NoBackoff(), 0))
+
+
+# The application client waits this long for a reply: longer than a planned move holds its
+# writes (the handover's CLIENT PAUSE WRITE, until redis.<zone> names the target: 2-3.5 s
+# measured on a busy 2-core machine), as an application's client must to pause rather than
+# fail (redis-py's own default is no limit at all).
+REDIS_REPLY_TIMEOUT = 6
 
 
 def short(exc: BaseException) -> str:
@@ -174,7 +183,7 @@ class Workload:
             try:
                 if client is None:
                     target = resolve(f"redis.{self.zone}", self.name_servers)
-                    client = redis_at(target, 3)
+                    client = redis_at(target, 3, REDIS_REPLY_TIMEOUT)
                 client.hset(key, str(seq), f"{time.time():.3f}")
                 self.redis.add(Event(time.time(), True, seq, target))
             except (redis.RedisError, dns.exception.DNSException, OSError) as exc:

@@ -42,7 +42,8 @@ BIN = Path(sys.executable).parent
 ENV = dict(os.environ, CONTAINERS_CONF=str(ROOT / "lab/containers.conf"),
            ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_FORCE_COLOR="false",
            PATH=f"{BIN}:{os.environ['PATH']}")
-ENV.pop("BATON_LAB_SIZE", None)
+for _name in ("BATON_LAB_SIZE", "ANSIBLE_INVENTORY", "ANSIBLE_VAULT_PASSWORD_FILE"):
+    ENV.pop(_name, None)  # the tests choose the lab and its inventory themselves
 MINI = {"us-east-1": "10.231.1.11", "us-west-1": "10.231.2.11", "eu-west-1": "10.231.3.11",
         "global-1": "10.231.0.11"}
 LISTEN_PORT = 18080
@@ -72,8 +73,22 @@ def labctl(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return sh(sys.executable, str(ROOT / "lab/labctl.py"), *args, env=env)
 
 
+# The SSH lab: the same lab reached as VMs are (inventories/lab-ssh: SSH as baton-admin with
+# sudo, host keys checked, secrets in ansible-vault). Tests that take the `over_ssh` fixture run
+# every playbook through it.
+SSH_INVENTORY = ("-i", str(ROOT / "inventories/lab-ssh"), "--vault-password-file",
+                 str(ROOT / "lab/vault-password"))
+VIA_SSH: list[bool] = []  # non-empty while a test drives the lab over SSH
+
+
 def playbook(name: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return sh(str(BIN / "ansible-playbook"), name, *args, timeout=timeout)
+    via = SSH_INVENTORY if VIA_SSH else ()
+    return sh(str(BIN / "ansible-playbook"), *via, name, *args, timeout=timeout)
+
+
+def ansible(pattern: str, *args: str, ssh: bool = False) -> subprocess.CompletedProcess:
+    """An ad-hoc command (`ansible PATTERN ...`) through the default or the SSH inventory."""
+    return sh(str(BIN / "ansible"), *(SSH_INVENTORY if ssh else ()), pattern, *args, timeout=300)
 
 
 def pings(src: str, dst: str) -> bool:
@@ -148,14 +163,58 @@ def test_lab_up_again_creates_nothing_new(lab):
     assert sorted(networks) == ["baton-eu-west", "baton-us-east", "baton-us-west", "baton-wan"]
 
 
-def test_site_yml_converges_the_lab(lab):
-    """The cold deploy. Its re-run must change nothing: asserted by test_lifecycle.py's run of
-    site.yml after every move (a stronger form of the same check, on the same deployment), so
-    that the suite pays for one idempotence run, not two."""
+def test_site_yml_converges_the_lab(lab, over_ssh):
+    """The cold deploy, as users deploy VMs: over SSH through inventories/lab-ssh (baton-admin,
+    sudo, host keys checked, the vault). Its re-run must change nothing: asserted by
+    test_lifecycle.py's run of site.yml after every move, through the default inventory (a
+    stronger form of the same check, on the same deployment, which also proves that both
+    inventories deploy the same lab), so that the suite pays for one idempotence run, not
+    two."""
     first = playbook("site.yml")
     assert first.returncode == 0, first.stdout[-3000:]
     assert set(MINI) <= set(recap(first.stdout))
     DEPLOYED.append(True)
+
+
+def adhoc_results(run: subprocess.CompletedProcess) -> dict[str, tuple[str, str]]:
+    """host -> (status, first output line) from `ansible`'s ad-hoc output."""
+    found = {}
+    for m in re.finditer(r"^(\S+) \| (\w+)(?: \| rc=\d+)?(?: >>|!| =>)\s*\n?(.*)$", run.stdout,
+                         re.M):
+        found[m[1]] = (m[2], m[3].strip())
+    return found
+
+
+def test_the_ssh_inventory_reaches_every_node_as_an_unprivileged_user_with_sudo(lab, tmp_path):
+    """inventories/lab-ssh, as production reaches VMs: SSH as baton-admin (sshd refuses root
+    and passwords), sudo for the tasks, and the host keys checked against the lab's
+    known_hosts (a wrong key is refused). The lifecycle drives whole moves through it (tests
+    with `over_ssh`)."""
+    plain = ansible("all", "-m", "ansible.builtin.command", "-a", "id -un", "-e",
+                    "ansible_become=false", ssh=True)
+    assert {h: r for h, r in adhoc_results(plain).items()} == \
+        {h: ("CHANGED", "baton-admin") for h in MINI}, plain.stdout[-2000:]
+    root = ansible("all", "-m", "ansible.builtin.command", "-a", "id -un", ssh=True)
+    assert {h: r for h, r in adhoc_results(root).items()} == \
+        {h: ("CHANGED", "root") for h in MINI}, root.stdout[-2000:]
+    for host in MINI:  # the daemon's own word: no root, no passwords, keys only
+        config = sh("podman", "exec", f"baton-{host}", "sshd", "-T", timeout=30).stdout
+        for setting in ("permitrootlogin no", "passwordauthentication no",
+                        "kbdinteractiveauthentication no", "pubkeyauthentication yes"):
+            assert setting in config.splitlines(), (host, setting)
+    fresh = "-o ControlMaster=no -o ControlPath=none"  # no reuse of a verified connection
+    known = (ROOT / ".lab/ssh/known_hosts").read_text().splitlines()
+    keys = {line.split()[0].split(",")[1]: line.split(None, 1)[1] for line in known}
+    assert set(keys) == set(MINI), known
+    forged = tmp_path / "known_hosts"  # us-east-1 listed with us-west-1's host key
+    forged.write_text(f"{MINI['us-east-1']},us-east-1 {keys['us-west-1']}\n")
+    spoofed = ansible("us-east-1", "-m", "ansible.builtin.ping", "-e",
+                      f"ansible_ssh_args='{fresh}'", "-e",
+                      f"ansible_ssh_common_args='-o UserKnownHostsFile={forged} "
+                      "-o StrictHostKeyChecking=yes'", ssh=True)
+    assert spoofed.returncode != 0 and "UNREACHABLE" in spoofed.stdout, spoofed.stdout[-2000:]
+    assert "host key" in spoofed.stdout.lower() or "IDENTIFICATION" in spoofed.stdout, \
+        spoofed.stdout[-2000:]
 
 
 APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 3,  # lab throwaway

@@ -18,6 +18,13 @@ reports/lifecycle.jsonl. A scenario starts only from a lab that is healthy with 
 home (`home` fixture): one that finds it otherwise fails at once, saying what is wrong, instead
 of cascading.
 
+The path users take is proven here too: the planned switchover and the region loss with its
+failback run every playbook through inventories/lab-ssh (SSH as an unprivileged user with
+sudo, host keys checked, secrets in ansible-vault: the `over_ssh` fixture), on the lab that
+test_lab.py deployed through it; the other scenarios, and the closing site.yml (which must
+change nothing on that lab: both inventories deploy the same), use the lab's default podman
+connection.
+
 Assertions that fail today because of a defect in the product are marked
 `xfail(strict=True)` with the defect: the suite stays green, and turns red the day the defect
 is fixed, so that the mark is removed then.
@@ -309,20 +316,18 @@ def home():
                     f"{run.returncode}: {' '.join(run.stdout.split())[-800:]}")
 
 
-# ------------------------------------------------------------------------- 1: planned, A -> B -> A
+# --------------------------------------------------- 1: planned, then on: A -> B -> C -> A
 
-def test_switchover_there_and_back_under_clients(home):
-    figures = switch_over("switchover", "us-west")
+def test_switchover_to_us_west_under_clients(over_ssh, home):
+    """The planned move; its way back is the round trip's (below), which goes on from here."""
+    figures = switch_over("round trip", "us-west")
     assert_single_writer(figures)
     planned_no_loss(figures)
     assert figures["stated_loss_bytes"] == 0
     check_tiers("us-west")
+    STATE["round"] = {"there": figures}
     rerun = playbook("switchover.yml", "-e", "target=us-west")
     assert rerun.returncode == 0 and total_changed(rerun) == 0, rerun.stdout[-2000:]
-    figures = switch_over("switchover", "us-east")
-    assert_single_writer(figures)
-    planned_no_loss(figures)
-    check_tiers("us-east")
     STATE["switchover"] = figures
     # The only client errors are the known ones (asserted zero, as defects, below).
     assert set(figures["postgres"]["error_kinds"]) <= {"InvalidSqlStatementName"}, figures
@@ -348,9 +353,110 @@ def test_a_planned_switchover_holds_redis_clients_instead_of_failing_them():
     assert figures["errors"] <= 1, figures
 
 
+# The round trip goes on from the planned switchover to us-west (step 1): us-west is lost with
+# the global site, the baton goes to eu-west, us-west is failed back and the baton goes home
+# by a planned switchover (the way back of step 1), then eu-west is re-cloned.
+
+def dns_primary_record() -> dict | None:
+    """The witness's record of the zone's primary name server (None: at home, global-1)."""
+    entry = witness().get("/baton/dns_primary")
+    return json.loads(entry.value) if entry else None
+
+
+def test_round_trip_failover_to_eu_west_with_us_west_and_the_global_site_stopped():
+    """The global site (the zone's primary name server, global Prometheus) is lost with the
+    holder region: the failover makes eu-west's name server the zone's primary and every
+    surviving name server answers eu-west."""
+    state = STATE["round"]
+    assert "there" in state, "the earlier steps did not run"
+    # As a scheduled health.yml would: a recent report with us-west as the primary gives the
+    # failover its last known position (without one it refuses unless forced).
+    health()
+    try:
+        assert labctl("stop-region", "global").returncode == 0
+        figures = lose_region_and_fail_over("round trip", "us-west", "eu-west")
+        assert_single_writer_in(figures, "postgres")
+        state["failover"] = figures
+        done = report("failover")
+        state["dns_primary"] = (done.get("dns_primary"), dns_primary_record(),
+                                done["actions_taken"])
+        # A re-run while the global site is still down finds every step done, DNS's included.
+        rerun = playbook("failover.yml", "-e", "target=eu-west")
+        state["rerun_changed"] = (rerun.returncode, total_changed(rerun))
+        # us-east follows eu-west now (failover.yml repoints the standby regions it reaches).
+        state["failover_wrong"] = tiers_wrong("eu-west", down=("us-west", "global"))
+    finally:
+        assert labctl("start-region", "us-west").returncode == 0
+        assert labctl("start-region", "global").returncode == 0
+
+
+def test_round_trip_the_global_site_returns_and_its_older_zone_stays_out_of_service():
+    state = STATE["round"]
+    assert "failover" in state, "the earlier steps did not run"
+    stated, recorded, actions = state["dns_primary"]
+    assert stated and stated["away"] and stated["host"] == "eu-west-1", stated
+    assert recorded and recorded["host"] == "eu-west-1", recorded
+    assert state["rerun_changed"] == (0, 0), state["rerun_changed"]
+    assert "DNS primary moved to eu-west-1" in actions, actions
+    named = sh("podman", "exec", "baton-global-1", "systemctl", "is-active", "named", timeout=30)
+    assert named.stdout.strip() != "active", "global-1 serves its older copy of the zone"
+    # The gate holds against an operator's restart too.
+    sh("podman", "exec", "baton-global-1", "systemctl", "restart", "named", timeout=60)
+    named = sh("podman", "exec", "baton-global-1", "systemctl", "is-active", "named", timeout=30)
+    assert named.stdout.strip() != "active", "a restart brought global-1's older copy back"
+    with pytest.raises((OSError, dns.exception.DNSException)):
+        dns_answer("global-1", "db")
+
+
+def test_round_trip_failback_of_us_west_and_switchover_home():
+    state = STATE["round"]
+    assert "failover" in state, "the earlier steps did not run"
+    figures, run = measure("round trip", "failback of us-west", "eu-west",
+                           lambda: playbook("failback.yml", "-e", "region=us-west"),
+                           require=("postgres",))
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert_single_writer_in(figures, "postgres")
+    state["failback_wrong"] = tiers_wrong("eu-west", settle=20)
+    # The zone's primary is home: the witness's record is gone, global-1 serves the primary.
+    state["dns_home"] = dns_primary_record()
+    figures = switch_over("round trip", HOME, require=("postgres",))
+    assert_single_writer(figures)
+    planned_no_loss(figures)
+    state["home"] = figures
+    # Every standby streams from the holder (PostgreSQL); the rest is asserted below.
+    for region in ("us-west", "eu-west"):
+        assert cluster_roles(NODE_OF[region])[NODE_OF[region]] == ("standby_leader",
+                                                                   "streaming"), region
+    state["home_wrong"] = tiers_wrong(HOME)
+
+
+def test_round_trip_every_tier_follows_the_holder():
+    state = STATE["round"]
+    assert state["failover_wrong"] == [] and state["failback_wrong"] == []
+    assert state["dns_home"] is None, state["dns_home"]
+    assert state["home_wrong"] == []
+    no_loss(state["home"])
+
+
+def test_round_trip_reclone_keeps_the_old_data_and_streams(home):
+    figures, run = measure("round trip", "failback -e region=eu-west -e reclone=true", HOME,
+                           lambda: playbook("failback.yml", "-e", "region=eu-west",
+                                                "-e", "reclone=true"))
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "eu-west is cloned afresh from us-east" in run.stdout
+    assert_single_writer(figures)
+    no_loss(figures)
+    kept = sh("podman", "exec", "baton-eu-west-1", "sh", "-c",
+              "ls -d /var/lib/postgresql/*/baton.diverged-*", timeout=30)
+    assert kept.returncode == 0 and kept.stdout.strip(), "the old data directory was not kept"
+    check_tiers(HOME)
+    rerun = playbook("failback.yml", "-e", "region=eu-west")
+    assert rerun.returncode == 0 and total_changed(rerun) == 0, rerun.stdout[-2000:]
+
+
 # --------------------------------------------------------------------------- 2: region loss
 
-def test_region_loss_failover_under_clients(home):
+def test_region_loss_failover_under_clients(over_ssh, home):
     figures = lose_region_and_fail_over("region loss", "us-east", "us-west")
     assert_single_writer(figures)
     STATE["loss"] = {"failover": figures}
@@ -360,13 +466,13 @@ def test_region_loss_failover_under_clients(home):
     assert rerun.returncode == 0 and total_changed(rerun) == 0, rerun.stdout[-2000:]
 
 
-def test_region_loss_the_region_returns_and_stays_fenced():
+def test_region_loss_the_region_returns_and_stays_fenced(over_ssh):
     assert "loss" in STATE, "the failover step did not run"
 
     def come_back():
         assert labctl("start-region", "us-east").returncode == 0
-        time.sleep(60)  # long enough for its Sentinel, Redis and agent to act
-    figures, _ = measure("region loss", "us-east back for 60 s", "us-west", come_back)
+        time.sleep(35)  # its Sentinel, Redis and agent act within seconds of the start
+    figures, _ = measure("region loss", "us-east back for 35 s", "us-west", come_back)
     STATE["loss"]["returned"] = figures
     STATE["loss"]["returned_wrong"] = tiers_wrong("us-west", pending=("us-east",), settle=10)
     assert figures["postgres"]["two_writer_intervals"] == [], figures["postgres"]
@@ -380,7 +486,7 @@ def test_region_loss_the_returned_region_is_fenced_in_every_tier():
     no_loss(STATE["loss"]["returned"])
 
 
-def test_region_loss_the_fences_survive_a_restart_of_each_service():
+def test_region_loss_the_fences_survive_a_restart_of_each_service(over_ssh):
     """On the returned, fenced node: Redis and Sentinel restarted by hand come back fenced (no
     writes, no monitor); Patroni refuses to start; every tier is as before."""
     assert STATE["loss"].get("returned_wrong") == [], "the returned region was not fenced"
@@ -428,7 +534,7 @@ def assert_single_writer_in(figures: dict, tier: str) -> None:
     assert figures[tier]["two_writer_intervals"] == [], (tier, figures[tier])
 
 
-def test_region_loss_failback_and_home():
+def test_region_loss_failback_and_home(over_ssh):
     assert "returned" in STATE.get("loss", {}), "the earlier steps did not run"
     failback_and_home("region loss", STATE["loss"], "us-west")
 
@@ -515,7 +621,7 @@ def partition_cleanup():
 @pytest.mark.usefixtures("partition_cleanup")
 class TestPartition:
     """A partition of the holder (us-east) while a client inside it keeps writing through its
-    own PgBouncer -> failover to us-west -> heal -> a minute -> failback -> home.
+    own PgBouncer -> failover to us-west -> heal -> 30 s -> failback -> home.
 
     us-east's witness member leads the witness when it is cut off, so the other two elect a
     leader during the failover, and after the heal the returning former leader must not take
@@ -699,114 +805,6 @@ def test_the_holder_is_never_fenced_while_witness_members_leave_and_rejoin(home)
     assert_single_writer(figures)
     assert figures["postgres"]["errors"] == 0 and figures["redis"]["errors"] == 0, figures
     check_tiers(HOME)
-
-
-# --------------------------------------------------------------------------- 4: A -> B -> C -> A
-
-def test_round_trip_switchover_to_us_west(home):
-    state = STATE["round"] = {}
-    figures = switch_over("round trip", "us-west")
-    assert_single_writer_in(figures, "postgres")
-    planned_no_loss(figures)
-    state["there"] = figures
-    check_tiers("us-west")
-
-
-def dns_primary_record() -> dict | None:
-    """The witness's record of the zone's primary name server (None: at home, global-1)."""
-    entry = witness().get("/baton/dns_primary")
-    return json.loads(entry.value) if entry else None
-
-
-def test_round_trip_failover_to_eu_west_with_us_west_and_the_global_site_stopped():
-    """The global site (the zone's primary name server, global Prometheus) is lost with the
-    holder region: the failover makes eu-west's name server the zone's primary and every
-    surviving name server answers eu-west."""
-    state = STATE["round"]
-    assert "there" in state, "the earlier steps did not run"
-    # As a scheduled health.yml would: a recent report with us-west as the primary gives the
-    # failover its last known position (without one it refuses unless forced).
-    health()
-    try:
-        assert labctl("stop-region", "global").returncode == 0
-        figures = lose_region_and_fail_over("round trip", "us-west", "eu-west")
-        assert_single_writer_in(figures, "postgres")
-        state["failover"] = figures
-        done = report("failover")
-        state["dns_primary"] = (done.get("dns_primary"), dns_primary_record(),
-                                done["actions_taken"])
-        # A re-run while the global site is still down finds every step done, DNS's included.
-        rerun = playbook("failover.yml", "-e", "target=eu-west")
-        state["rerun_changed"] = (rerun.returncode, total_changed(rerun))
-        # us-east follows eu-west now (failover.yml repoints the standby regions it reaches).
-        state["failover_wrong"] = tiers_wrong("eu-west", down=("us-west", "global"))
-    finally:
-        assert labctl("start-region", "us-west").returncode == 0
-        assert labctl("start-region", "global").returncode == 0
-
-
-def test_round_trip_the_global_site_returns_and_its_older_zone_stays_out_of_service():
-    state = STATE["round"]
-    assert "failover" in state, "the earlier steps did not run"
-    stated, recorded, actions = state["dns_primary"]
-    assert stated and stated["away"] and stated["host"] == "eu-west-1", stated
-    assert recorded and recorded["host"] == "eu-west-1", recorded
-    assert state["rerun_changed"] == (0, 0), state["rerun_changed"]
-    assert "DNS primary moved to eu-west-1" in actions, actions
-    named = sh("podman", "exec", "baton-global-1", "systemctl", "is-active", "named", timeout=30)
-    assert named.stdout.strip() != "active", "global-1 serves its older copy of the zone"
-    # The gate holds against an operator's restart too.
-    sh("podman", "exec", "baton-global-1", "systemctl", "restart", "named", timeout=60)
-    named = sh("podman", "exec", "baton-global-1", "systemctl", "is-active", "named", timeout=30)
-    assert named.stdout.strip() != "active", "a restart brought global-1's older copy back"
-    with pytest.raises((OSError, dns.exception.DNSException)):
-        dns_answer("global-1", "db")
-
-
-def test_round_trip_failback_of_us_west_and_switchover_home():
-    state = STATE["round"]
-    assert "failover" in state, "the earlier steps did not run"
-    figures, run = measure("round trip", "failback of us-west", "eu-west",
-                           lambda: playbook("failback.yml", "-e", "region=us-west"),
-                           require=("postgres",))
-    assert run.returncode == 0, run.stdout[-3000:]
-    assert_single_writer_in(figures, "postgres")
-    state["failback_wrong"] = tiers_wrong("eu-west", settle=20)
-    # The zone's primary is home: the witness's record is gone, global-1 serves the primary.
-    state["dns_home"] = dns_primary_record()
-    figures = switch_over("round trip", HOME, require=("postgres",))
-    assert_single_writer_in(figures, "postgres")
-    planned_no_loss(figures)
-    state["home"] = figures
-    # Every standby streams from the holder (PostgreSQL); the rest is asserted below.
-    for region in ("us-west", "eu-west"):
-        assert cluster_roles(NODE_OF[region])[NODE_OF[region]] == ("standby_leader",
-                                                                   "streaming"), region
-    state["home_wrong"] = tiers_wrong(HOME)
-
-
-def test_round_trip_every_tier_follows_the_holder():
-    state = STATE["round"]
-    assert state["failover_wrong"] == [] and state["failback_wrong"] == []
-    assert state["dns_home"] is None, state["dns_home"]
-    assert state["home_wrong"] == []
-    no_loss(state["home"])
-
-
-def test_round_trip_reclone_keeps_the_old_data_and_streams(home):
-    figures, run = measure("round trip", "failback -e region=eu-west -e reclone=true", HOME,
-                           lambda: playbook("failback.yml", "-e", "region=eu-west",
-                                                "-e", "reclone=true"))
-    assert run.returncode == 0, run.stdout[-3000:]
-    assert "eu-west is cloned afresh from us-east" in run.stdout
-    assert_single_writer(figures)
-    no_loss(figures)
-    kept = sh("podman", "exec", "baton-eu-west-1", "sh", "-c",
-              "ls -d /var/lib/postgresql/*/baton.diverged-*", timeout=30)
-    assert kept.returncode == 0 and kept.stdout.strip(), "the old data directory was not kept"
-    check_tiers(HOME)
-    rerun = playbook("failback.yml", "-e", "region=eu-west")
-    assert rerun.returncode == 0 and total_changed(rerun) == 0, rerun.stdout[-2000:]
 
 
 # --------------------------------------------------------------------------- 5: interrupted runs

@@ -83,3 +83,32 @@ def test_the_render_fails_when_group_vars_all_breaks_the_controllers_localhost(t
     main.write_text(text.replace(guarded, 'ansible_host: "{{ baton_address }}"'))
     done = render("failover.yml", tmp_path, broken)
     assert done.returncode != 0 and "baton_address" in done.stdout, done.stdout[-2000:]
+
+
+def test_every_controller_playbook_refuses_a_bad_inventory_in_one_sentence_first(tmp_path):
+    """The inventory's shape is checked on the controller before anything runs: a host
+    without baton_address, a host outside every region group, a region missing from
+    baton_region_names."""
+    broken = tmp_path / "example"
+    shutil.copytree(EXAMPLE, broken)
+    hosts = broken / "hosts.yml"
+    text = hosts.read_text()
+    text = text.replace("db-usw1-2: {baton_address: 10.20.1.12}", "db-usw1-2: {}")
+    text = text.replace("    global:\n", "    stray:\n      hosts:\n"
+                        "        db-aps1-1: {baton_address: 10.50.1.11, baton_site: ap-south}\n"
+                        "    global:\n")
+    hosts.write_text(text)
+    main = broken / "group_vars/all/main.yml"
+    main.write_text(main.read_text().replace("baton_region_names: [us-east, us-west, eu-west]",
+                                             "baton_region_names: [us-east, us-west]"))
+    wanted = ["host db-usw1-2 has no baton_address",
+              "host db-aps1-1 (baton_site ap-south) is in no group under 'regions'",
+              "hosts db-euw1-1, db-euw1-2, db-euw1-3 are in region eu-west, which "
+              "baton_region_names does not list"]
+    for playbook in CONTROLLER_PLAYBOOKS:
+        done = render(playbook, tmp_path, broken)
+        said = " ".join(done.stdout.split())
+        assert done.returncode != 0, (playbook, done.stdout[-2000:])
+        assert "Check the inventory's shape" in done.stdout, (playbook, done.stdout[-2000:])
+        for sentence in wanted:
+            assert sentence in said, (playbook, sentence, done.stdout[-2000:])

@@ -137,3 +137,25 @@ def test_a_region_with_an_even_number_of_hosts_cannot_form_an_etcd_quorum():
     assert baton_inventory_problems(groups, HOSTVARS, "us-east") == [
         "region us-east has 2 database hosts: its etcd needs an odd number of members (1, 3 "
         "or 5); add or remove a host, or set etcd_members"]
+
+
+def test_a_host_outside_every_region_group_is_named():
+    # In the inventory with a region's baton_site, but in no group under 'regions': no tier
+    # would be deployed on it and no move would see it.
+    groups = {"all": [*GROUPS["all"], "c1"], "regions": GROUPS["regions"], "ungrouped": ["c1"]}
+    hostvars = {**HOSTVARS, "c1": {"baton_site": "us-west", "baton_address": "10.0.2.2"}}
+    assert baton_inventory_problems(groups, hostvars, "us-east") == [
+        "host c1 (baton_site us-west) is in no group under 'regions': put it in its region's "
+        "group under 'regions', or in 'global' if it belongs to the global site"]
+
+
+def test_a_move_is_not_refused_for_what_only_a_deploy_needs():
+    # us-west's VMs destroyed and taken out of the inventory; us-east down to two hosts.
+    groups = {"all": ["gtm-1", "a1", "a2"], "regions": ["a1", "a2"]}
+    declared = ["us-east", "us-west"]
+    assert len(baton_inventory_problems(groups, HOSTVARS, "us-west", declared)) == 3
+    assert baton_inventory_problems(groups, HOSTVARS, "us-west", declared, deploy=False) == []
+    # What a move needs is still checked.
+    hostvars = {**HOSTVARS, "a2": {"baton_site": "us-east"}}
+    assert baton_inventory_problems(groups, hostvars, None, declared, deploy=False) == [
+        "host a2 has no baton_address: set the address its services use"]
