@@ -713,9 +713,9 @@ def test_missing_podman_that_cannot_be_installed(tmp_path):
     proc = labctl("prereqs", env=env)
     assert proc.returncode == 2
     line = one_error_line(proc)
-    assert line.startswith("lab: error: apt-cacher-ng, debootstrap, iptables, podman, runc "
-                           "missing and 'install' failed (exit 100: E: Unable to locate "
-                           "package podman)")
+    assert line.startswith("lab: error: apt-cacher-ng, debootstrap, iptables, openssh-client, "
+                           "podman, runc missing and 'install' failed (exit 100: E: Unable to "
+                           "locate package podman)")
     assert line.endswith("by hand, then re-run")
 
 
