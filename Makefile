@@ -146,5 +146,5 @@ health: venv ## ansible-playbook health.yml
 	ansible-playbook health.yml
 
 clean: lab-down ## lab-down, then remove the venv and the lab's cached images
-	-podman rmi --force $$(podman images --filter reference='localhost/baton-debian12' -q) 2>/dev/null
+	-podman rmi --force $$(podman images --filter reference='localhost/baton-debian13' -q) 2>/dev/null
 	rm -rf $(VENV) .lab

@@ -47,7 +47,7 @@ def main() -> int:
     ref = subprocess.run([*LABCTL, "image-ref"], capture_output=True, text=True, env=ENV,
                          check=True).stdout.strip()
     if not args.keep_image:
-        subprocess.run(["podman", "rmi", "-f", ref, "localhost/baton-debian12:current"],
+        subprocess.run(["podman", "rmi", "-f", ref, "localhost/baton-debian13:current"],
                        capture_output=True, env=ENV)
         timed("image build (cold, apt cache warm)", [*LABCTL, "image"])
     timed("image build (cached)", [*LABCTL, "image"])

@@ -37,8 +37,8 @@ STATE_DIR = ROOT / ".lab"
 SIZE_FILE = STATE_DIR / "size"
 CONTAINERS_CONF = LAB_DIR / "containers.conf"
 CACHE_DIR = Path(os.environ.get("BATON_LAB_CACHE", "/var/cache/baton-lab"))
-IMAGE_REPO = "localhost/baton-debian12"
-SUITE = "bookworm"
+IMAGE_REPO = "localhost/baton-debian13"
+SUITE = "trixie"
 MIRROR = os.environ.get("BATON_LAB_MIRROR", "http://deb.debian.org/debian")
 APT_CACHE_PORT = 3149  # not 3142: a host's own apt-cacher-ng service may hold that
 # pip's cache, shared by every lab and Molecule container (root's pip cache inside).

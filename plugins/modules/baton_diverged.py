@@ -67,8 +67,8 @@ EXAMPLES = r"""
 - name: Count and keep what us-east-1 committed past the fork
   baton_diverged:
     state: kept
-    data_dir: /var/lib/postgresql/15/baton
-    bin_dir: /usr/lib/postgresql/15/bin
+    data_dir: /var/lib/postgresql/17/baton
+    bin_dir: /usr/lib/postgresql/17/bin
     holder_timeline: "{{ holder_tl.timeline }}"
     holder_history: "{{ holder_tl.history }}"
   delegate_to: us-east-1

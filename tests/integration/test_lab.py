@@ -217,8 +217,7 @@ def test_the_ssh_inventory_reaches_every_node_as_an_unprivileged_user_with_sudo(
         spoofed.stdout[-2000:]
 
 
-APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 3,  # lab throwaway
-       "prepare_threshold": None}  # PgBouncer pools `app` by transaction
+APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 3}  # lab throwaway; psycopg 3 defaults (it prepares)
 REDIS_PASSWORD = "lab-redis-not-secret"  # lab throwaway (inventories/lab secrets.yml)
 SENTINEL_PASSWORD = "lab-sentinel-not-secret"  # lab throwaway
 
