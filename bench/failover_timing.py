@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, CONTAINERS_CONF=str(ROOT / "lab/containers.conf"),
            ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), PATH=f"{BIN}:{os.environ['PATH']}")
-APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 2}  # lab throwaway; psycopg 3 defaults (it prepares)
+APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 2}  # lab throwaway
 
 
 def run(*cmd: str, timeout: float = 900) -> tuple[int, str, float]:

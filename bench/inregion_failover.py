@@ -33,7 +33,7 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, CONTAINERS_CONF=str(ROOT / "lab/containers.conf"))
-APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 2}  # lab throwaway; psycopg 3 defaults (it prepares)
+APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 2}  # lab throwaway
 NODES = {f"us-east-{i}": f"10.231.1.{10 + i}" for i in (1, 2, 3)}
 PROFILES = {  # name: (ttl, loop_wait, retry_timeout)
     "patroni-default": (30, 10, 10),

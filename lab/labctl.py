@@ -455,10 +455,21 @@ def lab_containers() -> list[dict[str, Any]]:
     return json.loads(raw or "[]")
 
 
+def network_sysctls() -> dict[str, str]:
+    """The common role's network kernel settings (net.*), which a container cannot set itself
+    (its /proc/sys is read-only): podman sets them in the container's network namespace, so
+    the lab's nodes behave as VMs that ran the role do."""
+    import yaml  # from the project's venv
+
+    defaults = ROOT / "roles" / "common" / "defaults" / "main.yml"
+    settings = yaml.safe_load(defaults.read_text(encoding="utf-8")).get("common_sysctl") or {}
+    return {k: str(v) for k, v in sorted(settings.items()) if k.startswith("net.")}
+
+
 def _container_config(host: dict[str, Any], topo: dict[str, Any], ref: str) -> str:
     peers = sorted(f"{h['name']}:{h['address']}" for h in topo["hosts"])
     blob = json.dumps([ref, host["network"], host["address"], peers, PIP_CACHE_MOUNT,
-                       CONTAINER_CAPS], sort_keys=True)
+                       CONTAINER_CAPS, network_sysctls()], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -499,7 +510,9 @@ def ensure_containers(topo: dict[str, Any], ref: str) -> list[str]:
         cmd = ["podman", "run", "-d", "--name", name, "--hostname", host["name"],
                "--network", f"{host['network']}:ip={host['address']}",
                "--systemd", "always", "--volume", PIP_CACHE_MOUNT,
-               *[f"--cap-add={cap}" for cap in CONTAINER_CAPS], "--label", f"{LABEL}=1",
+               *[f"--cap-add={cap}" for cap in CONTAINER_CAPS],
+               *[f"--sysctl={k}={v}" for k, v in network_sysctls().items()],
+               "--label", f"{LABEL}=1",
                "--label", f"{LABEL}.config={config}", "--label", f"{LABEL}.site={host['site']}",
                "--label", f"{LABEL}.host={host['name']}"]
         for peer in topo["hosts"]:

@@ -5,6 +5,8 @@ and a verifier that says what they saw.
   - a PostgreSQL client that writes numbered rows through `db.<zone>`:6432 (database `app`),
     resolving the name at the lab's name servers on every (re)connect, psycopg 3 with its
     default settings (it prepares statements at protocol level after 5 executions);
+  - a second one, asyncpg with its default settings (every query with parameters is a named
+    prepared statement from its statement cache), writing numbered rows into its own table;
   - a Redis client that writes numbered fields through `redis.<zone>`:6379, resolved the same way;
   - for every database node, a probe that tries a write on that node's own PostgreSQL (port
     5432, direct) and its own Redis every `probe_interval` seconds over a connection it keeps,
@@ -21,12 +23,14 @@ The harness only observes: it never repairs the lab and it never decides a test'
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import dns.exception
 import dns.resolver
 import psycopg
@@ -38,6 +42,7 @@ from redis.retry import Retry
 APP_USER, APP_PASSWORD = "app", "lab-app-not-secret"
 REDIS_PASSWORD = "lab-redis-not-secret"
 TABLE = "baton_lifecycle"
+TABLE_ASYNCPG = "baton_lifecycle_asyncpg"
 PROBE_TABLE = "baton_lifecycle_probe"
 
 
@@ -120,6 +125,7 @@ class Workload:
         self.zone, self.name_servers, self.nodes = zone, name_servers, nodes
         self.scenario, self.interval, self.probe_interval = scenario, interval, probe_interval
         self.pg = Stream("postgres client via db")
+        self.pg_asyncpg = Stream("postgres client via db (asyncpg)")
         self.redis = Stream("redis client via redis")
         self.probes: dict[tuple[str, str], Stream] = {}
         for node in nodes:
@@ -128,23 +134,26 @@ class Workload:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.stuck: list[str] = []  # writers still inside a call 15 s after the stop
-        self._seq = {"pg": 0, "redis": 0}
+        self._seq = {"pg": 0, "asyncpg": 0, "redis": 0}
         self.started = self.ended = 0.0
         self._prepare()
 
     # --------------------------------------------------------------------- set-up
     def _prepare(self) -> None:
-        """The client's table; numbering continues from what an earlier step wrote."""
+        """The clients' tables; numbering continues from what an earlier step wrote."""
         address = resolve(f"db.{self.zone}", self.name_servers)
         with psycopg.connect(host=address, port=6432, dbname="app", user=APP_USER,
                              password=APP_PASSWORD, connect_timeout=3, autocommit=True) as conn:
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (scenario text, seq bigint, "
-                         "at timestamptz DEFAULT clock_timestamp(), PRIMARY KEY (scenario, seq))")
+            for table in (TABLE, TABLE_ASYNCPG):
+                conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (scenario text, seq bigint, "
+                             "at timestamptz DEFAULT clock_timestamp(), "
+                             "PRIMARY KEY (scenario, seq))")
             conn.execute(f"CREATE TABLE IF NOT EXISTS {PROBE_TABLE} (node text, "
                          "at timestamptz DEFAULT clock_timestamp())")
-            self._seq["pg"] = conn.execute(
-                f"SELECT coalesce(max(seq), 0) FROM {TABLE} WHERE scenario = %s",
-                (self.scenario,)).fetchone()[0]
+            for key, table in (("pg", TABLE), ("asyncpg", TABLE_ASYNCPG)):
+                self._seq[key] = conn.execute(
+                    f"SELECT coalesce(max(seq), 0) FROM {table} WHERE scenario = %s",
+                    (self.scenario,)).fetchone()[0]
         # Redis numbering goes on from the PostgreSQL one's order of magnitude: unique per run.
         self._seq["redis"] = int(time.time() * 1000) * 1000
 
@@ -173,6 +182,36 @@ class Workload:
             self._stop.wait(self.interval)
         if conn is not None:
             conn.close()
+
+    def _pg_asyncpg_client(self) -> None:
+        asyncio.run(self._pg_asyncpg_writes())
+
+    async def _pg_asyncpg_writes(self) -> None:
+        conn, target = None, None
+        sql = f"INSERT INTO {TABLE_ASYNCPG} (scenario, seq) VALUES ($1, $2)"
+        while not self._stop.is_set():
+            self._seq["asyncpg"] += 1
+            seq = self._seq["asyncpg"]
+            try:
+                if conn is None:
+                    target = resolve(f"db.{self.zone}", self.name_servers)
+                    # asyncpg's defaults (statement_cache_size 100: it prepares every query),
+                    # but a bound on each call: a connection to a lost region never answers.
+                    conn = await asyncpg.connect(host=target, port=6432, database="app",
+                                                 user=APP_USER, password=APP_PASSWORD,
+                                                 timeout=3, command_timeout=60)
+                await conn.execute(sql, self.scenario, seq)
+                self.pg_asyncpg.add(Event(time.time(), True, seq, target))
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, dns.exception.DNSException,
+                    OSError) as exc:  # OSError includes TimeoutError
+                self.pg_asyncpg.add(Event(time.time(), False, seq, target, short(exc)))
+                if conn is not None:
+                    conn.terminate()
+                conn = None
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(self.interval)
+        if conn is not None:
+            conn.terminate()
 
     def _redis_client(self) -> None:
         client, target = None, None
@@ -232,7 +271,8 @@ class Workload:
     # --------------------------------------------------------------------- control
     def __enter__(self) -> Workload:
         self.started = time.time()
-        targets = [(self._pg_client, ()), (self._redis_client, ())]
+        targets = [(self._pg_client, ()), (self._pg_asyncpg_client, ()),
+                   (self._redis_client, ())]
         for node, (_region, address) in self.nodes.items():
             targets += [(self._pg_probe, (node, address)), (self._redis_probe, (node, address))]
         for fn, args in targets:
@@ -317,9 +357,11 @@ class Measurement:
         self.w = workload
         # Frozen at the stop: what a writer stuck past it logs later is not counted.
         self.pg, self.redis = workload.pg.snapshot(), workload.redis.snapshot()
+        self.pg_asyncpg = workload.pg_asyncpg.snapshot()
         self.probes = {key: stream.snapshot() for key, stream in workload.probes.items()}
         self.stuck = list(workload.stuck)
         self.lost_pg: list[int] | None = None
+        self.lost_pg_asyncpg: list[int] | None = None
         self.lost_redis: list[int] | None = None
 
     # --------------------------------------------------------------------- read back
@@ -329,7 +371,11 @@ class Measurement:
                              password=APP_PASSWORD, connect_timeout=3, autocommit=True) as conn:
             stored = {r[0] for r in conn.execute(
                 f"SELECT seq FROM {TABLE} WHERE scenario = %s", (self.w.scenario,))}
+            stored_asyncpg = {r[0] for r in conn.execute(
+                f"SELECT seq FROM {TABLE_ASYNCPG} WHERE scenario = %s", (self.w.scenario,))}
         self.lost_pg = [e.seq for e in self.pg.acked() if e.seq not in stored]
+        self.lost_pg_asyncpg = [e.seq for e in self.pg_asyncpg.acked()
+                                if e.seq not in stored_asyncpg]
         client = redis_at(holder_address, 3)
         try:
             fields = {f.decode() for f in client.hkeys(f"baton:lifecycle:{self.w.scenario}")}
@@ -381,25 +427,29 @@ class Measurement:
         return last
 
     def summary(self) -> dict[str, Any]:
-        start, end = self.w.started, self.w.ended
-        out: dict[str, Any] = {"seconds": round(end - start, 1), "stuck_writers": self.stuck}
+        out: dict[str, Any] = {"seconds": round(self.w.ended - self.w.started, 1),
+                               "stuck_writers": self.stuck}
         for tier, stream, lost in (("postgres", self.pg, self.lost_pg),
                                    ("redis", self.redis, self.lost_redis)):
-            errors = stream.errors()
-            kinds: dict[str, int] = {}
-            for e in errors:
-                kind = (e.error or "").split(":", 1)[0]
-                kinds[kind] = kinds.get(kind, 0) + 1
             out[tier] = {
-                "acked": len(stream.acked()), "errors": len(errors), "error_kinds": kinds,
-                "first_errors": [e.error for e in errors[:3]],
-                "longest_gap": round(stream.longest_gap(start, end), 2),
-                "lost": None if lost is None else len(lost),
+                **self._client_figures(stream, lost),
                 "two_writer_intervals": self.two_writer_intervals(tier),
                 "possible_two_writer_seconds": round(sum(
                     i["seconds"] for i in self.two_writer_intervals(tier, possible=True)), 2),
             }
+        out["postgres_asyncpg"] = self._client_figures(self.pg_asyncpg, self.lost_pg_asyncpg)
         return out
+
+    def _client_figures(self, stream: Stream, lost: list[int] | None) -> dict[str, Any]:
+        errors = stream.errors()
+        kinds: dict[str, int] = {}
+        for e in errors:
+            kind = (e.error or "").split(":", 1)[0]
+            kinds[kind] = kinds.get(kind, 0) + 1
+        return {"acked": len(stream.acked()), "errors": len(errors), "error_kinds": kinds,
+                "first_errors": [e.error for e in errors[:3]],
+                "longest_gap": round(stream.longest_gap(self.w.started, self.w.ended), 2),
+                "lost": None if lost is None else len(lost)}
 
     def line(self, step: str) -> str:
         """One line per step for the test log (and the issue note)."""
@@ -409,4 +459,8 @@ class Measurement:
             t = s[tier]
             parts.append(f"{tier} acked {t['acked']} lost {t['lost']} errors {t['errors']} "
                          f"gap {t['longest_gap']} s two-writer {len(t['two_writer_intervals'])}")
+            if tier == "postgres":
+                a = s["postgres_asyncpg"]
+                parts.append(f"asyncpg acked {a['acked']} lost {a['lost']} errors {a['errors']} "
+                             f"gap {a['longest_gap']} s")
         return " | ".join(parts)

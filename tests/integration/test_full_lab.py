@@ -29,7 +29,7 @@ import pytest
 import redis
 from test_lab import REDIS_PASSWORD, SENTINEL_PASSWORD, assert_nothing_changed, labctl, playbook, sh
 
-APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 2}  # lab throwaway; psycopg 3 defaults (it prepares)
+APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 2}  # lab throwaway
 REGIONS = {"us-east": 1, "us-west": 2, "eu-west": 3}
 
 

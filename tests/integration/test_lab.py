@@ -217,7 +217,7 @@ def test_the_ssh_inventory_reaches_every_node_as_an_unprivileged_user_with_sudo(
         spoofed.stdout[-2000:]
 
 
-APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 3}  # lab throwaway; psycopg 3 defaults (it prepares)
+APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 3}  # lab throwaway
 REDIS_PASSWORD = "lab-redis-not-secret"  # lab throwaway (inventories/lab secrets.yml)
 SENTINEL_PASSWORD = "lab-sentinel-not-secret"  # lab throwaway
 
@@ -447,6 +447,11 @@ def test_the_global_prometheus_has_up_series_from_every_region(lab):
             if "region" not in s["metric"]] == []
     primaries = prometheus_query("global-1", "patroni_primary == 1")
     assert [s["metric"]["region"] for s in primaries] == ["us-east"]
+    # The PgBouncer exporter (Debian's) reads every PgBouncer: `app` is served, not paused.
+    readable = prometheus_query("global-1", "pgbouncer_up == 1")
+    assert sorted(s["metric"]["region"] for s in readable) == ["eu-west", "us-east", "us-west"]
+    serving = prometheus_query("global-1", 'pgbouncer_databases_paused{name="app"} == 0')
+    assert sorted(s["metric"]["region"] for s in serving) == ["eu-west", "us-east", "us-west"]
 
 
 def test_the_dr_alerts_fire_in_their_cases_and_the_deployed_configurations_check_clean(lab):

@@ -47,7 +47,15 @@ import dns.exception
 import psycopg
 import pytest
 import redis
-from harness import APP_PASSWORD, APP_USER, REDIS_PASSWORD, TABLE, Measurement, Workload
+from harness import (
+    APP_PASSWORD,
+    APP_USER,
+    REDIS_PASSWORD,
+    TABLE,
+    TABLE_ASYNCPG,
+    Measurement,
+    Workload,
+)
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from test_lab import (
@@ -277,6 +285,7 @@ def assert_single_writer(figures: dict) -> None:
 
 def no_loss(figures: dict) -> None:
     assert figures["postgres"]["lost"] == 0, figures["postgres"]
+    assert figures["postgres_asyncpg"]["lost"] == 0, figures["postgres_asyncpg"]
     assert figures["redis"]["lost"] == 0, figures["redis"]
 
 
@@ -284,6 +293,7 @@ def planned_no_loss(figures: dict) -> None:
     """A planned move: no acknowledged PostgreSQL write lost (asserted here); the Redis figures
     are kept for test_planned_moves_lose_no_redis_write_and_give_no_readonly (over every move)."""
     assert figures["postgres"]["lost"] == 0, figures["postgres"]
+    assert figures["postgres_asyncpg"]["lost"] == 0, figures["postgres_asyncpg"]
     STATE.setdefault("redis_planned", []).append(
         (figures["scenario"], figures["step"], figures["redis"]["lost"],
          sorted(figures["redis"]["error_kinds"])))
@@ -328,9 +338,10 @@ def test_switchover_to_us_west_under_clients(over_ssh, home):
     rerun = playbook("switchover.yml", "-e", "target=us-west")
     assert rerun.returncode == 0 and total_changed(rerun) == 0, rerun.stdout[-2000:]
     STATE["switchover"] = figures
-    # psycopg 3 with its default settings prepares statements at protocol level; PgBouncer
-    # (max_prepared_statements) prepares them again on the new region's server connections.
+    # psycopg 3 and asyncpg with their default settings prepare statements at protocol level;
+    # PgBouncer (max_prepared_statements) prepares them again on the new region's servers.
     assert figures["postgres"]["errors"] == 0, figures["postgres"]
+    assert figures["postgres_asyncpg"]["errors"] == 0, figures["postgres_asyncpg"]
     assert set(figures["redis"]["error_kinds"]) <= {"ConnectionError"}, figures
 
 
@@ -549,10 +560,14 @@ def test_region_loss_failback_reconciles_the_loss_with_what_the_clients_lost():
     assert "failback" in STATE.get("loss", {}), "the failback step did not run"
     rec = failover_away_from("us-east").get("reconciled") or {}
     lost = STATE["loss"]["failover"]["postgres"]["lost"]
+    lost_asyncpg = STATE["loss"]["failover"]["postgres_asyncpg"]["lost"]
     print(f"region loss: reconciled {rec.get('status')} {rec.get('transactions')} "
-          f"{rec.get('by_table')}; the client lost {lost}")
+          f"{rec.get('by_table')}; the clients lost {lost} (psycopg), {lost_asyncpg} (asyncpg)")
     assert rec.get("status") in ("counted", "nothing"), rec
-    assert 0 <= rec["by_table"].get(f"app.public.{TABLE}", 0) - lost <= 1, (rec, lost)
+    by_table = rec.get("by_table") or {}
+    assert 0 <= by_table.get(f"app.public.{TABLE}", 0) - lost <= 1, (rec, lost)
+    assert 0 <= by_table.get(f"app.public.{TABLE_ASYNCPG}", 0) - lost_asyncpg <= 1, \
+        (rec, lost_asyncpg)
 
 
 def test_region_loss_every_tier_follows_the_holder_after_failback_and_home():
@@ -742,11 +757,14 @@ class TestPartition:
               f"{state['failover']['postgres']['lost']}")
         assert rec.get("status") == "counted", rec
         tables = rec["by_table"]
+        failover = state["failover"]
         for table, lost in (("app.public.baton_fence", state["inside"]["lost"]),
-                            (f"app.public.{TABLE}", state["failover"]["postgres"]["lost"])):
+                            (f"app.public.{TABLE}", failover["postgres"]["lost"]),
+                            (f"app.public.{TABLE_ASYNCPG}", failover["postgres_asyncpg"]["lost"])):
             assert 0 <= tables.get(table, 0) - lost <= 1, (table, lost, tables)
         assert done["reconciled_lost_transactions"] == rec["transactions"] \
-            >= state["inside"]["lost"] + state["failover"]["postgres"]["lost"]
+            >= state["inside"]["lost"] + failover["postgres"]["lost"] \
+            + failover["postgres_asyncpg"]["lost"]
         assert rec["node"] == "us-east-1" and rec["first_commit"] <= rec["last_commit"]
         assert sh("podman", "exec", "baton-us-east-1", "test", "-s", f"{rec['kept']}/summary.json",
                   timeout=30).returncode == 0, "the old timeline's WAL is not kept on us-east-1"

@@ -32,7 +32,7 @@ The region's secondary name server: the agent asks it to check the primary's zon
 refresh) when it starts, when the baton's epoch changes and when the witness answers again
 after it did not, so a region that returns or heals does not answer from an old zone.
 
-Stdlib only (Debian 12's python3); baton_witness.py sits in the same folder. Its state (lease,
+Stdlib only (Debian's python3); baton_witness.py sits in the same folder. Its state (lease,
 epoch, last renewal) survives a restart of the agent in /run/baton, so a restart during a
 partition does not forget that the node held the baton.
 """
