@@ -44,19 +44,20 @@ LIFECYCLE_LOG = Path(__file__).resolve().parents[2] / "reports" / "lifecycle.jso
 
 def lifecycle_rows(path: Path) -> list[str]:
     """One line per lifecycle step: what the harness measured (tests/integration/harness.py)."""
-    rows = [f"{'scenario / step':58} {'pg ack/lost/err/gap':22} {'redis ack/lost/err/gap':22} "
-            "2w pg/redis  stated loss"]
+    rows = [f"{'scenario / step':58} {'pg ack/lost/err/gap':22} {'asyncpg ack/lost/err/gap':24} "
+            f"{'redis ack/lost/err/gap':22} 2w pg/redis  stated loss"]
     for line in path.read_text().splitlines():
         e = json.loads(line)
         cells = []
-        for tier in ("postgres", "redis"):
-            t = e[tier]
-            cells.append(f"{t['acked']}/{t['lost']}/{t['errors']}/{t['longest_gap']}s")
+        for client in ("postgres", "postgres_asyncpg", "redis"):
+            t = e.get(client)
+            cells.append(f"{t['acked']}/{t['lost']}/{t['errors']}/{t['longest_gap']}s" if t
+                         else "-")
         two = f"{len(e['postgres']['two_writer_intervals'])}/" \
               f"{len(e['redis']['two_writer_intervals'])}"
         stated = e.get("stated_loss_bytes")
-        rows.append(f"{(e['scenario'] + ' / ' + e['step'])[:58]:58} {cells[0]:22} {cells[1]:22} "
-                    f"{two:11}  {'' if stated is None else f'{stated} B'}")
+        rows.append(f"{(e['scenario'] + ' / ' + e['step'])[:58]:58} {cells[0]:22} {cells[1]:24} "
+                    f"{cells[2]:22} {two:11}  {'' if stated is None else f'{stated} B'}")
     return rows
 
 

@@ -22,7 +22,7 @@ def probe(name: str, samples: list[tuple[float, bool]]) -> Stream:
 def workload(pg_a: list[tuple[float, bool]], pg_b: list[tuple[float, bool]]) -> Workload:
     load = Workload.__new__(Workload)  # no lab: only what the verifier reads
     load.nodes, load.started, load.ended, load.stuck = NODES, 0.0, 10.0, []
-    load.pg, load.redis = Stream("pg"), Stream("redis")
+    load.pg, load.redis, load.pg_asyncpg = Stream("pg"), Stream("redis"), Stream("asyncpg")
     load.probes = {("postgres", "a-1"): probe("a", pg_a), ("postgres", "b-1"): probe("b", pg_b),
                    ("redis", "a-1"): Stream("ra"), ("redis", "b-1"): Stream("rb")}
     return load
@@ -68,6 +68,22 @@ def test_lost_writes_and_error_kinds_are_counted_per_tier():
     summary = m.summary()["postgres"]
     assert (summary["acked"], summary["lost"], summary["errors"]) == (3, 1, 1)
     assert summary["error_kinds"] == {"OperationalError": 1}
+
+
+def test_the_asyncpg_client_is_counted_apart_from_the_psycopg_one():
+    load = workload([], [])
+    load.pg.add(Event(1.0, True, seq=1))
+    for seq, ok in [(1, True), (2, False), (3, True)]:
+        load.pg_asyncpg.add(Event(float(seq), ok, seq=seq,
+                                  error=None if ok else "InvalidSQLStatementNameError: gone"))
+    m = Measurement(load)
+    m.lost_pg, m.lost_redis, m.lost_pg_asyncpg = [], [], [3]
+    summary = m.summary()
+    assert (summary["postgres"]["acked"], summary["postgres"]["errors"]) == (1, 0)
+    asyncpg = summary["postgres_asyncpg"]
+    assert (asyncpg["acked"], asyncpg["lost"], asyncpg["errors"]) == (2, 1, 1)
+    assert asyncpg["error_kinds"] == {"InvalidSQLStatementNameError": 1}
+    assert "asyncpg acked 2 lost 1 errors 1" in m.line("step")
 
 
 def test_what_a_stuck_writer_logs_after_the_stop_is_not_counted():

@@ -46,3 +46,9 @@ def test_cli_exits_2_with_one_sentence_for_an_unknown_size(capsys):
     assert labctl.main(["up", "--size", "huge"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["lab: error: unknown lab size 'huge': use LAB=full or LAB=ha or LAB=mini"]
+
+
+def test_the_containers_get_the_common_roles_network_kernel_settings_only():
+    settings = labctl.network_sysctls()
+    assert settings["net.ipv4.tcp_retries2"] == "5"
+    assert all(key.startswith("net.") for key in settings), settings  # vm.* is the host's
