@@ -342,6 +342,7 @@ def test_switchover_to_us_west_under_clients(over_ssh, home):
     # PgBouncer (max_prepared_statements) prepares them again on the new region's servers.
     assert figures["postgres"]["errors"] == 0, figures["postgres"]
     assert figures["postgres_asyncpg"]["errors"] == 0, figures["postgres_asyncpg"]
+    assert figures["postgres_asyncpg"]["acked"] > 0, figures["postgres_asyncpg"]
     assert set(figures["redis"]["error_kinds"]) <= {"ConnectionError"}, figures
 
 
@@ -813,6 +814,7 @@ def test_the_holder_is_never_fenced_while_witness_members_leave_and_rejoin(home)
     no_loss(figures)
     assert_single_writer(figures)
     assert figures["postgres"]["errors"] == 0 and figures["redis"]["errors"] == 0, figures
+    assert figures["postgres_asyncpg"]["errors"] == 0, figures["postgres_asyncpg"]
     check_tiers(HOME)
 
 

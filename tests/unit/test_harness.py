@@ -4,6 +4,8 @@ pure functions of the logged events, checked here on made-up logs."""
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
 from harness import Event, Measurement, Stream, Workload
@@ -92,3 +94,10 @@ def test_what_a_stuck_writer_logs_after_the_stop_is_not_counted():
     m = Measurement(load)
     load.pg.add(Event(11.0, True, seq=2))  # a writer that was stuck in a call at the stop
     assert [e.seq for e in m.pg.acked()] == [1]
+
+
+def test_waiting_for_acknowledged_writes_names_every_postgres_client():
+    load = workload([], [])
+    load.pg_asyncpg.add(Event(1.0, False, seq=1, error="OSError: refused"))
+    with pytest.raises(AssertionError, match=r"asyncpg 0 \(last error OSError: refused\)"):
+        load.wait_acked(1, timeout=0.2, tiers=("postgres",))

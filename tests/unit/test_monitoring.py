@@ -110,3 +110,25 @@ def test_dashboard_is_grafana_json_on_a_prometheus_datasource_variable():
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == "${datasource}"
         assert panel["targets"] and all(t["expr"] for t in panel["targets"])
+
+
+@pytest.mark.parametrize("template", ["pgbouncer-exporter.env.j2", "postgres-exporter.default.j2"])
+def test_exporter_connection_strings_carry_any_password_intact(template):
+    """A password is URL-encoded in the exporters' connection strings, '/' included (base64
+    passwords have it; Jinja's urlencode leaves it, which would end the URL's host part)."""
+    import urllib.parse
+
+    import jinja2
+
+    source = (ROOT / "roles/exporters/templates" / template).read_text()
+    password = "a/b+c=d%e'f$g:h@i"
+    text = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(source).render(
+        ansible_managed="managed", exporters_monitoring_username="baton_monitor",
+        exporters_monitoring_password=password, exporters_pgbouncer_service_port=6432,
+        exporters_postgresql_port=5432, exporters_address="10.0.1.1",
+        exporters_pgbouncer_port=9127, exporters_postgres_port=9187)
+    url = re.search(r"='(postgres(?:ql)?://[^']*)'", text).group(1)
+    parsed = urllib.parse.urlsplit(url)
+    assert (parsed.hostname, parsed.port) == ("127.0.0.1", 5432 if "postgres-" in template
+                                              else 6432)
+    assert urllib.parse.unquote(parsed.password) == password
