@@ -346,15 +346,18 @@ def _reason(exc: BaseException) -> str:
 
 
 def timing_problems(interval: float, fence_after: float, lease_ttl: int,
-                    promotion_wait: float, election_timeout_ms: float = 1000) -> list[str]:
+                    promotion_wait: float, election_timeout_ms: float = 1000,
+                    fence_time: float = 3.0, watchdog: float = 5.0) -> list[str]:
     """Everything wrong with the agent's and the controller's timing, one sentence each.
 
     The chain that keeps two regions from accepting writes at once: a holder node that cannot
-    renew its lease fences itself after fence_after, noticed within one interval; its lease
-    on the witness lives lease_ttl after its last renewal; the controller waits
-    promotion_wait (>= lease_ttl) after moving the baton before it promotes another region.
-    A witness election (up to two election timeouts without a leader) must not last long
-    enough to fence the holder.
+    renew its lease starts fencing itself after fence_after, noticed within one interval, and
+    the fence's own steps (PgBouncer, Redis, Patroni's stop) take up to fence_time; an agent
+    that hangs is killed by systemd's watchdog after `watchdog` seconds, which stops Patroni
+    (bound to it) within fence_time; its lease on the witness lives lease_ttl after its last
+    renewal; the controller waits promotion_wait (>= lease_ttl) after moving the baton before
+    it promotes another region. A witness election (up to two election timeouts without a
+    leader) must not last long enough to fence the holder.
     """
     problems: list[str] = []
     if interval <= 0:
@@ -364,13 +367,20 @@ def timing_problems(interval: float, fence_after: float, lease_ttl: int,
             f"baton_agent_interval ({interval:g} s) must be less than baton_fence_after "
             f"({fence_after:g} s), or one slow loop fences a healthy node: lower "
             f"baton_agent_interval or raise baton_fence_after")
-    if fence_after + interval >= lease_ttl:
+    if fence_after + interval + fence_time >= lease_ttl:
+        total = fence_after + interval + fence_time
         problems.append(
-            f"baton_fence_after + baton_agent_interval ({fence_after + interval:g} s) must be "
-            f"less than baton_witness_lease_ttl ({lease_ttl} s), so that a node cut off from "
+            f"baton_fence_after + baton_agent_interval + baton_fence_time ({total:g} s) must "
+            f"be less than baton_witness_lease_ttl ({lease_ttl} s), so that a node cut off from "
             f"the witness has fenced itself before the witness lets its lease go: raise "
-            f"baton_witness_lease_ttl above {fence_after + interval:g} or lower "
-            f"baton_fence_after")
+            f"baton_witness_lease_ttl above {total:g} or lower baton_fence_after")
+    if watchdog <= interval or watchdog + fence_time >= lease_ttl:
+        problems.append(
+            f"baton_agent_watchdog ({watchdog:g} s) must be more than baton_agent_interval "
+            f"({interval:g} s) and, with baton_fence_time ({fence_time:g} s), less than "
+            f"baton_witness_lease_ttl ({lease_ttl} s), so that a hung agent is killed (and "
+            f"Patroni, bound to it, stopped) before its lease can expire: change "
+            f"baton_agent_watchdog")
     if lease_ttl > promotion_wait:
         problems.append(
             f"baton_witness_lease_ttl ({lease_ttl} s) must not exceed baton_promotion_wait "
@@ -409,8 +419,15 @@ def agent_step(state: Mapping[str, Any], observed: Mapping[str, Any], now: float
               when the node must stop holding.
     observed: {"witness_ok": bool, "holder": {"region", "epoch"}|None,
                "writable": bool|None (local PostgreSQL out of recovery; None: no answer),
-               "fenced": bool (the marker file exists)}
+               "fenced": bool (the marker file exists),
+               "agent_age": seconds since this agent process started,
+               "holder_seen": epoch of the last holder key this node read (kept across
+               restarts; None: never)}
     cfg:      {"region": this node's region, "fence_after": seconds}
+
+    Fails closed: a holder key that vanishes after it was seen counts as a witness that does
+    not answer (nobody deletes it but an intruder or a mistake: site.yml writes it again), and
+    a holder node whose renewals keep failing while reads succeed fences like one cut off.
 
     The new state also carries "note": one sentence on why, for the log.
     """
@@ -430,19 +447,25 @@ def agent_step(state: Mapping[str, Any], observed: Mapping[str, Any], now: float
                      f"(epoch {holder.get('epoch')})")
         return ["stay_fenced"], {**fresh_state(), "note": note}
 
+    vanished = witness_ok and holder is None and observed.get("holder_seen") is not None
+    if vanished:
+        witness_ok = False
     if not witness_ok:
+        lost = ("the holder key vanished from the witness (epoch "
+                f"{observed.get('holder_seen')} was seen)" if vanished else "witness unreachable")
         if not held:
             age = float(observed.get("agent_age") or 0)
             if observed.get("writable") is True and age > fence_after:
                 # Booted (or first started) while cut off: nothing says it may take writes.
-                return ["fence"], {**new, "note": (f"witness unreachable for {age:.1f} s since "
-                                                   "the agent started and this node's "
-                                                   "PostgreSQL is writable")}
-            return ["wait"], {**new, "note": "witness unreachable; this node holds no baton"}
+                return ["fence"], {**new, "note": (f"{lost} for {age:.1f} s since the agent "
+                                                   "started and this node's PostgreSQL is "
+                                                   "writable")}
+            return ["wait"], {**new, "note": f"{lost}; this node holds no baton"}
         age = math.inf if new["last_renewal"] is None else now - float(new["last_renewal"])
         if age > fence_after:
-            return ["fence"], {**new, "note": f"no lease renewal for {age:.1f} s"}
-        return ["wait"], {**new, "note": (f"witness unreachable; last renewal {age:.1f} s ago, "
+            return ["fence"], {**new, "note": f"no lease renewal for {age:.1f} s"
+                                              + (f" ({lost})" if vanished else "")}
+        return ["wait"], {**new, "note": (f"{lost}; last renewal {age:.1f} s ago, "
                                           f"fencing after {fence_after:g} s")}
 
     if holder is None:
@@ -453,6 +476,15 @@ def agent_step(state: Mapping[str, Any], observed: Mapping[str, Any], now: float
     held_epoch = new["holder_epoch"]
     moved_back = holder["region"] == region and held_epoch is not None and epoch > held_epoch
     if holder["region"] == region and not moved_back:
+        # Renewals that keep failing while reads succeed (a witness that refuses this node's
+        # writes, a lease it lost) fence like a witness that does not answer: the lease ends
+        # on the witness either way. Counted from this process's start at the earliest, so
+        # that a restarted agent or a rebooted node gets fence_after to renew first.
+        age = min(math.inf if new["last_renewal"] is None else now - float(new["last_renewal"]),
+                  float(observed.get("agent_age") or 0))
+        if age > fence_after:
+            return ["fence"], {**new, "note": (f"{region} holds the baton (epoch {epoch}) but "
+                                               f"no renewal succeeded for {age:.1f} s")}
         action = "keepalive" if new["lease"] is not None else "grant"
         return [action], {**new, "note": f"{region} holds the baton (epoch {epoch}): renewing"}
 

@@ -74,6 +74,7 @@ from test_lab import (
     report,
     sh,
     total_changed,
+    prometheus_query,
     witness,
 )
 
@@ -769,6 +770,156 @@ class TestPartition:
         assert rec["node"] == "us-east-1" and rec["first_commit"] <= rec["last_commit"]
         assert sh("podman", "exec", "baton-us-east-1", "test", "-s", f"{rec['kept']}/summary.json",
                   timeout=30).returncode == 0, "the old timeline's WAL is not kept on us-east-1"
+
+
+# ------------------------------------------------- the holder's agent dead, then partition
+
+def agent_pid(node: str) -> int:
+    return int(sh("podman", "exec", f"baton-{node}", "systemctl", "show", "-p", "MainPID",
+                  "--value", "baton-agent", timeout=30).stdout.strip() or 0)
+
+
+def unit_active(node: str, unit: str) -> bool:
+    return sh("podman", "exec", f"baton-{node}", "systemctl", "is-active", "--quiet", unit,
+              timeout=30).returncode == 0
+
+
+def firing(alert: str) -> list[dict]:
+    """The alert's firing series on the global Prometheus."""
+    return prometheus_query("global-1", f'ALERTS{{alertname="{alert}",alertstate="firing"}}')
+
+
+@pytest.fixture(scope="class")
+def dead_agent_cleanup():
+    """Whatever a step left: the partition healed, the writer stopped, the agent running."""
+    yield
+    labctl("heal", "us-east")
+    stop_inside_writer()
+    sh("podman", "exec", "baton-us-east-1", "systemctl", "start", "baton-agent", timeout=120)
+
+
+@pytest.mark.usefixtures("dead_agent_cleanup")
+class TestDeadAgent:
+    """The fence without its agent. First the holder's agent is killed (kill -9) and systemd
+    brings it back: Patroni and Sentinel, bound to it, stop and are started again by the agent.
+    Then it is killed and kept down (systemctl stop cancels the restart: an agent that died for
+    good), the region is cut off and the baton moves to us-west: nothing in us-east may accept
+    a write after the move, though no agent there fences anything, and BatonAgentDown fired.
+    Then the partition heals, the agent is brought back, failback, home."""
+
+    name = "dead agent"
+
+    def test_a_killed_agent_is_restarted_and_brings_back_what_stopped_with_it(self, home):
+        state = STATE[self.name] = {}
+        old = agent_pid("us-east-1")
+        patroni = int(sh("podman", "exec", "baton-us-east-1", "systemctl", "show", "-p",
+                         "MainPID", "--value", "patroni", timeout=30).stdout.strip())
+
+        def kill_and_wait():
+            assert sh("podman", "exec", "baton-us-east-1", "kill", "-9", str(old),
+                      timeout=30).returncode == 0
+            wait_until(lambda: agent_pid("us-east-1") not in (0, old), 30, "the agent restarted")
+            wait_until(lambda: pg_accepts_write(MINI["us-east-1"])
+                       and redis_accepts_write(MINI["us-east-1"]), 90,
+                       "us-east-1 takes writes again")
+        figures, _ = measure(self.name, "agent killed -9, restarted by systemd", HOME,
+                             kill_and_wait)
+        state["restarted"] = figures
+        log = sh("podman", "exec", "baton-us-east-1", "journalctl", "-u", "baton-agent",
+                 "--since", "-3min", "--no-pager", timeout=30).stdout
+        assert "agent stopped (signal): bound: patroni, redis-sentinel stop with it" in log, \
+            log[-2000:]
+        assert "patroni was stopped with the agent: systemctl start patroni: ok" in log
+        new_patroni = int(sh("podman", "exec", "baton-us-east-1", "systemctl", "show", "-p",
+                             "MainPID", "--value", "patroni", timeout=30).stdout.strip())
+        assert new_patroni not in (0, patroni), "Patroni did not stop with the agent"
+        assert unit_active("us-east-1", "redis-sentinel")
+        assert_single_writer(figures)
+        no_loss(figures)
+        check_tiers(HOME)
+
+    def test_with_the_agent_dead_a_cut_off_holder_takes_no_write_after_the_move(self):
+        state = STATE[self.name]
+        assert "restarted" in state, "the earlier step did not run"
+        with psycopg.connect(host=MINI["us-east-1"], port=6432, dbname="app", user=APP_USER,
+                             password=APP_PASSWORD, autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS baton_fence (at timestamptz)")
+        started = sh("podman", "exec", "-d", "-e", f"PGPASSWORD={APP_PASSWORD}",
+                     "baton-us-east-1", "bash", "-c", f"rm -f /tmp/baton-acks; {INSIDE_WRITER}")
+        assert started.returncode == 0, started.stderr
+        time.sleep(2)
+        killed_at = time.time()
+        kill = sh("podman", "exec", "baton-us-east-1", "sh", "-c",
+                  f"kill -9 {agent_pid('us-east-1')}; systemctl stop baton-agent", timeout=60)
+        assert kill.returncode == 0, kill.stderr
+        wait_until(lambda: not pg_accepts_write(MINI["us-east-1"])
+                   and not redis_accepts_write(MINI["us-east-1"]), 30,
+                   "us-east-1 refuses writes without its agent")
+        state["writes_stopped_after"] = round(time.time() - killed_at, 1)
+        assert not unit_active("us-east-1", "patroni")
+        assert not unit_active("us-east-1", "redis-sentinel")
+        wait_until(lambda: any(a["metric"].get("instance") == "us-east-1"
+                               for a in firing("BatonAgentDown")), 150,
+                   "BatonAgentDown fires for us-east-1 on the global Prometheus")
+        state["alert_after"] = round(time.time() - killed_at, 1)
+        print(f"{self.name}: writes stopped {state['writes_stopped_after']} s after the kill; "
+              f"BatonAgentDown firing after {state['alert_after']} s")
+
+        def cut_and_fail_over():
+            assert labctl("partition", "us-east").returncode == 0
+            return playbook("failover.yml", "-e", "target=us-west")
+        try:
+            figures, run = measure(self.name, "agent dead, us-east cut off, failover to us-west",
+                                   "us-west", cut_and_fail_over, report_kind="failover")
+            assert run.returncode == 0, run.stdout[-3000:]
+            state["failover"] = figures
+            state["wrong"] = tiers_wrong("us-west", down=("us-east",), settle=20)
+        except BaseException:
+            labctl("heal", "us-east")
+            raise
+        moved = json.loads(witness().get("/baton/holder").value)["since"]
+        state["moved_at"] = datetime.fromisoformat(moved).timestamp()
+        assert_single_writer_in(figures, "postgres")
+        assert_single_writer_in(figures, "redis")
+        assert state["wrong"] == [], state["wrong"]
+
+    def test_healed_the_region_without_its_agent_still_takes_no_write(self):
+        state = STATE[self.name]
+        assert "moved_at" in state, "the failover step did not run"
+
+        def heal_and_wait():
+            assert labctl("heal", "us-east").returncode == 0
+            time.sleep(20)  # a Sentinel left watching would reconfigure us-west's master now
+        figures, _ = measure(self.name, "healed, agent still dead, 20 s", "us-west",
+                             heal_and_wait, require=("postgres",))
+        state["healed"] = figures
+        stop_inside_writer()
+        lines = sh("podman", "exec", "baton-us-east-1", "cat", "/tmp/baton-acks",
+                   timeout=30).stdout.splitlines()
+        acks = [float(line.split()[1]) for line in lines if line.strip()]
+        # Every write the client inside us-east got acknowledged came before its agent died
+        # (Patroni stopped with it), long before the baton moved.
+        assert acks and max(acks) < state["moved_at"]
+        assert max(acks) < state["moved_at"] - 10, (max(acks), state["moved_at"])
+        assert not pg_accepts_write(MINI["us-east-1"])
+        assert not redis_accepts_write(MINI["us-east-1"])
+        assert_single_writer(figures)
+        no_loss(figures)
+        # us-west's Redis is still the master its region's Sentinel watches (nobody in us-east
+        # turned it into a replica), and us-west alone takes writes.
+        assert redis_accepts_write(MINI["us-west-1"])
+        assert holder_region() == "us-west"
+
+    def test_the_agent_back_failback_and_home(self):
+        state = STATE[self.name]
+        assert "healed" in state, "the earlier steps did not run"
+        start = sh("podman", "exec", "baton-us-east-1", "systemctl", "start", "baton-agent",
+                   timeout=120)
+        assert start.returncode == 0, start.stderr
+        failback_and_home(self.name, state, "us-west", "-e", "region=us-east")
+        assert state["failback_wrong"] == [] and state["home_wrong"] == []
+        assert state["failback_rerun_changed"] == 0
+        no_loss(state["home"])
 
 
 # --------------------------------------------------------------------------- witness churn

@@ -306,7 +306,7 @@ def test_the_default_timing_satisfies_every_rule():
 
 
 def test_timing_refuses_an_interval_not_below_the_fence_time():
-    problems = timing_problems(5, 5, 20, 20, election_timeout_ms=0)
+    problems = timing_problems(5, 5, 20, 20, election_timeout_ms=0, watchdog=6)
     assert len(problems) == 1
     assert "baton_agent_interval (5 s) must be less than baton_fence_after (5 s)" in problems[0]
 
@@ -314,8 +314,26 @@ def test_timing_refuses_an_interval_not_below_the_fence_time():
 def test_timing_refuses_a_lease_that_can_expire_before_the_node_has_fenced():
     problems = timing_problems(1, 9, 10, 15)
     assert len(problems) == 1
-    assert "baton_fence_after + baton_agent_interval (10 s)" in problems[0]
-    assert "raise baton_witness_lease_ttl above 10" in problems[0]
+    assert "baton_fence_after + baton_agent_interval + baton_fence_time (13 s)" in problems[0]
+    assert "raise baton_witness_lease_ttl above 13" in problems[0]
+
+
+def test_timing_counts_the_fences_own_steps():
+    """6 s to notice plus 3 s of fence steps fit a 10 s lease; 4.5 s of steps do not."""
+    assert timing_problems(1, 5, 10, 15, fence_time=3) == []
+    problems = timing_problems(1, 5, 10, 15, fence_time=4.5)
+    assert len(problems) == 1
+    assert "(10.5 s) must be less than baton_witness_lease_ttl (10 s)" in problems[0]
+
+
+def test_timing_refuses_a_watchdog_that_lets_a_hung_agent_outlive_its_lease():
+    problems = timing_problems(1, 5, 10, 15, watchdog=8)
+    assert problems == [
+        "baton_agent_watchdog (8 s) must be more than baton_agent_interval (1 s) and, with "
+        "baton_fence_time (3 s), less than baton_witness_lease_ttl (10 s), so that a hung "
+        "agent is killed (and Patroni, bound to it, stopped) before its lease can expire: "
+        "change baton_agent_watchdog"]
+    assert timing_problems(1, 5, 10, 15, watchdog=1) != []
 
 
 def test_timing_refuses_a_promotion_wait_shorter_than_the_lease():
@@ -327,7 +345,7 @@ def test_timing_refuses_a_promotion_wait_shorter_than_the_lease():
 
 
 def test_timing_names_every_violation_once():
-    assert len(timing_problems(0, 0, 0, -1)) == 4
+    assert len(timing_problems(0, 0, 0, -1)) == 5
 
 
 def test_timing_refuses_a_fence_time_a_witness_election_can_reach():
@@ -357,7 +375,7 @@ def test_a_holder_that_stops_renewing_fences_before_its_lease_can_expire_and_bef
             now += interval
         assert fenced_at is not None
         assert t + fence_after < fenced_at <= t + fence_after + interval
-        assert fenced_at < t + lease_ttl
+        assert fenced_at + 3.0 < t + lease_ttl  # the fence's steps (baton_fence_time) done
         assert t + lease_ttl <= t + promotion_wait
 
 
@@ -486,6 +504,44 @@ def test_agent_is_idle_when_the_witness_has_no_holder_key():
     actions, state = agent_step(fresh_state(), observed(holder=None), 100.0, CFG)
     assert actions == ["idle"]
     assert "first deploy" in state["note"]
+
+
+def test_a_holder_whose_renewals_keep_failing_while_reads_succeed_fences():
+    """The witness answers the holder read but refuses or loses every renewal: the lease ends
+    on the witness all the same, so the node fences after fence_after like a cut-off one."""
+    actions, _ = agent_step(HOLDS, observed(agent_age=60), 104.9, CFG)
+    assert actions == ["keepalive"]
+    actions, state = agent_step(HOLDS, observed(agent_age=60), 105.2, CFG)
+    assert actions == ["fence"]
+    assert state["note"] == "us-east holds the baton (epoch 3) but no renewal succeeded for 5.2 s"
+    # A lease lost on the witness (keepalive answered TTL 0) and no new one granted since.
+    lost = {"lease": None, "last_renewal": 100.0, "holder_epoch": 3}
+    assert agent_step(lost, observed(agent_age=60), 105.2, CFG)[0] == ["fence"]
+
+
+def test_a_restarted_agent_gets_fence_after_to_renew_before_the_failed_renewal_rule_applies():
+    """After a reboot the saved renewal is old: the new process must first try to renew."""
+    assert agent_step(HOLDS, observed(agent_age=1.0), 400.0, CFG)[0] == ["keepalive"]
+    assert agent_step(fresh_state(), observed(agent_age=4.0), 400.0, CFG)[0] == ["grant"]
+    assert agent_step(fresh_state(), observed(agent_age=5.5), 400.0, CFG)[0] == ["fence"]
+
+
+def test_a_holder_key_that_vanishes_after_it_was_seen_fails_closed():
+    """Deleting /baton/holder must not set anyone free (no holder reads as "first deploy"): a
+    node that has seen a holder treats its absence as a witness that does not answer."""
+    gone = observed(holder=None, holder_seen=3)
+    actions, state = agent_step(HOLDS, gone, 104.0, CFG)
+    assert actions == ["wait"]
+    assert "the holder key vanished from the witness (epoch 3 was seen)" in state["note"]
+    actions, state = agent_step(HOLDS, gone, 105.5, CFG)
+    assert actions == ["fence"]
+    assert "no lease renewal for 5.5 s (the holder key vanished" in state["note"]
+    # A standby region's replica waits; a writable node that holds nothing is fenced.
+    assert agent_step(fresh_state(), {**gone, "writable": False, "agent_age": 60}, 200.0,
+                      CFG)[0] == ["wait"]
+    assert agent_step(fresh_state(), {**gone, "agent_age": 60}, 200.0, CFG)[0] == ["fence"]
+    # Never seen: the first deploy, before site.yml writes the key.
+    assert agent_step(fresh_state(), observed(holder=None), 200.0, CFG)[0] == ["idle"]
 
 
 def test_agent_step_does_not_change_the_state_it_is_given():
@@ -624,6 +680,19 @@ def test_agent_process_takes_a_lease_writes_its_alive_key_and_metrics(agent_modu
     assert saved["lease"] == 77
 
 
+class FakeStop:
+    """subprocess.Popen's stand-in for `systemctl stop patroni` (recorded by `run`)."""
+
+    def __init__(self, result: Any):
+        self.returncode = result.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        return "", ""
+
+    def kill(self) -> None:
+        pass
+
+
 def test_agent_process_writes_the_marker_before_it_touches_pgbouncer_or_patroni(
         agent_module, tmp_path, monkeypatch):
     witness = FakeWitness({"region": "us-west", "epoch": 4})
@@ -636,11 +705,14 @@ def test_agent_process_writes_the_marker_before_it_touches_pgbouncer_or_patroni(
         return type("R", (), {"returncode": 0, "stdout": "", "stderr": ""})()
 
     monkeypatch.setattr(agent_module.subprocess, "run", run)
+    monkeypatch.setattr(agent_module.subprocess, "Popen",
+                        lambda cmd, **kw: FakeStop(run(cmd, **kw)))
     assert agent.step() == ["fence", "release"]
     assert ("revoke", 7) in witness.calls
-    assert [c[0][-1] for c in commands] == ["DISABLE app", "KILL app", "patroni"]
+    # Patroni's stop is started first and runs beside PgBouncer's commands.
+    assert [c[0][-1] for c in commands] == ["patroni", "DISABLE app", "KILL app"]
     assert all(marker_existed for _, marker_existed, _ in commands)
-    assert "PGPASSWORD" in commands[0][2]
+    assert "PGPASSWORD" in commands[1][2]
     assert all("PGPASSWORD" not in " ".join(cmd) for cmd, _, _ in commands)
     marker = json.loads((tmp_path / "fenced").read_text())
     assert marker["epoch"] == 4 and "us-west holds the baton" in marker["reason"]
@@ -702,10 +774,12 @@ def test_agent_process_fences_the_nodes_redis_after_pgbouncer_and_before_patroni
         return type("R", (), {"returncode": 0, "stdout": "OK", "stderr": ""})()
 
     monkeypatch.setattr(agent_module.subprocess, "run", run)
+    monkeypatch.setattr(agent_module.subprocess, "Popen",
+                        lambda cmd, **kw: FakeStop(run(cmd, **kw)))
     assert agent.step() == ["fence", "release"]
-    assert [c[0][-1] for c in commands] == ["DISABLE app", "KILL app", "1000000", "patroni",
+    assert [c[0][-1] for c in commands] == ["patroni", "DISABLE app", "KILL app", "1000000",
                                             "REWRITE", "baton"]
-    redis_cmd, redis_env = commands[2]
+    redis_cmd, redis_env = commands[3]
     assert redis_cmd[0] == "redis-cli" and redis_cmd[-4:] == [
         "CONFIG", "SET", "min-replicas-to-write", "1000000"]
     assert redis_env["REDISCLI_AUTH"] == "lab-redis-not-secret"
@@ -796,6 +870,111 @@ def test_only_the_holder_regions_unfenced_nodes_may_serve(agent_module):
     assert agent_module.may_serve(cfg, False, None, False)[0] is False
     assert agent_module.may_serve(cfg, True, east, True) == (
         False, "this node is fenced (marker present)")
+    # A key deleted after the agent saw epoch 3: nobody is set free.
+    allowed, why = agent_module.may_serve(cfg, True, None, False, seen=3)
+    assert allowed is False and "gone from the witness although epoch 3 was seen" in why
+
+
+def test_a_deleted_holder_key_is_remembered_across_restarts_and_fences_the_holder(
+        agent_module, tmp_path, monkeypatch):
+    witness = FakeWitness({"region": "us-east", "epoch": 3})
+    agent = make_agent(agent_module, tmp_path, witness)
+    assert agent.step() == ["grant"]
+    assert json.loads((tmp_path / "run/state.json").read_text())["seen_epoch"] == 3
+    assert agent_module.saved_seen_epoch(agent.cfg) == 3  # what may-start and the gates read
+    witness.holder = None  # deleted by someone
+    assert agent.step() == ["wait"]
+    fenced: list[str] = []
+    monkeypatch.setattr(agent_module, "fence", lambda _cfg, reason, *a, **kw: fenced.append(reason))
+    agent.state["last_renewal"] = time.monotonic() - 6
+    assert agent.step() == ["fence"]
+    assert "the holder key vanished from the witness (epoch 3 was seen)" in fenced[0]
+    # Restarted without its lease (gone from the witness): it still remembers the epoch, and
+    # a writable PostgreSQL without a holder key is fenced.
+    again = agent_module.Agent(agent.cfg, witness=witness)
+    again.writable = lambda: True
+    again.started -= 10
+    assert again.seen_epoch == 3
+    assert again.step() == ["fence"]
+
+
+def test_a_stopped_agent_fences_a_redis_master_and_says_it_is_down(
+        agent_module, tmp_path, monkeypatch):
+    bound = tmp_path / "bound"
+    monkeypatch.setattr(agent_module, "BOUND_FILE", str(bound))
+    monkeypatch.setenv("SERVICE_RESULT", "signal")
+    bound.write_text(json.dumps({"units": ["patroni", "redis-sentinel"]}))
+    redis = FakeRedis("master", 0)
+    logged: list[str] = []
+    (tmp_path / "metrics").mkdir()
+    cfg = {**agent_module.DEFAULTS, "redis_port": 6379, "node": "us-east-1", "region": "us-east",
+           "metrics": str(tmp_path / "metrics/baton_agent.prom")}
+    agent_module.agent_stopped(cfg, logged.append, redis)
+    assert redis.fence == agent_module.REDIS_FENCE
+    assert ("CONFIG", "REWRITE") not in redis.calls  # in memory: lifted when the agent is back
+    assert 'baton_agent_up{region="us-east",node="us-east-1"} 0' in (
+        tmp_path / "metrics/baton_agent.prom").read_text()
+    assert logged[0].startswith("agent stopped (signal): bound: patroni, redis-sentinel stop")
+    replica = FakeRedis("slave", 0)  # a replica needs no fence
+    agent_module.agent_stopped(cfg, logged.append, replica)
+    assert replica.fence == 0
+
+
+class FakeSystemctl:
+    def __init__(self, active: set[str]):
+        self.active, self.calls = active, []
+
+    def __call__(self, cmd: list[str], **kw: Any) -> Any:
+        self.calls.append(cmd)
+        states = [("active" if u in self.active else "inactive")
+                  for u in cmd[2:] if not u.startswith("-")]
+        code = 0 if all(st == "active" for st in states) else 3
+        return type("R", (), {"returncode": code, "stdout": "\n".join(states) + "\n",
+                              "stderr": ""})()
+
+
+def test_the_agent_notes_what_runs_and_when_back_starts_what_stopped_with_it(
+        agent_module, tmp_path, monkeypatch):
+    bound = tmp_path / "bound"
+    monkeypatch.setattr(agent_module, "BOUND_FILE", str(bound))
+    systemctl = FakeSystemctl({"patroni", "redis-sentinel"})
+    monkeypatch.setattr(agent_module.subprocess, "run", systemctl)
+    agent = make_agent(agent_module, tmp_path, FakeWitness({"region": "us-east", "epoch": 3}))
+    agent.note_bound_units()
+    assert json.loads(bound.read_text())["units"] == ["patroni", "redis-sentinel"]
+    # The agent died; systemd stopped both. The next agent starts them.
+    systemctl.active = set()
+    (tmp_path / "next").mkdir()
+    again = make_agent(agent_module, tmp_path / "next", FakeWitness({"region": "us-east",
+                                                                     "epoch": 3}))
+    again.cfg["marker"] = str(tmp_path / "fenced")
+    again.restart_bound_units()
+    starts = [c for c in systemctl.calls if c[1] == "start"]
+    assert starts == [["systemctl", "start", "--no-block", "patroni"],
+                      ["systemctl", "start", "--no-block", "redis-sentinel"]]
+    # Running already (a restart that left them up): left alone. Fenced: no Patroni.
+    systemctl.calls.clear()
+    systemctl.active = {"patroni", "redis-sentinel"}
+    again.restart_bound_units()
+    assert [c for c in systemctl.calls if c[1] == "start"] == []
+    systemctl.active = set()
+    (tmp_path / "fenced").write_text("{}")
+    again.restart_bound_units()
+    assert [c for c in systemctl.calls if c[1] == "start"] == [
+        ["systemctl", "start", "--no-block", "redis-sentinel"]]
+
+
+def test_sd_notify_sends_one_datagram_to_the_notify_socket(agent_module, tmp_path, monkeypatch):
+    import socket as socket_module
+    path = str(tmp_path / "notify")
+    server = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_DGRAM)
+    server.bind(path)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    assert agent_module.sd_notify("WATCHDOG=1") is True
+    assert server.recv(64) == b"WATCHDOG=1"
+    server.close()
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert agent_module.sd_notify("READY=1") is False
 
 
 def test_the_sentinel_gate_removes_every_line_of_every_monitor(agent_module):

@@ -43,6 +43,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -93,6 +94,29 @@ DEFAULTS: dict[str, Any] = {
 REDIS_FENCE = 1000000
 # Set (with the pause's expiry) on the old master while a planned move hands Redis over.
 HANDOVER_KEY = "baton:handover"
+# The units bound to the agent (BindsTo=, drop-ins of the witness role): systemd stops them
+# when the agent stops, dies or hangs. The agent notes in BOUND_FILE which of them run (every
+# few loops: systemd stops them as the agent dies, before anything could look), and when it
+# is back it starts those again (their gates still decide what they may run as).
+BOUND_UNITS = ("patroni", "redis-sentinel")
+BOUND_FILE = "/run/baton/bound-units"
+BOUND_EVERY = 5  # loops between two notes
+
+
+def sd_notify(message: str) -> bool:
+    """Tells systemd (Type=notify: READY=1, WATCHDOG=1) over $NOTIFY_SOCKET; False without it."""
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if not path:
+        return False
+    if path.startswith("@"):  # an abstract socket
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(path)
+            sock.sendall(message.encode())
+    except OSError:
+        return False
+    return True
 
 
 def load_config(path: str) -> dict[str, Any]:
@@ -139,11 +163,15 @@ def render_metrics(cfg: dict[str, Any], values: dict[str, float]) -> str:
         "baton_agent_up": "1 while the agent runs its loop.",
         "baton_agent_fenced": "1 when this node is fenced (the marker file exists).",
         "baton_agent_holds_baton": "1 when this node renews a lease for its region's baton.",
+        "baton_agent_region_holds_baton": "1 when the witness (last read) names this node's "
+                                          "region as the holder.",
         "baton_agent_witness_reachable": "1 when the witness answered the last read.",
         "baton_agent_last_renewal_timestamp_seconds": "Unix time of the last lease renewal "
                                                       "(0: never).",
         "baton_agent_holder_epoch": "Epoch of the baton as last read from the witness (-1: "
                                     "unknown).",
+        "baton_agent_loop_timestamp_seconds": "Unix time the agent finished its last loop "
+                                              "(stale: the agent is dead or hung).",
     }
     lines: list[str] = []
     for name, value in values.items():
@@ -285,15 +313,32 @@ def read_holder_patiently(cfg: dict[str, Any], sleep: Any = time.sleep,
         sleep(1)
 
 
+def saved_seen_epoch(cfg: dict[str, Any]) -> int | None:
+    """The epoch of the last holder key the agent read (its state file); None: never."""
+    try:
+        with open(cfg["state"], encoding="utf-8") as handle:
+            seen = json.load(handle).get("seen_epoch")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(seen) if isinstance(seen, int) else None
+
+
+def vanished(seen: int | None) -> str:
+    return (f"the holder key is gone from the witness although epoch {seen} was seen (deleted: "
+            "site.yml writes it again from the live clusters)")
+
+
 def may_serve(cfg: dict[str, Any], answered: bool, holder: dict[str, Any] | None,
-              fenced: bool) -> tuple[bool, str]:
+              fenced: bool, seen: int | None = None) -> tuple[bool, str]:
     """Whether this node's Redis may take writes and its Sentinel may watch a master: only
-    when the witness names this region (or nobody yet: the first deploy) and the node is not
-    fenced (pure)."""
+    when the witness names this region (or nobody yet: the first deploy, never a key that
+    vanished after it was seen) and the node is not fenced (pure)."""
     if fenced:
         return False, "this node is fenced (marker present)"
     if not answered:
         return False, "the witness does not answer"
+    if holder is None and seen is not None:
+        return False, vanished(seen)
     if holder is None:
         return True, "the witness names no holder yet (first deploy)"
     if holder["region"] == cfg["region"]:
@@ -383,7 +428,8 @@ def gate(cfg: dict[str, Any], kind: str, log: Any) -> int:
     service start (exit 0): a fenced Redis serves reads and replication; an idle Sentinel
     answers. Exits 1 only when the file cannot be read or written."""
     answered, holder, error = read_holder_patiently(cfg)
-    allowed, why = may_serve(cfg, answered, holder, os.path.exists(cfg["marker"]))
+    allowed, why = may_serve(cfg, answered, holder, os.path.exists(cfg["marker"]),
+                             saved_seen_epoch(cfg))
     why += f" ({error})" if error else ""
     path = cfg["redis_config" if kind == "redis" else "sentinel_config"]
     try:
@@ -447,6 +493,10 @@ class Agent:
         self.zone_epoch: Any = "start"
         self.witness_was_ok = True
         self.redis_master_since: float | None = None
+        # The epoch of the last holder key read (kept on disk): a key that vanishes after it
+        # was seen fails closed (agent_step, may-start and the gates).
+        self.seen_epoch: int | None = None
+        self.bound_noted: list[str] | None = None
         self.load_state()
 
     # --- helpers ---
@@ -464,6 +514,7 @@ class Agent:
                 saved = json.load(handle)
         except (OSError, ValueError):
             return
+        self.seen_epoch = saved.get("seen_epoch")
         wall = float(saved.get("last_renewal_wall") or 0)
         self.state = {"lease": saved.get("lease"), "holder_epoch": saved.get("holder_epoch"),
                       "last_renewal": (time.monotonic() - max(0.0, time.time() - wall)
@@ -489,7 +540,7 @@ class Agent:
             write_atomic(self.cfg["state"], json.dumps(
                 {"lease": self.state["lease"], "holder_epoch": self.state["holder_epoch"],
                  "last_renewal_wall": self.last_renewal_wall if self.state["last_renewal"]
-                 is not None else 0}), mode=0o600)
+                 is not None else 0, "seen_epoch": self.seen_epoch}), mode=0o600)
         except OSError as exc:
             self.log(f"cannot save state to {self.cfg['state']}: {exc}")
 
@@ -526,6 +577,8 @@ class Agent:
         except ValueError as exc:  # a holder key nobody can read: nobody may rely on it
             self.witness_error = f"unreadable holder key: {exc}"
         self.holder = holder if witness_ok else self.holder
+        if holder is not None:
+            self.seen_epoch = int(holder["epoch"])
         # Asked only when it matters: another region holds the baton, or it came back at a
         # newer epoch than the one this node held (the holder's own nodes just renew), or the
         # witness does not answer a node that holds nothing (booted while cut off).
@@ -535,12 +588,22 @@ class Agent:
             holder["region"] != self.cfg["region"]
             or (held_epoch is not None and int(holder["epoch"]) > int(held_epoch)))
         matters = matters or (not witness_ok and not fenced and not held)
+        # A holder key that vanished after it was seen: is a node that holds nothing writable?
+        matters = matters or (witness_ok and holder is None and self.seen_epoch is not None
+                              and not fenced and not held)
         writable = self.writable() if matters else None
         return {"witness_ok": witness_ok, "holder": holder, "writable": writable,
-                "fenced": fenced, "agent_age": time.monotonic() - self.started}
+                "fenced": fenced, "agent_age": time.monotonic() - self.started,
+                "holder_seen": self.seen_epoch}
+
+    def alive(self) -> None:
+        """Tells systemd's watchdog the loop makes progress (between steps that are each
+        bounded well under baton_agent_watchdog)."""
+        sd_notify("WATCHDOG=1")
 
     def step(self) -> list[str]:
         observed = self.observe()
+        self.alive()
         actions, new_state = agent_step(self.state, observed, time.monotonic(), self.cfg)
         note = new_state.pop("note", "")
         previous, self.state = self.state, new_state
@@ -553,15 +616,19 @@ class Agent:
             handler = getattr(self, f"do_{action}", None)
             if handler is not None:  # stay_fenced, idle, standby, wait: nothing to do
                 handler(observed, note, previous)
+                self.alive()
         self.save_state()
         self.write_metrics(observed)
         self.after_step(observed, actions)
+        self.alive()
         return actions
 
     def after_step(self, observed: dict[str, Any], actions: list[str]) -> None:
         """What follows the baton besides PostgreSQL: the name server's zone, and in the
         holder region a Redis fence left by a gate that could not read the witness."""
         self.loops += 1
+        if self.loops % BOUND_EVERY == 0:  # not before restart_bound_units (after loop 1)
+            self.note_bound_units()
         epoch = (observed.get("holder") or {}).get("epoch")
         regained = observed["witness_ok"] and not self.witness_was_ok
         self.witness_was_ok = observed["witness_ok"]
@@ -643,7 +710,7 @@ class Agent:
                  previous: dict[str, Any]) -> None:
         reason = note + (f" ({self.witness_error})" if self.witness_error else "")
         holder = observed.get("holder") or self.holder or {}
-        fence(self.cfg, reason, holder.get("epoch"), self.pgbouncer, self.log)
+        fence(self.cfg, reason, holder.get("epoch"), self.pgbouncer, self.log, self.alive)
 
     def check_redis_outside_holder(self, holder: dict[str, Any]) -> None:
         """Fences this node's Redis when it has been a writable master for redis_master_grace
@@ -667,6 +734,48 @@ class Agent:
                      f"{fence_redis(self.cfg, redis_command)}")
             self.redis_master_since = None
 
+    def note_bound_units(self) -> None:
+        """Notes which bound units run (or are starting), for restart_bound_units after the
+        agent's next death; never raises."""
+        try:
+            out = subprocess.run(["systemctl", "is-active", *BOUND_UNITS], capture_output=True,
+                                 text=True, timeout=5, check=False)
+            states = out.stdout.split()
+            if len(states) != len(BOUND_UNITS):
+                return
+            running = [unit for unit, st in zip(BOUND_UNITS, states)
+                       if st in ("active", "activating", "reloading")]
+            if running != self.bound_noted:
+                os.makedirs(os.path.dirname(BOUND_FILE), exist_ok=True)
+                write_atomic(BOUND_FILE, json.dumps({"units": running}))
+                self.bound_noted = running
+        except (OSError, subprocess.SubprocessError) as exc:
+            self.log(f"cannot note the units bound to the agent: {exc}")
+
+    def restart_bound_units(self) -> None:
+        """Starts what systemd stopped with the agent's previous process (BOUND_FILE, noted by
+        it). Patroni's gate (may-start) and the fence marker, and Sentinel's gate, still decide
+        what they may run as; a unit that runs already is left alone."""
+        try:
+            with open(BOUND_FILE, encoding="utf-8") as handle:
+                units = [u for u in json.load(handle).get("units", []) if u in BOUND_UNITS]
+        except (OSError, ValueError, AttributeError):
+            return
+        if "patroni" in units and os.path.exists(self.cfg["marker"]):
+            units.remove("patroni")
+        for unit in units:
+            try:
+                if subprocess.run(["systemctl", "is-active", "--quiet", unit], timeout=5,
+                                  check=False).returncode == 0:
+                    continue
+                out = subprocess.run(["systemctl", "start", "--no-block", unit],
+                                     capture_output=True, text=True, timeout=10, check=False)
+                result = "ok" if out.returncode == 0 else (out.stderr.strip() or
+                                                           f"exit {out.returncode}")
+            except (OSError, subprocess.SubprocessError) as exc:
+                result = f"failed: {exc}"
+            self.log(f"{unit} was stopped with the agent: systemctl start {unit}: {result}")
+
     def write_metrics(self, observed: dict[str, Any]) -> None:
         path = self.cfg["metrics"]
         if not os.path.isdir(os.path.dirname(path)):
@@ -678,9 +787,12 @@ class Agent:
             "baton_agent_up": 1,
             "baton_agent_fenced": int(os.path.exists(self.cfg["marker"])),
             "baton_agent_holds_baton": int(bool(holds)),
+            "baton_agent_region_holds_baton": int((self.holder or {}).get("region")
+                                                  == self.cfg["region"]),
             "baton_agent_witness_reachable": int(observed["witness_ok"]),
             "baton_agent_last_renewal_timestamp_seconds": round(self.last_renewal_wall, 3),
             "baton_agent_holder_epoch": -1 if epoch is None else int(epoch),
+            "baton_agent_loop_timestamp_seconds": round(time.time(), 3),
         }
         try:
             write_atomic(path, render_metrics(self.cfg, values))
@@ -689,18 +801,32 @@ class Agent:
 
     def run(self) -> None:
         stopping: list[int] = []
+        reloading: list[int] = []
         signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+        # systemctl reload (a new agent.py or agent.json): the process replaces itself at the
+        # end of a loop, keeping its PID, so systemd never sees it stop and Patroni, bound to
+        # it, keeps running.
+        signal.signal(signal.SIGHUP, lambda signum, _frame: reloading.append(signum))
         self.log(f"started: region {self.cfg['region']}, witness "
                  f"{', '.join(self.cfg['endpoints'])}, every {self.cfg['interval']:g} s, fencing "
                  f"after {self.cfg['fence_after']:g} s without renewal, lease "
                  f"{self.cfg['lease_ttl']} s")
         interval = self.cfg["interval"]
         tick = time.monotonic()
+        ready = False
         while not stopping:
             try:
                 self.step()
             except Exception as exc:  # the loop must go on; the log says why
                 self.log(f"loop error: {type(exc).__name__}: {exc}")
+            if not ready:  # after the first loop, whatever it decided
+                ready = True
+                sd_notify("READY=1")
+                self.restart_bound_units()
+            if reloading:
+                self.save_state()
+                self.log("reloading: the agent replaces itself (same PID; the lease is kept)")
+                os.execv(sys.executable, [sys.executable, *sys.argv])
             tick += interval
             delay = tick - time.monotonic()
             if delay < 0:  # overran: start the next loop now, on a new schedule
@@ -713,8 +839,11 @@ class Agent:
             write_atomic(metrics, render_metrics(self.cfg, {"baton_agent_up": 0}))
 
 
-def fence(cfg: dict[str, Any], reason: str, epoch: Any, pgbouncer: Any, log: Any) -> None:
-    """Marker first (nothing starts Patroni while it exists), then PgBouncer, then Patroni."""
+def fence(cfg: dict[str, Any], reason: str, epoch: Any, pgbouncer: Any, log: Any,
+          alive: Any = lambda: None) -> None:
+    """Marker first (nothing starts Patroni while it exists), then Patroni's stop, started
+    at once and left running beside PgBouncer's DISABLE and KILL and the Redis fence: the
+    writes stop within baton_fence_time, not the sum of the steps."""
     record = {"since": utc_iso(time.time()), "reason": reason, "epoch": epoch,
               "region": cfg["region"], "node": cfg["node"]}
     try:
@@ -723,17 +852,25 @@ def fence(cfg: dict[str, Any], reason: str, epoch: Any, pgbouncer: Any, log: Any
     except OSError as exc:
         log(f"cannot write the fence marker {cfg['marker']}: {exc} (fencing anyway)")
     log(f"FENCED: {reason}")
+    try:
+        stop: Any = subprocess.Popen(["systemctl", "stop", "patroni"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+    except OSError as exc:
+        stop, result = None, f"failed: {exc}"
     db = cfg["pgbouncer_database"]
     for command in (f"DISABLE {db}", f"KILL {db}"):
         log(f"PgBouncer {command}: {pgbouncer(command)}")
     log(f"Redis: {fence_redis(cfg, persist=False)}")
-    try:
-        out = subprocess.run(["systemctl", "stop", "patroni"], capture_output=True, text=True,
-                             timeout=120, check=False)
-        result = "ok" if out.returncode == 0 else (out.stderr.strip() or f"exit {out.returncode}")
-    except (OSError, subprocess.SubprocessError) as exc:
-        result = f"failed: {exc}"
+    alive()
+    if stop is not None:
+        try:
+            _out, err = stop.communicate(timeout=120)
+            result = "ok" if stop.returncode == 0 else (err.strip() or f"exit {stop.returncode}")
+        except subprocess.SubprocessError as exc:
+            stop.kill()
+            result = f"failed: {exc}"
     log(f"systemctl stop patroni: {result}")
+    alive()
     # After Patroni: these keep the fence across restarts, nothing here stops writes sooner.
     log(f"Redis fence kept in redis.conf: {persist_redis_fence(cfg)}")
     log(f"Sentinel: {fence_sentinel(cfg)}")
@@ -778,10 +915,14 @@ def may_start(cfg: dict[str, Any]) -> tuple[bool, str]:
     try:
         entry = Witness(list(cfg["endpoints"]), timeout=2).get(HOLDER)
         holder = parse_holder(entry.value if entry else None)
-        if holder is None or holder["region"] == cfg["region"]:
+        seen = saved_seen_epoch(cfg)
+        if holder is None and seen is not None:
+            why = vanished(seen)
+        elif holder is None or holder["region"] == cfg["region"]:
             named = holder["region"] if holder else "nobody"
             return True, f"the witness says {named} holds the baton"
-        why = f"{holder['region']} holds the baton (epoch {holder['epoch']})"
+        else:
+            why = f"{holder['region']} holds the baton (epoch {holder['epoch']})"
     except (WitnessError, ValueError) as exc:
         why = f"the witness does not answer ({exc})"
     try:
@@ -793,6 +934,37 @@ def may_start(cfg: dict[str, Any]) -> tuple[bool, str]:
         return True, f"{why}, and this region is a standby cluster of {standby.get('host')}"
     return False, (f"{why}, and this region's cluster is a primary cluster: it would take "
                    "writes; run failback.yml to make it a standby of the holder")
+
+
+def agent_stopped(cfg: dict[str, Any], log: Any, command: Any = redis_command) -> dict[str, Any]:
+    """The agent's service stopped (ExecStopPost: killed, crashed, hung and killed by the
+    watchdog, or stopped). Nothing fences this node while the agent is away, so a writable
+    Redis master stops taking writes (in memory; the agent lifts it when it is back and its
+    region holds the baton), and the metrics say the agent is down. systemd stops Patroni and
+    Sentinel itself (they are bound to the agent); the agent starts them when it is back."""
+    done: dict[str, Any] = {"result": os.environ.get("SERVICE_RESULT", "")}
+    try:
+        with open(BOUND_FILE, encoding="utf-8") as handle:
+            noted = json.load(handle).get("units", [])
+        done["bound"] = (f"{', '.join(noted)} stop with it, started again when it is back"
+                         if noted else "none ran")
+    except (OSError, ValueError, AttributeError):
+        done["bound"] = "not noted yet"
+    if int(cfg.get("redis_port") or 0):
+        ok, role = command(cfg, "ROLE")
+        if ok and role.split()[:1] == ["master"]:
+            done["redis"] = fence_redis(cfg, command, persist=False)
+        else:
+            done["redis"] = "not a master: nothing to fence" if ok else role
+    metrics = str(cfg.get("metrics") or "")
+    if metrics and os.path.isdir(os.path.dirname(metrics)):
+        try:
+            write_atomic(metrics, render_metrics(cfg, {"baton_agent_up": 0}))
+        except OSError as exc:
+            done["metrics"] = f"not written: {exc}"
+    log(f"agent stopped ({done['result'] or 'no result'}): "
+        + "; ".join(f"{k}: {v}" for k, v in done.items() if k != "result"))
+    return done
 
 
 def unfence(cfg: dict[str, Any], log: Any) -> dict[str, Any]:
@@ -812,7 +984,8 @@ def unfence(cfg: dict[str, Any], log: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["run", "status", "unfence", "unfence-redis",
-                                            "may-start", "redis-gate", "sentinel-gate"])
+                                            "may-start", "redis-gate", "sentinel-gate",
+                                            "agent-stopped"])
     parser.add_argument("--config", default="/etc/baton/agent.json")
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
@@ -831,6 +1004,10 @@ def main(argv: list[str] | None = None) -> int:
         return gate(cfg, args.command.split("-")[0],
                     lambda message: print(f"baton-agent {cfg['node']}: {message}",
                                           file=sys.stderr))
+    if args.command == "agent-stopped":
+        agent_stopped(cfg, lambda message: print(f"baton-agent {cfg['node']}: {message}",
+                                                 file=sys.stderr))
+        return 0
     if args.command == "unfence-redis":
         lifted = unfence_redis(cfg)
         print(json.dumps(lifted, sort_keys=True))
