@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from typing import Any
 
@@ -249,6 +251,58 @@ def baton_redis_quote(value: Any) -> str:
     return f'"{text}"'
 
 
+# Every secret the stack is deployed with (the tiers' own variable names), and what it guards.
+SECRETS = {
+    "patroni_superuser_password": "PostgreSQL's superuser",
+    "patroni_replication_password": "PostgreSQL's replication user",
+    "patroni_rewind_password": "PostgreSQL's pg_rewind user",
+    "patroni_restapi_password": "Patroni's REST API",
+    "baton_app_password": "the application's PostgreSQL user",
+    "baton_monitoring_password": "the monitoring user",
+    "pgbouncer_admin_password": "PgBouncer's admin console",
+    "redis_password": "Redis",
+    "redis_sentinel_password": "Redis Sentinel",
+    "dns_tsig_secret": "the TSIG key of DNS updates",
+}
+# What gives away a value nobody chose: the lab's throwaway secrets say "not-secret", the
+# example's placeholders "change-me".
+PLACEHOLDER_MARKS = ("not-secret", "change-me", "changeme", "placeholder")
+# The lab's throwaway TSIG secret (public in inventories/lab/group_vars/all/secrets.yml), which
+# carries no mark.
+LAB_TSIG_SECRET = "MHzh59+re/Fag8cOpYnR2fH1k1aoSfF73JyGyyqJGrY="
+
+
+def _looks_unset(value: str) -> bool:
+    text = value.lower()
+    if any(mark in text for mark in PLACEHOLDER_MARKS):
+        return True
+    try:  # a TSIG secret is base64: the example's decodes to a placeholder
+        decoded = base64.b64decode(value, validate=True).decode("utf-8", "ignore").lower()
+    except (ValueError, binascii.Error):
+        return False
+    return any(mark in decoded for mark in PLACEHOLDER_MARKS)
+
+
+def baton_secret_problems(settings: Mapping[str, Any],
+                          lab_secrets_allowed: bool = False) -> list[str]:
+    """One sentence per secret that is a placeholder or one of the lab's throwaway values,
+    unless this is the lab's own inventory (baton_lab_secrets_allowed). Unset secrets are the
+    tiers' own preflights' job."""
+    if lab_secrets_allowed:
+        return []
+    problems = []
+    for name, what in SECRETS.items():
+        value = settings.get(name)
+        if not isinstance(value, str) or not value:
+            continue
+        if value == LAB_TSIG_SECRET or _looks_unset(value):
+            problems.append(
+                f"{name} ({what}) is a placeholder or one of the lab's throwaway secrets: "
+                f"generate a secret of your own and set it in the inventory's vault "
+                f"(ansible-vault edit group_vars/all/vault.yml) before deploying.")
+    return problems
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -261,6 +315,7 @@ class FilterModule:
             "baton_assess_regions": baton_assess_regions,
             "baton_region_addresses": baton_region_addresses,
             "baton_inventory_problems": baton_inventory_problems,
+            "baton_secret_problems": baton_secret_problems,
             "baton_redis_regions": baton_redis_regions,
             "baton_redis_problems": baton_redis_problems,
             "baton_redis_source": baton_redis_source,

@@ -421,6 +421,8 @@ def agent_step(state: Mapping[str, Any], observed: Mapping[str, Any], now: float
                "writable": bool|None (local PostgreSQL out of recovery; None: no answer),
                "fenced": bool (the marker file exists),
                "agent_age": seconds since this agent process started,
+               "holding_for": seconds since this agent process first read its own region as
+               the holder at the current epoch (0: it does not),
                "holder_seen": epoch of the last holder key this node read (kept across
                restarts; None: never)}
     cfg:      {"region": this node's region, "fence_after": seconds}
@@ -478,10 +480,11 @@ def agent_step(state: Mapping[str, Any], observed: Mapping[str, Any], now: float
     if holder["region"] == region and not moved_back:
         # Renewals that keep failing while reads succeed (a witness that refuses this node's
         # writes, a lease it lost) fence like a witness that does not answer: the lease ends
-        # on the witness either way. Counted from this process's start at the earliest, so
-        # that a restarted agent or a rebooted node gets fence_after to renew first.
+        # on the witness either way. Counted from when this process first read its region as
+        # the holder at this epoch at the earliest, so that a node the baton just came to, a
+        # restarted agent or a rebooted node gets fence_after to take or renew its lease.
         age = min(math.inf if new["last_renewal"] is None else now - float(new["last_renewal"]),
-                  float(observed.get("agent_age") or 0))
+                  float(observed.get("holding_for") or 0))
         if age > fence_after:
             return ["fence"], {**new, "note": (f"{region} holds the baton (epoch {epoch}) but "
                                                f"no renewal succeeded for {age:.1f} s")}
@@ -520,6 +523,44 @@ def agent_step(state: Mapping[str, Any], observed: Mapping[str, Any], now: float
 
 
 # --- the failover lock -------------------------------------------------------------------------
+
+def process_alive(pid: int, start: int) -> bool:
+    """Whether process pid runs and started at `start` (clock ticks since boot, /proc): a pid
+    reused by another process does not count."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return len(fields) > 19 and int(fields[19]) == int(start)
+
+
+def keep_lock(witness: Any, lease: int, run_id: str, alive: Callable[[], bool],
+              interval: float, sleep: Callable[[float], None] = time.sleep) -> str:
+    """Keeps the failover lock's lease alive for as long as its run lives and the lock is
+    still this run's; why it stopped. A run that stalls (its controller suspended, cut off from
+    the witness) longer than the lease loses the lock, and its next check stops it."""
+    while alive():
+        try:
+            entry = witness.get(LOCK)
+            record = json.loads(entry.value) if entry else None
+            if not isinstance(record, dict) or record.get("run_id") != run_id:
+                return "the lock is no longer this run's"
+            if witness.keepalive(lease) <= 0:
+                return "the lock's lease has expired"
+        except (WitnessError, ValueError):
+            pass  # asked again next time; the lease outlives a few misses
+        sleep(interval)
+    return "the run has ended"
+
+
+def keep_lock_main(args: Mapping[str, Any]) -> None:
+    """The keeper process baton_lock starts (python -c with this file's source)."""
+    witness = Witness(list(args["endpoints"]), timeout=float(args.get("timeout", 3)))
+    keep_lock(witness, int(args["lease"]), str(args["run_id"]),
+              lambda: process_alive(int(args["pid"]), int(args["pid_start"])),
+              float(args["interval"]))
+
 
 
 def lock_decision(existing: Mapping[str, Any] | None, me: Mapping[str, Any], now: float,

@@ -15,6 +15,15 @@ description:
   - A lock left by a run on this controller that is no longer alive (Ctrl-C, a crash, its
     ansible-playbook process is gone) is taken over, so re-running a killed run finishes it.
     O(break_lock) takes any lock over (when you know its run is dead).
+  - The lock is a fencing token that lives as long as its run. Once taken, a keeper process
+    (detached, on the controller) renews its lease every third of O(ttl) while the run's
+    ansible-playbook process lives and the lock is still this run's. A run that dies loses it
+    within O(ttl); a run that stalls longer than O(ttl) (a suspended controller, cut off from the
+    witness) loses it too.
+  - C(state=held) checks that this run still holds the lock and fails, naming the run that
+    holds it now, when it does not. The playbooks check it before every step that moves
+    something, so a run whose lock was broken or expired stops instead of racing the run that
+    took over.
   - C(state=absent) releases the lock only if this run holds it.
   - Check mode evaluates the lock for real (a held lock fails the task) and takes nothing.
 options:
@@ -24,9 +33,9 @@ options:
     elements: str
     required: true
   state:
-    description: Take (C(present)) or release (C(absent)) the lock.
+    description: Take (C(present)), check (C(held)) or release (C(absent)) the lock.
     type: str
-    choices: [present, absent]
+    choices: [present, held, absent]
     default: present
   run_id:
     description: This run's identity (one per ansible-playbook run).
@@ -42,9 +51,11 @@ options:
     type: str
     default: ""
   ttl:
-    description: Seconds the lock lives if its run dies without releasing it.
+    description: >-
+      Seconds the lock lives after its run died or stalled (its keeper renews it every third
+      of that while the run lives).
     type: int
-    default: 3600
+    default: 30
   break_lock:
     description: Take the lock even from a live run or another host.
     type: bool
@@ -82,9 +93,12 @@ holder:
 """
 
 import getpass  # noqa: E402
+import inspect  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 
@@ -94,6 +108,7 @@ from ansible.module_utils.baton_witness import (  # noqa: E402
     Witness,
     WitnessError,
     lock_decision,
+    process_alive,
 )
 
 
@@ -126,20 +141,34 @@ def playbook_process() -> tuple[int, int]:
 
 
 def pid_alive(pid: int, start: int) -> bool:
-    info = _stat(pid)
-    return info is not None and info[2] == start
+    return process_alive(pid, start)
+
+
+def start_keeper(endpoints: list[str], lease: int, run_id: str, pid: int, pid_start: int,
+                 ttl: int, timeout: float) -> None:
+    """Starts the detached process that keeps the lock's lease alive (baton_witness.keep_lock)
+    from the source of baton_witness itself: nothing of this module's temporary files is
+    needed once it runs."""
+    source = inspect.getsource(sys.modules[lock_decision.__module__])
+    code = (source + "\n\nimport sys as _sys\nkeep_lock_main(json.loads(_sys.argv[1]))\n")
+    args = {"endpoints": endpoints, "lease": lease, "run_id": run_id, "pid": pid,
+            "pid_start": pid_start, "interval": max(1.0, ttl / 3), "timeout": timeout}
+    subprocess.Popen([sys.executable, "-c", code, json.dumps(args)], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, close_fds=True)
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "endpoints": {"type": "list", "elements": "str", "required": True},
-            "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+            "state": {"type": "str", "choices": ["present", "held", "absent"],
+                      "default": "present"},
             "run_id": {"type": "str", "required": True},
             "kind": {"type": "str", "choices": ["failover", "switchover", "failback"],
                      "default": "failover"},
             "target": {"type": "str", "default": ""},
-            "ttl": {"type": "int", "default": 3600},
+            "ttl": {"type": "int", "default": 30},
             "break_lock": {"type": "bool", "default": False},
             "timeout": {"type": "float", "default": 3.0},
         },
@@ -159,6 +188,18 @@ def main() -> None:
                 module.fail_json(msg=f"the witness's {LOCK} holds '{entry.value}', not a lock "
                                      "record: if no run is moving the baton, re-run with -e "
                                      "break_lock=true")
+        if p["state"] == "held":
+            if existing is not None and existing.get("run_id") == p["run_id"]:
+                module.exit_json(changed=False, decision="held",
+                                 message="this run holds the lock", holder=existing)
+            taken = (f"taken by {existing.get('kind')} to {existing.get('target')} of "
+                     f"{existing.get('user')}@{existing.get('host')} "
+                     f"(run {existing.get('run_id')}, since {existing.get('started')})"
+                     if existing else "gone (expired)")
+            module.fail_json(msg=f"this run's failover lock is {taken}: the run stops here, "
+                                 "before its next step, so as not to race another run; see what "
+                                 "that run did (its report, health.yml), then re-run",
+                             decision="lost", holder=existing or {})
         if p["state"] == "absent":
             mine = existing is not None and existing.get("run_id") == p["run_id"]
             if mine and not module.check_mode:
@@ -184,6 +225,8 @@ def main() -> None:
             won = witness.create(LOCK, json.dumps(me), lease=lease)
         else:
             won = witness.swap(LOCK, json.dumps(me), entry.mod_revision, lease=lease)
+        if won:
+            start_keeper(p["endpoints"], lease, p["run_id"], pid, start, p["ttl"], p["timeout"])
         if not won:
             witness.revoke(lease)
             now = witness.get(LOCK)

@@ -70,11 +70,11 @@ from test_lab import (
     labctl,
     member,
     playbook,
+    prometheus_query,
     redis_pids,
     report,
     sh,
     total_changed,
-    prometheus_query,
     witness,
 )
 
@@ -848,29 +848,29 @@ class TestDeadAgent:
                      "baton-us-east-1", "bash", "-c", f"rm -f /tmp/baton-acks; {INSIDE_WRITER}")
         assert started.returncode == 0, started.stderr
         time.sleep(2)
-        killed_at = time.time()
-        kill = sh("podman", "exec", "baton-us-east-1", "sh", "-c",
-                  f"kill -9 {agent_pid('us-east-1')}; systemctl stop baton-agent", timeout=60)
-        assert kill.returncode == 0, kill.stderr
-        wait_until(lambda: not pg_accepts_write(MINI["us-east-1"])
-                   and not redis_accepts_write(MINI["us-east-1"]), 30,
-                   "us-east-1 refuses writes without its agent")
-        state["writes_stopped_after"] = round(time.time() - killed_at, 1)
-        assert not unit_active("us-east-1", "patroni")
-        assert not unit_active("us-east-1", "redis-sentinel")
-        wait_until(lambda: any(a["metric"].get("instance") == "us-east-1"
-                               for a in firing("BatonAgentDown")), 150,
-                   "BatonAgentDown fires for us-east-1 on the global Prometheus")
-        state["alert_after"] = round(time.time() - killed_at, 1)
-        print(f"{self.name}: writes stopped {state['writes_stopped_after']} s after the kill; "
-              f"BatonAgentDown firing after {state['alert_after']} s")
 
-        def cut_and_fail_over():
+        def kill_cut_and_fail_over():
+            killed_at = time.time()
+            kill = sh("podman", "exec", "baton-us-east-1", "sh", "-c",
+                      f"kill -9 {agent_pid('us-east-1')}; systemctl stop baton-agent", timeout=60)
+            assert kill.returncode == 0, kill.stderr
+            wait_until(lambda: not pg_accepts_write(MINI["us-east-1"])
+                       and not redis_accepts_write(MINI["us-east-1"]), 30,
+                       "us-east-1 refuses writes without its agent")
+            state["writes_stopped_after"] = round(time.time() - killed_at, 1)
+            assert not unit_active("us-east-1", "patroni")
+            assert not unit_active("us-east-1", "redis-sentinel")
+            wait_until(lambda: any(a["metric"].get("instance") == "us-east-1"
+                                   for a in firing("BatonAgentDown")), 150,
+                       "BatonAgentDown fires for us-east-1 on the global Prometheus")
+            state["alert_after"] = round(time.time() - killed_at, 1)
+            print(f"{self.name}: writes stopped {state['writes_stopped_after']} s after the "
+                  f"kill; BatonAgentDown firing after {state['alert_after']} s")
             assert labctl("partition", "us-east").returncode == 0
             return playbook("failover.yml", "-e", "target=us-west")
         try:
-            figures, run = measure(self.name, "agent dead, us-east cut off, failover to us-west",
-                                   "us-west", cut_and_fail_over, report_kind="failover")
+            figures, run = measure(self.name, "agent dead, alert, us-east cut off, failover",
+                                   "us-west", kill_cut_and_fail_over, report_kind="failover")
             assert run.returncode == 0, run.stdout[-3000:]
             state["failover"] = figures
             state["wrong"] = tiers_wrong("us-west", down=("us-east",), settle=20)
@@ -995,6 +995,40 @@ def test_a_second_run_is_refused_while_one_holds_the_lock(home):
                      rf"by root@\S+, started \S+, \d+ s ago, still running here as process "
                      rf"{os.getpid()}: wait for it to finish", text), text[-2000:]
     assert holder_region() == HOME
+
+
+def test_the_lock_lives_as_long_as_its_run_and_a_run_that_lost_it_stops_before_acting(home):
+    """The failover lock is a fencing token. A switchover (lock TTL 4 s) frozen right after it
+    took the lock keeps it well past the TTL (its keeper renews the lease while the run's
+    process lives); the lock then disappears (as when it expires or another run breaks it), and
+    the run, thawed, stops at its next check before it moved anything; its keeper goes."""
+    run = subprocess.Popen([str(BIN / "ansible-playbook"), "switchover.yml", "-e",
+                            "target=us-west", "-e", "baton_lock_ttl=4"], cwd=ROOT, env=ENV,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_until(lambda: witness().get("/baton/lock") is not None, 120, "the run's lock")
+        os.killpg(run.pid, signal.SIGSTOP)
+        entry = witness().get("/baton/lock")
+        granted = witness().call("lease/timetolive", {"ID": str(entry.lease)})
+        assert int(granted["grantedTTL"]) == 4, granted
+        time.sleep(7)  # longer than the TTL: only the keeper keeps it
+        kept = witness().get("/baton/lock")
+        assert kept is not None and kept.value == entry.value, "the lock expired under its run"
+        witness().delete("/baton/lock", expect_mod_revision=kept.mod_revision)
+        os.killpg(run.pid, signal.SIGCONT)
+        out, _ = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(30)
+    text = " ".join(out.split())
+    assert run.returncode != 0, text[-2000:]
+    assert "this run's failover lock is gone (expired): the run stops here" in text, text[-2000:]
+    assert holder_region() == HOME
+    wait_until(lambda: "keep_lock_main" not in sh("ps", "-eo", "args", timeout=30).stdout, 15,
+               "the keeper of the lost lock exits")
+    check_tiers(HOME, settle=10)
 
 
 def start_killable(*args: str) -> subprocess.Popen:

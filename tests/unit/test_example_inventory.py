@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from baton_topology import baton_inventory_problems
+from baton_topology import baton_inventory_problems, baton_secret_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "inventories/example"
@@ -112,3 +112,30 @@ def test_every_controller_playbook_refuses_a_bad_inventory_in_one_sentence_first
         assert "Check the inventory's shape" in done.stdout, (playbook, done.stdout[-2000:])
         for sentence in wanted:
             assert sentence in said, (playbook, sentence, done.stdout[-2000:])
+
+
+def test_a_run_with_the_examples_placeholder_secrets_is_refused_naming_each(tmp_path):
+    """The example's vault holds placeholders: health.yml (any real run) stops in its
+    preflight, one sentence per secret, before it touches a node."""
+    password = tmp_path / "vault-pass"
+    password.write_text("baton-example\n")
+    exe = Path(sys.executable).parent / "ansible-playbook"
+    done = subprocess.run([str(exe), "-i", str(EXAMPLE), "--vault-password-file", str(password),
+                           "playbooks/health.yml", "--check"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, check=False)
+    assert done.returncode != 0, done.stdout[-2000:]
+    said = " ".join(done.stdout.split())
+    assert "Check that no secret is a placeholder or one of the lab's" in said
+    for name in ("patroni_superuser_password", "redis_password", "dns_tsig_secret"):
+        assert (f"{name} (" in said and "is a placeholder or one of the lab's throwaway "
+                "secrets" in said), (name, said[-2000:])
+    assert "example-superuser-change-me" not in said  # the values are never printed
+
+
+def test_the_secret_check_refuses_lab_values_outside_the_lab_and_passes_real_ones():
+    lab = {"redis_password": "lab-redis-not-secret",
+           "dns_tsig_secret": "MHzh59+re/Fag8cOpYnR2fH1k1aoSfF73JyGyyqJGrY="}
+    assert len(baton_secret_problems(lab)) == 2
+    assert baton_secret_problems(lab, True) == []  # the lab's own inventories
+    real = {"redis_password": "q8Zr-vF3x9L2mT7w", "dns_tsig_secret": "c2VjcmV0IGtleSBieXRlcyE="}
+    assert baton_secret_problems(real) == []

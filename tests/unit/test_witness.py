@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sys
 import threading
 import time
@@ -24,9 +25,11 @@ from baton_witness import (
     alive_prefix,
     fresh_state,
     holder_value,
+    keep_lock,
     lock_decision,
     parse_holder,
     prefix_end,
+    process_alive,
     timing_problems,
 )
 
@@ -509,21 +512,36 @@ def test_agent_is_idle_when_the_witness_has_no_holder_key():
 def test_a_holder_whose_renewals_keep_failing_while_reads_succeed_fences():
     """The witness answers the holder read but refuses or loses every renewal: the lease ends
     on the witness all the same, so the node fences after fence_after like a cut-off one."""
-    actions, _ = agent_step(HOLDS, observed(agent_age=60), 104.9, CFG)
+    actions, _ = agent_step(HOLDS, observed(holding_for=60), 104.9, CFG)
     assert actions == ["keepalive"]
-    actions, state = agent_step(HOLDS, observed(agent_age=60), 105.2, CFG)
+    actions, state = agent_step(HOLDS, observed(holding_for=60), 105.2, CFG)
     assert actions == ["fence"]
     assert state["note"] == "us-east holds the baton (epoch 3) but no renewal succeeded for 5.2 s"
     # A lease lost on the witness (keepalive answered TTL 0) and no new one granted since.
     lost = {"lease": None, "last_renewal": 100.0, "holder_epoch": 3}
-    assert agent_step(lost, observed(agent_age=60), 105.2, CFG)[0] == ["fence"]
+    assert agent_step(lost, observed(holding_for=60), 105.2, CFG)[0] == ["fence"]
 
 
-def test_a_restarted_agent_gets_fence_after_to_renew_before_the_failed_renewal_rule_applies():
-    """After a reboot the saved renewal is old: the new process must first try to renew."""
-    assert agent_step(HOLDS, observed(agent_age=1.0), 400.0, CFG)[0] == ["keepalive"]
-    assert agent_step(fresh_state(), observed(agent_age=4.0), 400.0, CFG)[0] == ["grant"]
-    assert agent_step(fresh_state(), observed(agent_age=5.5), 400.0, CFG)[0] == ["fence"]
+def test_a_node_the_baton_just_came_to_gets_fence_after_to_take_its_lease():
+    """A restarted agent, a rebooted node, or a long-running agent whose region was just
+    given the baton: the failed-renewal rule counts from when it first read its region as
+    the holder (after a reboot the saved renewal is old; a new holder never renewed)."""
+    assert agent_step(HOLDS, observed(holding_for=1.0, agent_age=1.0), 400.0,
+                      CFG)[0] == ["keepalive"]
+    assert agent_step(fresh_state(), observed(holding_for=0.0, agent_age=3600), 400.0,
+                      CFG)[0] == ["grant"]
+    assert agent_step(fresh_state(), observed(holding_for=4.0), 400.0, CFG)[0] == ["grant"]
+    assert agent_step(fresh_state(), observed(holding_for=5.5), 400.0, CFG)[0] == ["fence"]
+
+
+def test_a_long_running_agent_in_a_region_given_the_baton_grants_instead_of_fencing(
+        agent_module, tmp_path):
+    witness = FakeWitness({"region": "us-west", "epoch": 3})
+    agent = make_agent(agent_module, tmp_path, witness, writable=False)
+    agent.started -= 3600
+    assert agent.step() == ["standby"]
+    witness.holder = {"region": "us-east", "epoch": 4}  # the baton comes to us-east
+    assert agent.step() == ["grant"]
 
 
 def test_a_holder_key_that_vanishes_after_it_was_seen_fails_closed():
@@ -1094,3 +1112,58 @@ def test_the_agent_and_the_controller_agree_on_the_fence_and_the_handover_key(ag
 
     assert agent_module.REDIS_FENCE == baton_redis.REDIS_FENCE
     assert agent_module.HANDOVER_KEY == baton_redis.HANDOVER_KEY
+
+
+# --- the failover lock's keeper -----------------------------------------------------------------
+
+class LockWitness:
+    """The lock key and its lease, as keep_lock sees them."""
+
+    def __init__(self, run_id: str | None, ttl: int = 30):
+        self.run_id, self.ttl, self.renewals, self.fail_next = run_id, ttl, 0, 0
+
+    def get(self, key: str) -> Any:
+        assert key == LOCK
+        if self.fail_next:
+            self.fail_next -= 1
+            raise WitnessUnavailable("no witness member answered")
+        if self.run_id is None:
+            return None
+        return type("E", (), {"value": json.dumps({"run_id": self.run_id})})()
+
+    def keepalive(self, lease: int) -> int:
+        self.renewals += 1
+        return self.ttl
+
+
+def test_the_lock_keeper_renews_while_the_run_lives_and_stops_when_it_ends():
+    witness, loops = LockWitness("r1"), iter([True, True, True, False])
+    why = keep_lock(witness, 7, "r1", lambda: next(loops), 10, sleep=lambda _s: None)
+    assert why == "the run has ended" and witness.renewals == 3
+
+
+def test_the_lock_keeper_stops_when_the_lock_was_taken_over_or_released():
+    witness = LockWitness("r2")
+    assert keep_lock(witness, 7, "r1", lambda: True, 10, sleep=lambda _s: None) == \
+        "the lock is no longer this run's"
+    assert witness.renewals == 0
+    assert keep_lock(LockWitness(None), 7, "r1", lambda: True, 10, sleep=lambda _s: None) == \
+        "the lock is no longer this run's"
+
+
+def test_the_lock_keeper_stops_on_an_expired_lease_and_rides_out_a_silent_witness():
+    assert keep_lock(LockWitness("r1", ttl=0), 7, "r1", lambda: True, 10,
+                     sleep=lambda _s: None) == "the lock's lease has expired"
+    witness, loops = LockWitness("r1"), iter([True, True, True, False])
+    witness.fail_next = 2
+    assert keep_lock(witness, 7, "r1", lambda: next(loops), 10, sleep=lambda _s: None) == \
+        "the run has ended"
+    assert witness.renewals == 1
+
+
+def test_a_process_counts_as_alive_only_with_its_own_start_time():
+    with open(f"/proc/{os.getpid()}/stat", encoding="utf-8") as handle:
+        start = int(handle.read().rsplit(")", 1)[1].split()[19])
+    assert process_alive(os.getpid(), start)
+    assert not process_alive(os.getpid(), start + 1)  # a reused pid
+    assert not process_alive(2 ** 22 + 12345, start)

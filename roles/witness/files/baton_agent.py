@@ -497,6 +497,10 @@ class Agent:
         # was seen fails closed (agent_step, may-start and the gates).
         self.seen_epoch: int | None = None
         self.bound_noted: list[str] | None = None
+        # (region, epoch) of the holder key naming this node's region, and when this process
+        # first read it (agent_step's "holding_for").
+        self.holding: tuple[Any, Any] | None = None
+        self.holding_since = 0.0
         self.load_state()
 
     # --- helpers ---
@@ -579,6 +583,11 @@ class Agent:
         self.holder = holder if witness_ok else self.holder
         if holder is not None:
             self.seen_epoch = int(holder["epoch"])
+        now = time.monotonic()
+        mine = (holder["region"], holder["epoch"]) if holder is not None \
+            and holder["region"] == self.cfg["region"] else None
+        if mine != self.holding:
+            self.holding, self.holding_since = mine, now
         # Asked only when it matters: another region holds the baton, or it came back at a
         # newer epoch than the one this node held (the holder's own nodes just renew), or the
         # witness does not answer a node that holds nothing (booted while cut off).
@@ -594,6 +603,7 @@ class Agent:
         writable = self.writable() if matters else None
         return {"witness_ok": witness_ok, "holder": holder, "writable": writable,
                 "fenced": fenced, "agent_age": time.monotonic() - self.started,
+                "holding_for": now - self.holding_since if self.holding else 0.0,
                 "holder_seen": self.seen_epoch}
 
     def alive(self) -> None:
@@ -743,7 +753,7 @@ class Agent:
             states = out.stdout.split()
             if len(states) != len(BOUND_UNITS):
                 return
-            running = [unit for unit, st in zip(BOUND_UNITS, states)
+            running = [unit for unit, st in zip(BOUND_UNITS, states, strict=True)
                        if st in ("active", "activating", "reloading")]
             if running != self.bound_noted:
                 os.makedirs(os.path.dirname(BOUND_FILE), exist_ok=True)
