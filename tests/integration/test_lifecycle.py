@@ -589,6 +589,16 @@ INSIDE_WRITER = ("while true; do r=$(psql -XAtq -h 127.0.0.1 -p 6432 -U app app 
                  ">> /tmp/baton-acks; sleep 0.2; done")
 
 
+def start_inside_writer() -> None:
+    """A client inside us-east writing through its own PgBouncer, its acks in /tmp/baton-acks."""
+    with psycopg.connect(host=MINI["us-east-1"], port=6432, dbname="app", user=APP_USER,
+                         password=APP_PASSWORD, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS baton_fence (at timestamptz)")
+    started = sh("podman", "exec", "-d", "-e", f"PGPASSWORD={APP_PASSWORD}", "baton-us-east-1",
+                 "bash", "-c", f"rm -f /tmp/baton-acks; {INSIDE_WRITER}")
+    assert started.returncode == 0, started.stderr
+
+
 def stop_inside_writer() -> None:
     sh("podman", "exec", "baton-us-east-1", "pkill", "-f", "baton-acks", timeout=30)
 
@@ -618,6 +628,25 @@ def make_witness_leader(node: str) -> None:
     assert witness_status(NODES[node][1])["leader"] == target, f"{node} did not become leader"
 
 
+def cut_off_failover(scenario: str, step: str, action, state: dict) -> dict:
+    """action (it cuts us-east off and runs failover.yml to us-west) under the workload. Its
+    figures, when the baton moved and what the tiers show go to state; one writer per tier."""
+    try:
+        figures, run = measure(scenario, step, "us-west", action, report_kind="failover")
+        state["failover"] = figures
+        assert run.returncode == 0, run.stdout[-3000:]
+        state["wrong"] = tiers_wrong("us-west", down=("us-east",), settle=20)
+    except BaseException:
+        labctl("heal", "us-east")
+        raise
+    moved = json.loads(witness().get("/baton/holder").value)["since"]
+    state["moved_at"] = datetime.fromisoformat(moved).timestamp()
+    assert_single_writer_in(figures, "postgres")
+    assert_single_writer_in(figures, "redis")
+    assert state["wrong"] == [], state["wrong"]
+    return figures
+
+
 @pytest.fixture(scope="class")
 def partition_cleanup():
     """Whatever a step left: the partition healed, the writer inside us-east stopped."""
@@ -642,12 +671,7 @@ class TestPartition:
 
     def test_failover_while_the_holder_is_cut_off(self, home):
         state = STATE[self.name] = {}
-        with psycopg.connect(host=MINI["us-east-1"], port=6432, dbname="app", user=APP_USER,
-                             password=APP_PASSWORD, autocommit=True) as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS baton_fence (at timestamptz)")
-        started = sh("podman", "exec", "-d", "-e", f"PGPASSWORD={APP_PASSWORD}",
-                     "baton-us-east-1", "bash", "-c", f"rm -f /tmp/baton-acks; {INSIDE_WRITER}")
-        assert started.returncode == 0, started.stderr
+        start_inside_writer()
         if self.witness_leader:
             make_witness_leader(self.witness_leader)
 
@@ -655,20 +679,8 @@ class TestPartition:
             assert labctl("partition", "us-east").returncode == 0
             state["cut_at"] = time.time()
             return playbook("failover.yml", "-e", "target=us-west")
-        try:
-            figures, run = measure(self.name, "us-east cut off, failover to us-west", "us-west",
-                                   cut_and_fail_over, report_kind="failover")
-            state["failover"] = figures
-            assert run.returncode == 0, run.stdout[-3000:]
-            state["wrong"] = tiers_wrong("us-west", down=("us-east",), settle=20)
-        except BaseException:
-            labctl("heal", "us-east")
-            raise
-        moved = json.loads(witness().get("/baton/holder").value)["since"]
-        state["moved_at"] = datetime.fromisoformat(moved).timestamp()
-        assert_single_writer_in(figures, "postgres")
-        assert_single_writer_in(figures, "redis")
-        assert state["wrong"] == [], state["wrong"]
+        cut_off_failover(self.name, "us-east cut off, failover to us-west", cut_and_fail_over,
+                         state)
 
     def test_heal_and_the_cut_off_region_stays_fenced(self):
         state = STATE[self.name]
@@ -841,12 +853,7 @@ class TestDeadAgent:
     def test_with_the_agent_dead_a_cut_off_holder_takes_no_write_after_the_move(self):
         state = STATE[self.name]
         assert "restarted" in state, "the earlier step did not run"
-        with psycopg.connect(host=MINI["us-east-1"], port=6432, dbname="app", user=APP_USER,
-                             password=APP_PASSWORD, autocommit=True) as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS baton_fence (at timestamptz)")
-        started = sh("podman", "exec", "-d", "-e", f"PGPASSWORD={APP_PASSWORD}",
-                     "baton-us-east-1", "bash", "-c", f"rm -f /tmp/baton-acks; {INSIDE_WRITER}")
-        assert started.returncode == 0, started.stderr
+        start_inside_writer()
         time.sleep(2)
 
         def kill_cut_and_fail_over():
@@ -868,20 +875,8 @@ class TestDeadAgent:
                   f"kill; BatonAgentDown firing after {state['alert_after']} s")
             assert labctl("partition", "us-east").returncode == 0
             return playbook("failover.yml", "-e", "target=us-west")
-        try:
-            figures, run = measure(self.name, "agent dead, alert, us-east cut off, failover",
-                                   "us-west", kill_cut_and_fail_over, report_kind="failover")
-            assert run.returncode == 0, run.stdout[-3000:]
-            state["failover"] = figures
-            state["wrong"] = tiers_wrong("us-west", down=("us-east",), settle=20)
-        except BaseException:
-            labctl("heal", "us-east")
-            raise
-        moved = json.loads(witness().get("/baton/holder").value)["since"]
-        state["moved_at"] = datetime.fromisoformat(moved).timestamp()
-        assert_single_writer_in(figures, "postgres")
-        assert_single_writer_in(figures, "redis")
-        assert state["wrong"] == [], state["wrong"]
+        cut_off_failover(self.name, "agent dead, alert, us-east cut off, failover",
+                         kill_cut_and_fail_over, state)
 
     def test_healed_the_region_without_its_agent_still_takes_no_write(self):
         state = STATE[self.name]
