@@ -220,12 +220,15 @@ def main() -> None:
         if decision == "already_mine" or module.check_mode:
             module.exit_json(changed=decision != "already_mine", decision=decision,
                              message=message, holder=existing if existing else me)
-        lease = witness.grant(p["ttl"])
+        # No ansible-playbook above this module (run some other way): nothing the keeper could
+        # watch, so no keeper and the lease of old, an hour.
+        kept = pid != os.getpid()
+        lease = witness.grant(p["ttl"] if kept else max(p["ttl"], 3600))
         if entry is None:
             won = witness.create(LOCK, json.dumps(me), lease=lease)
         else:
             won = witness.swap(LOCK, json.dumps(me), entry.mod_revision, lease=lease)
-        if won:
+        if won and kept:
             start_keeper(p["endpoints"], lease, p["run_id"], pid, start, p["ttl"], p["timeout"])
         if not won:
             witness.revoke(lease)

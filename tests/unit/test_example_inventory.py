@@ -54,13 +54,15 @@ CONTROLLER_PLAYBOOKS = ["failover.yml", "switchover.yml", "failback.yml", "healt
 
 def render(playbook, tmp_path, inventory=EXAMPLE):
     """The controller play's views of the inventory, rendered on the implicit localhost
-    (`--tags render --check`: nothing reaches a host; the example's addresses are not ours)."""
+    (`--tags render --check`: nothing reaches a host; the example's addresses are not ours).
+    The example's secrets are placeholders: the check that refuses them is tested apart."""
     password = tmp_path / "vault-pass"
     password.write_text(EXAMPLE_VAULT_PASSWORD + "\n")
     exe = Path(sys.executable).parent / "ansible-playbook"
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
     return subprocess.run([str(exe), "-i", str(inventory), "--vault-password-file", str(password),
-                           playbook, "-e", "target=us-west", "--check", "--tags", "render"],
+                           playbook, "-e", "target=us-west", "-e", "baton_lab_secrets_allowed=true",
+                           "--check", "--tags", "render"],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
 
 
@@ -130,6 +132,28 @@ def test_a_run_with_the_examples_placeholder_secrets_is_refused_naming_each(tmp_
         assert (f"{name} (" in said and "is a placeholder or one of the lab's throwaway "
                 "secrets" in said), (name, said[-2000:])
     assert "example-superuser-change-me" not in said  # the values are never printed
+
+
+def test_a_render_of_the_example_is_refused_too_and_so_is_a_hosts_own_placeholder(tmp_path):
+    """`--tags render` (README: check the views of your inventory) checks the secrets too,
+    and a secret a host sets for itself is checked like the inventory-wide ones."""
+    broken = tmp_path / "inventory"
+    shutil.copytree(EXAMPLE, broken)
+    hosts = broken / "host_vars"
+    hosts.mkdir()
+    (hosts / "db-usw1-2.yml").write_text("redis_password: lab-redis-not-secret\n")
+    password = tmp_path / "vault-pass"
+    password.write_text(EXAMPLE_VAULT_PASSWORD + "\n")
+    exe = Path(sys.executable).parent / "ansible-playbook"
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    done = subprocess.run([str(exe), "-i", str(broken), "--vault-password-file", str(password),
+                           "playbooks/health.yml", "--check", "--tags", "render"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    said = " ".join(done.stdout.split())
+    assert done.returncode != 0 and "redis_password (Redis) is a placeholder" in said, said[-1500:]
+    # One sentence per variable, however many hosts (Ansible prints the message twice).
+    assert said.count("redis_password (Redis)") == said.count("dns_tsig_secret (")
+    assert "lab-redis-not-secret" not in said
 
 
 def test_the_secret_check_refuses_lab_values_outside_the_lab_and_passes_real_ones():

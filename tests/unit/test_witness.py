@@ -309,7 +309,7 @@ def test_the_default_timing_satisfies_every_rule():
 
 
 def test_timing_refuses_an_interval_not_below_the_fence_time():
-    problems = timing_problems(5, 5, 20, 20, election_timeout_ms=0, watchdog=6)
+    problems = timing_problems(5, 5, 20, 20, election_timeout_ms=0, watchdog=13, fence_time=3)
     assert len(problems) == 1
     assert "baton_agent_interval (5 s) must be less than baton_fence_after (5 s)" in problems[0]
 
@@ -332,11 +332,13 @@ def test_timing_counts_the_fences_own_steps():
 def test_timing_refuses_a_watchdog_that_lets_a_hung_agent_outlive_its_lease():
     problems = timing_problems(1, 5, 10, 15, watchdog=8)
     assert problems == [
-        "baton_agent_watchdog (8 s) must be more than baton_agent_interval (1 s) and, with "
+        "baton_agent_watchdog (8 s) must be more than 1.5 x baton_agent_interval + max(2, "
+        "baton_agent_interval) (3.5 s, the longest a healthy loop is silent) and, with "
         "baton_fence_time (3 s), less than baton_witness_lease_ttl (10 s), so that a hung "
         "agent is killed (and Patroni, bound to it, stopped) before its lease can expire: "
         "change baton_agent_watchdog"]
-    assert timing_problems(1, 5, 10, 15, watchdog=1) != []
+    assert timing_problems(1, 5, 10, 15, watchdog=3.5) != []  # a healthy loop can be that slow
+    assert timing_problems(3, 5, 20, 20, election_timeout_ms=0, watchdog=6) != []
 
 
 def test_timing_refuses_a_promotion_wait_shorter_than_the_lease():
@@ -955,29 +957,38 @@ def test_the_agent_notes_what_runs_and_when_back_starts_what_stopped_with_it(
         agent_module, tmp_path, monkeypatch):
     bound = tmp_path / "bound"
     monkeypatch.setattr(agent_module, "BOUND_FILE", str(bound))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "no-such-socket"))
     systemctl = FakeSystemctl({"patroni", "redis-sentinel"})
     monkeypatch.setattr(agent_module.subprocess, "run", systemctl)
     agent = make_agent(agent_module, tmp_path, FakeWitness({"region": "us-east", "epoch": 3}))
     agent.note_bound_units()
     assert json.loads(bound.read_text())["units"] == ["patroni", "redis-sentinel"]
+    # An explicit stop of the agent stops Patroni first: a unit seen running lately counts.
+    systemctl.active = {"redis-sentinel"}
+    agent.note_bound_units()
+    assert json.loads(bound.read_text())["units"] == ["patroni", "redis-sentinel"]
+    agent.bound_seen["patroni"] -= agent_module.BOUND_MEMORY + 1  # stopped long ago
+    agent.note_bound_units()
+    assert json.loads(bound.read_text())["units"] == ["redis-sentinel"]
+    bound.write_text(json.dumps({"units": ["patroni", "redis-sentinel"]}))
     # The agent died; systemd stopped both. The next agent starts them.
     systemctl.active = set()
     (tmp_path / "next").mkdir()
     again = make_agent(agent_module, tmp_path / "next", FakeWitness({"region": "us-east",
                                                                      "epoch": 3}))
     again.cfg["marker"] = str(tmp_path / "fenced")
-    again.restart_bound_units()
+    again.restart_bound_units(again.bound_to_restart())
     starts = [c for c in systemctl.calls if c[1] == "start"]
     assert starts == [["systemctl", "start", "--no-block", "patroni"],
                       ["systemctl", "start", "--no-block", "redis-sentinel"]]
     # Running already (a restart that left them up): left alone. Fenced: no Patroni.
     systemctl.calls.clear()
     systemctl.active = {"patroni", "redis-sentinel"}
-    again.restart_bound_units()
+    again.restart_bound_units(["patroni", "redis-sentinel"])
     assert [c for c in systemctl.calls if c[1] == "start"] == []
     systemctl.active = set()
     (tmp_path / "fenced").write_text("{}")
-    again.restart_bound_units()
+    again.restart_bound_units(["patroni", "redis-sentinel"])
     assert [c for c in systemctl.calls if c[1] == "start"] == [
         ["systemctl", "start", "--no-block", "redis-sentinel"]]
 
@@ -1167,3 +1178,32 @@ def test_a_process_counts_as_alive_only_with_its_own_start_time():
     assert process_alive(os.getpid(), start)
     assert not process_alive(os.getpid(), start + 1)  # a reused pid
     assert not process_alive(2 ** 22 + 12345, start)
+
+
+def test_the_fence_keeps_the_watchdog_fed_while_patroni_takes_its_time_to_stop(
+        agent_module, tmp_path, monkeypatch):
+    class SlowStop:
+        returncode = 0
+
+        def __init__(self) -> None:
+            self.waits = 0
+
+        def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+            self.waits += 1
+            if self.waits < 4:
+                raise agent_module.subprocess.TimeoutExpired("systemctl", timeout or 0)
+            return "", ""
+
+    stop = SlowStop()
+    monkeypatch.setattr(agent_module.subprocess, "Popen", lambda cmd, **kw: stop)
+    monkeypatch.setattr(agent_module, "fence_redis", lambda *a, **kw: "no Redis on this node")
+    monkeypatch.setattr(agent_module, "persist_redis_fence", lambda *a, **kw: "no Redis")
+    monkeypatch.setattr(agent_module, "fence_sentinel", lambda *a, **kw: "no Sentinel")
+    pings: list[int] = []
+    logged: list[str] = []
+    cfg = {**agent_module.DEFAULTS, "region": "us-east", "node": "us-east-1",
+           "marker": str(tmp_path / "fenced")}
+    agent_module.fence(cfg, "a test", 4, lambda _c: "ok", logged.append,
+                       lambda: pings.append(1))
+    assert stop.waits == 4 and len(pings) >= 4
+    assert "systemctl stop patroni: ok" in logged

@@ -13,11 +13,12 @@ the baton, and fences the node when it must not accept writes.
 
 Every interval: read the holder key (linearizable) from the witness, ask the local PostgreSQL
 whether it is writable, let baton_witness.agent_step decide, carry out what it says. To fence:
-write the marker file first (patroni.service will not start while it exists), then DISABLE and
-KILL the application database on PgBouncer's admin console, then make the node's Redis (if it
-runs one) refuse writes (min-replicas-to-write set out of reach: NOREPLICAS, kept across restarts
-by CONFIG REWRITE) and its Sentinel forget the master it watched (SENTINEL REMOVE: a fenced
-region's Sentinel must never reconfigure anything), then stop Patroni. Unfencing never happens
+write the marker file first (patroni.service will not start while it exists), then start
+Patroni's stop and, beside it, DISABLE and KILL the application database on PgBouncer's admin
+console and make the node's Redis (if it runs one) refuse writes (min-replicas-to-write set out
+of reach: NOREPLICAS, kept across restarts by CONFIG REWRITE); once Patroni has stopped, make
+its Sentinel forget the master it watched (SENTINEL REMOVE: a fenced region's Sentinel must
+never reconfigure anything). Unfencing never happens
 by itself: failback (or an operator) runs `unfence`, then starts Patroni, and runs
 `unfence-redis` once the node's Redis has become a replica of the holder's.
 
@@ -32,15 +33,21 @@ The region's secondary name server: the agent asks it to check the primary's zon
 refresh) when it starts, when the baton's epoch changes and when the witness answers again
 after it did not, so a region that returns or heals does not answer from an old zone.
 
+No writes without the agent: it runs as a Type=notify service with a watchdog, and Patroni and
+Sentinel are bound to it (systemd stops them when it stops, dies or hangs; `agent-stopped`, its
+ExecStopPost, fences a Redis master); back, it starts what stopped with it. `systemctl reload`
+makes it check the code and configuration on disk (`check`) and replace itself (same PID).
+
 Stdlib only (Debian's python3); baton_witness.py sits in the same folder. Its state (lease,
-epoch, last renewal) survives a restart of the agent in /run/baton, so a restart during a
-partition does not forget that the node held the baton.
+epoch, last renewal, the last epoch seen) survives a restart of the agent and a reboot in
+/var/lib/baton, so a restart during a partition does not forget that the node held the baton.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import socket
@@ -95,13 +102,13 @@ REDIS_FENCE = 1000000
 # Set (with the pause's expiry) on the old master while a planned move hands Redis over.
 HANDOVER_KEY = "baton:handover"
 # The units bound to the agent (BindsTo=, drop-ins of the witness role): systemd stops them
-# when the agent stops, dies or hangs. The agent notes in BOUND_FILE which of them run (every
-# few loops: systemd stops them as the agent dies, before anything could look), and when it
-# is back it starts those again (their gates still decide what they may run as).
+# when the agent stops, dies or hangs. Every loop the agent notes in BOUND_FILE which of them
+# ran (or were starting or stopping) in the last BOUND_MEMORY seconds - systemd stops them as
+# the agent dies, and an explicit stop of the agent stops them just before it - and when it is
+# back it starts those again (their gates still decide what they may run as).
 BOUND_UNITS = ("patroni", "redis-sentinel")
 BOUND_FILE = "/run/baton/bound-units"
-BOUND_EVERY = 5  # loops between two notes
-
+BOUND_MEMORY = 15.0
 
 def sd_notify(message: str) -> bool:
     """Tells systemd (Type=notify: READY=1, WATCHDOG=1) over $NOTIFY_SOCKET; False without it."""
@@ -493,10 +500,13 @@ class Agent:
         self.zone_epoch: Any = "start"
         self.witness_was_ok = True
         self.redis_master_since: float | None = None
+        self.zone_retry_at = 0
         # The epoch of the last holder key read (kept on disk): a key that vanishes after it
         # was seen fails closed (agent_step, may-start and the gates).
         self.seen_epoch: int | None = None
         self.bound_noted: list[str] | None = None
+        self.bound_seen: dict[str, float] = {}
+        self.redis_checked = False  # the Redis fence looked at in a holding loop yet
         # (region, epoch) of the holder key naming this node's region, and when this process
         # first read it (agent_step's "holding_for").
         self.holding: tuple[Any, Any] | None = None
@@ -636,19 +646,24 @@ class Agent:
     def after_step(self, observed: dict[str, Any], actions: list[str]) -> None:
         """What follows the baton besides PostgreSQL: the name server's zone, and in the
         holder region a Redis fence left by a gate that could not read the witness."""
+        # Each call below is bounded (3 s at most) and followed by a word to the watchdog.
         self.loops += 1
-        if self.loops % BOUND_EVERY == 0:  # not before restart_bound_units (after loop 1)
-            self.note_bound_units()
+        self.note_bound_units()
+        self.alive()
         epoch = (observed.get("holder") or {}).get("epoch")
         regained = observed["witness_ok"] and not self.witness_was_ok
         self.witness_was_ok = observed["witness_ok"]
         if self.cfg.get("dns_zone") and observed["witness_ok"] and (
-                regained or epoch != self.zone_epoch):
+                regained or epoch != self.zone_epoch) and (
+                regained or self.loops >= self.zone_retry_at):
             why = ("the witness answers again" if regained else "agent started"
                    if self.zone_epoch == "start" else f"epoch {self.zone_epoch} -> {epoch}")
             result = refresh_zone(self.cfg)
-            if result == "ok":  # else asked again next loop (named not up yet, say)
+            self.alive()
+            if result == "ok":
                 self.zone_epoch = epoch
+            else:  # asked again 10 loops on (named not up yet, say): a loop stays short
+                self.zone_retry_at = self.loops + 10
             if result == "ok" or self.loops % 30 == 1:
                 self.log(f"name server: rndc refresh {self.cfg['dns_zone']} ({why}): {result}")
         holder = observed.get("holder")
@@ -658,11 +673,16 @@ class Agent:
         if elsewhere and not fencing and int(self.cfg.get("redis_port") or 0) \
                 and self.loops % 5 == 1:
             self.check_redis_outside_holder(holder)
+            self.alive()
         elif not elsewhere:
             self.redis_master_since = None
         holds = actions and actions[0] in ("grant", "keepalive")
-        if holds and int(self.cfg.get("redis_port") or 0) and self.loops % 10 == 1:
+        if holds and int(self.cfg.get("redis_port") or 0) and (
+                self.loops % 10 == 1 or not self.redis_checked):
+            # The first holding loop too: a restart of the agent fenced Redis (agent-stopped).
+            self.redis_checked = True
             lifted = unfence_redis(self.cfg, holder_region=lambda _cfg: self.cfg["region"])
+            self.alive()
             if lifted.get("changed"):
                 self.log(f"Redis: {lifted.get('redis') or lifted.get('error')} (this region "
                          "holds the baton)")
@@ -745,41 +765,57 @@ class Agent:
             self.redis_master_since = None
 
     def note_bound_units(self) -> None:
-        """Notes which bound units run (or are starting), for restart_bound_units after the
-        agent's next death; never raises."""
+        """Notes which bound units ran lately (BOUND_FILE), for the agent's next start; never
+        raises. Units seen running in the last BOUND_MEMORY seconds count: an explicit
+        `systemctl stop baton-agent` stops Patroni just before the agent."""
+        if not os.environ.get("NOTIFY_SOCKET"):
+            return  # not run by systemd (Type=notify): nothing is bound to this process
+        now = time.monotonic()
         try:
             out = subprocess.run(["systemctl", "is-active", *BOUND_UNITS], capture_output=True,
-                                 text=True, timeout=5, check=False)
-            states = out.stdout.split()
-            if len(states) != len(BOUND_UNITS):
-                return
-            running = [unit for unit, st in zip(BOUND_UNITS, states, strict=True)
-                       if st in ("active", "activating", "reloading")]
-            if running != self.bound_noted:
+                                 text=True, timeout=3, check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self.log(f"cannot note the units bound to the agent: {exc}")
+            return
+        states = out.stdout.split()
+        if len(states) != len(BOUND_UNITS):
+            return
+        for unit, state in zip(BOUND_UNITS, states, strict=True):
+            if state in ("active", "activating", "reloading", "deactivating"):
+                self.bound_seen[unit] = now
+        running = [unit for unit in BOUND_UNITS
+                   if now - self.bound_seen.get(unit, -math.inf) <= BOUND_MEMORY]
+        if running != self.bound_noted:
+            try:
                 os.makedirs(os.path.dirname(BOUND_FILE), exist_ok=True)
                 write_atomic(BOUND_FILE, json.dumps({"units": running}))
                 self.bound_noted = running
-        except (OSError, subprocess.SubprocessError) as exc:
-            self.log(f"cannot note the units bound to the agent: {exc}")
+            except OSError as exc:
+                self.log(f"cannot note the units bound to the agent: {exc}")
 
-    def restart_bound_units(self) -> None:
-        """Starts what systemd stopped with the agent's previous process (BOUND_FILE, noted by
-        it). Patroni's gate (may-start) and the fence marker, and Sentinel's gate, still decide
-        what they may run as; a unit that runs already is left alone."""
+    def bound_to_restart(self) -> list[str]:
+        """What the agent's previous process noted (read before this one notes anything)."""
         try:
             with open(BOUND_FILE, encoding="utf-8") as handle:
-                units = [u for u in json.load(handle).get("units", []) if u in BOUND_UNITS]
+                return [u for u in json.load(handle).get("units", []) if u in BOUND_UNITS]
         except (OSError, ValueError, AttributeError):
-            return
+            return []
+
+    def restart_bound_units(self, units: list[str]) -> None:
+        """Starts what systemd stopped with the agent's previous process. Patroni's gate
+        (may-start) and the fence marker, and Sentinel's gate, still decide what they may run
+        as; a unit that runs already is left alone."""
+        units = list(units)
         if "patroni" in units and os.path.exists(self.cfg["marker"]):
             units.remove("patroni")
         for unit in units:
+            self.alive()
             try:
-                if subprocess.run(["systemctl", "is-active", "--quiet", unit], timeout=5,
+                if subprocess.run(["systemctl", "is-active", "--quiet", unit], timeout=3,
                                   check=False).returncode == 0:
                     continue
                 out = subprocess.run(["systemctl", "start", "--no-block", unit],
-                                     capture_output=True, text=True, timeout=10, check=False)
+                                     capture_output=True, text=True, timeout=3, check=False)
                 result = "ok" if out.returncode == 0 else (out.stderr.strip() or
                                                            f"exit {out.returncode}")
             except (OSError, subprocess.SubprocessError) as exc:
@@ -809,6 +845,24 @@ class Agent:
         except OSError as exc:
             self.log(f"cannot write {path}: {exc}")
 
+    def reload(self) -> None:
+        """Replaces this process with the agent on disk (same PID: systemd sees no stop), once
+        the new code and configuration have been checked; if they fail, it keeps running."""
+        try:
+            check = subprocess.run([sys.executable, sys.argv[0], "check", *sys.argv[2:]],
+                                   capture_output=True, text=True, timeout=3, check=False)
+            problem = "" if check.returncode == 0 else (check.stderr or check.stdout).strip()
+        except (OSError, subprocess.SubprocessError) as exc:
+            problem = str(exc)
+        if problem:
+            self.log(f"reload refused, the running agent goes on: the new agent fails its "
+                     f"check: {problem[-500:]}")
+            return
+        self.save_state()
+        self.log("reloading: the agent replaces itself (same PID; the lease is kept)")
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+
     def run(self) -> None:
         stopping: list[int] = []
         reloading: list[int] = []
@@ -817,6 +871,10 @@ class Agent:
         # end of a loop, keeping its PID, so systemd never sees it stop and Patroni, bound to
         # it, keeps running.
         signal.signal(signal.SIGHUP, lambda signum, _frame: reloading.append(signum))
+        # Blocked across the exec of a reload (below) until the handler is back: a reload
+        # arriving meanwhile waits instead of killing the agent (and Patroni with it).
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+        to_restart = self.bound_to_restart()  # before the first loop notes anything
         self.log(f"started: region {self.cfg['region']}, witness "
                  f"{', '.join(self.cfg['endpoints'])}, every {self.cfg['interval']:g} s, fencing "
                  f"after {self.cfg['fence_after']:g} s without renewal, lease "
@@ -832,17 +890,16 @@ class Agent:
             if not ready:  # after the first loop, whatever it decided
                 ready = True
                 sd_notify("READY=1")
-                self.restart_bound_units()
+                self.restart_bound_units(to_restart)
             if reloading:
-                self.save_state()
-                self.log("reloading: the agent replaces itself (same PID; the lease is kept)")
-                os.execv(sys.executable, [sys.executable, *sys.argv])
+                reloading.clear()
+                self.reload()
             tick += interval
             delay = tick - time.monotonic()
             if delay < 0:  # overran: start the next loop now, on a new schedule
                 tick, delay = time.monotonic(), 0
             time.sleep(delay)
-        # Keep the lease: a restart resumes it (state in /run/baton); it expires by itself.
+        # Keep the lease: a restart resumes it (state in /var/lib/baton); it expires by itself.
         self.log("stopping (the lease, if any, is kept and expires by itself)")
         metrics = self.cfg["metrics"]
         if os.path.isdir(os.path.dirname(metrics)):
@@ -873,12 +930,22 @@ def fence(cfg: dict[str, Any], reason: str, epoch: Any, pgbouncer: Any, log: Any
     log(f"Redis: {fence_redis(cfg, persist=False)}")
     alive()
     if stop is not None:
-        try:
-            _out, err = stop.communicate(timeout=120)
-            result = "ok" if stop.returncode == 0 else (err.strip() or f"exit {stop.returncode}")
-        except subprocess.SubprocessError as exc:
-            stop.kill()
-            result = f"failed: {exc}"
+        # Patroni may take a while to stop its PostgreSQL: the watchdog hears from the agent
+        # every second meanwhile (were the agent killed, systemd would stop Patroni anyway).
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                _out, err = stop.communicate(timeout=1)
+                result = "ok" if stop.returncode == 0 else (err.strip() or
+                                                            f"exit {stop.returncode}")
+                break
+            except subprocess.TimeoutExpired:
+                alive()
+                if time.monotonic() < deadline:
+                    continue
+                stop.kill()
+                result = "failed: still stopping after 120 s"
+                break
     log(f"systemctl stop patroni: {result}")
     alive()
     # After Patroni: these keep the fence across restarts, nothing here stops writes sooner.
@@ -995,10 +1062,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["run", "status", "unfence", "unfence-redis",
                                             "may-start", "redis-gate", "sentinel-gate",
-                                            "agent-stopped"])
+                                            "agent-stopped", "check"])
     parser.add_argument("--config", default="/etc/baton/agent.json")
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
+    if args.command == "check":  # the code imports and the configuration loads (reload)
+        return 0
     if args.command == "run":
         Agent(cfg).run()
         return 0
