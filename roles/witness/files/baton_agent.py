@@ -851,12 +851,14 @@ class Agent:
         try:
             check = subprocess.run([sys.executable, sys.argv[0], "check", *sys.argv[2:]],
                                    capture_output=True, text=True, timeout=3, check=False)
-            problem = "" if check.returncode == 0 else (check.stderr or check.stdout).strip()
+            said = (check.stderr or check.stdout).strip().splitlines()
+            problem = "" if check.returncode == 0 else (said[-1] if said else
+                                                        f"exit {check.returncode}")
         except (OSError, subprocess.SubprocessError) as exc:
             problem = str(exc)
         if problem:
             self.log(f"reload refused, the running agent goes on: the new agent fails its "
-                     f"check: {problem[-500:]}")
+                     f"check: {problem[-300:]}")
             return
         self.save_state()
         self.log("reloading: the agent replaces itself (same PID; the lease is kept)")
