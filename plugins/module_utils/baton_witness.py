@@ -375,13 +375,15 @@ def timing_problems(interval: float, fence_after: float, lease_ttl: int,
             f"the witness has fenced itself before the witness lets its lease go: raise "
             f"baton_witness_lease_ttl above {total:g} or lower baton_fence_after")
     # The longest a healthy loop goes without a word to the watchdog: the sleep, the witness
-    # read (half an interval) and the question to PostgreSQL (max(2, interval)).
-    quiet = 1.5 * interval + max(2.0, interval)
+    # read (half an interval) and the question to PostgreSQL (max(2, interval)), or one of the
+    # calls bounded by 3 s; and a second of margin.
+    quiet = max(1.5 * interval + max(2.0, interval), 3.0) + 1.0
     if watchdog <= quiet or watchdog + fence_time >= lease_ttl:
         problems.append(
-            f"baton_agent_watchdog ({watchdog:g} s) must be more than 1.5 x "
-            f"baton_agent_interval + max(2, baton_agent_interval) ({quiet:g} s, the longest a "
-            f"healthy loop is silent) and, with baton_fence_time ({fence_time:g} s), less than "
+            f"baton_agent_watchdog ({watchdog:g} s) must be more than the longest a healthy loop "
+            f"is silent plus a second (max(1.5 x baton_agent_interval + max(2, "
+            f"baton_agent_interval), 3) + 1 = {quiet:g} s) and, with baton_fence_time "
+            f"({fence_time:g} s), less than "
             f"baton_witness_lease_ttl ({lease_ttl} s), so that a hung agent is killed (and "
             f"Patroni, bound to it, stopped) before its lease can expire: change "
             f"baton_agent_watchdog")

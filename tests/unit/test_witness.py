@@ -309,7 +309,7 @@ def test_the_default_timing_satisfies_every_rule():
 
 
 def test_timing_refuses_an_interval_not_below_the_fence_time():
-    problems = timing_problems(5, 5, 20, 20, election_timeout_ms=0, watchdog=13, fence_time=3)
+    problems = timing_problems(5, 5, 20, 20, election_timeout_ms=0, watchdog=14, fence_time=3)
     assert len(problems) == 1
     assert "baton_agent_interval (5 s) must be less than baton_fence_after (5 s)" in problems[0]
 
@@ -332,12 +332,14 @@ def test_timing_counts_the_fences_own_steps():
 def test_timing_refuses_a_watchdog_that_lets_a_hung_agent_outlive_its_lease():
     problems = timing_problems(1, 5, 10, 15, watchdog=8)
     assert problems == [
-        "baton_agent_watchdog (8 s) must be more than 1.5 x baton_agent_interval + max(2, "
-        "baton_agent_interval) (3.5 s, the longest a healthy loop is silent) and, with "
-        "baton_fence_time (3 s), less than baton_witness_lease_ttl (10 s), so that a hung "
+        "baton_agent_watchdog (8 s) must be more than the longest a healthy loop is silent "
+        "plus a second (max(1.5 x baton_agent_interval + max(2, baton_agent_interval), 3) + 1 "
+        "= 4.5 s) and, with baton_fence_time (3 s), less than baton_witness_lease_ttl (10 s), "
+        "so that a hung "
         "agent is killed (and Patroni, bound to it, stopped) before its lease can expire: "
         "change baton_agent_watchdog"]
-    assert timing_problems(1, 5, 10, 15, watchdog=3.5) != []  # a healthy loop can be that slow
+    assert timing_problems(1, 5, 10, 15, watchdog=4.5) != []  # no margin over a slow loop
+    assert timing_problems(0.5, 5, 10, 15, watchdog=3) != []  # a 3 s call alone is that long
     assert timing_problems(3, 5, 20, 20, election_timeout_ms=0, watchdog=6) != []
 
 

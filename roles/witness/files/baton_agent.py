@@ -46,6 +46,7 @@ epoch, last renewal, the last epoch seen) survives a restart of the agent and a 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -109,6 +110,24 @@ HANDOVER_KEY = "baton:handover"
 BOUND_UNITS = ("patroni", "redis-sentinel")
 BOUND_FILE = "/run/baton/bound-units"
 BOUND_MEMORY = 15.0
+# What the running process loaded: the sha256 of agent.py, baton_witness.py and agent.json
+# together, written after its first loop (the witness role's reload handler waits for it).
+LOADED_FILE = "/run/baton/agent-loaded"
+
+
+def loaded_stamp(cfg: dict[str, Any]) -> str:
+    """sha256 of this agent's code and configuration files, as `cat ... | sha256sum` says."""
+    digest = hashlib.sha256()
+    here = os.path.dirname(os.path.abspath(__file__))
+    for path in (os.path.abspath(__file__), os.path.join(here, "baton_witness.py"),
+                 str(cfg.get("_path", ""))):
+        try:
+            with open(path, "rb") as handle:
+                digest.update(handle.read())
+        except OSError:
+            pass
+    return digest.hexdigest()
+
 
 def sd_notify(message: str) -> bool:
     """Tells systemd (Type=notify: READY=1, WATCHDOG=1) over $NOTIFY_SOCKET; False without it."""
@@ -135,6 +154,7 @@ def load_config(path: str) -> dict[str, Any]:
     cfg["interval"] = float(cfg["interval"])
     cfg["fence_after"] = float(cfg["fence_after"])
     cfg["lease_ttl"] = int(cfg["lease_ttl"])
+    cfg["_path"] = path
     return cfg
 
 
@@ -680,8 +700,8 @@ class Agent:
         if holds and int(self.cfg.get("redis_port") or 0) and (
                 self.loops % 10 == 1 or not self.redis_checked):
             # The first holding loop too: a restart of the agent fenced Redis (agent-stopped).
-            self.redis_checked = True
             lifted = unfence_redis(self.cfg, holder_region=lambda _cfg: self.cfg["region"])
+            self.redis_checked = not lifted.get("error")
             self.alive()
             if lifted.get("changed"):
                 self.log(f"Redis: {lifted.get('redis') or lifted.get('error')} (this region "
@@ -779,9 +799,10 @@ class Agent:
             return
         states = out.stdout.split()
         if len(states) != len(BOUND_UNITS):
+            self.log(f"cannot note the units bound to the agent: systemctl said {states}")
             return
         for unit, state in zip(BOUND_UNITS, states, strict=True):
-            if state in ("active", "activating", "reloading", "deactivating"):
+            if state in ("active", "activating", "reloading", "refreshing", "deactivating"):
                 self.bound_seen[unit] = now
         running = [unit for unit in BOUND_UNITS
                    if now - self.bound_seen.get(unit, -math.inf) <= BOUND_MEMORY]
@@ -811,8 +832,10 @@ class Agent:
         for unit in units:
             self.alive()
             try:
-                if subprocess.run(["systemctl", "is-active", "--quiet", unit], timeout=3,
-                                  check=False).returncode == 0:
+                running = subprocess.run(["systemctl", "is-active", "--quiet", unit], timeout=3,
+                                         check=False).returncode == 0
+                self.alive()
+                if running:
                     continue
                 out = subprocess.run(["systemctl", "start", "--no-block", unit],
                                      capture_output=True, text=True, timeout=3, check=False)
@@ -856,6 +879,7 @@ class Agent:
                                                         f"exit {check.returncode}")
         except (OSError, subprocess.SubprocessError) as exc:
             problem = str(exc)
+        self.alive()
         if problem:
             self.log(f"reload refused, the running agent goes on: the new agent fails its "
                      f"check: {problem[-300:]}")
@@ -863,7 +887,12 @@ class Agent:
         self.save_state()
         self.log("reloading: the agent replaces itself (same PID; the lease is kept)")
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-        os.execv(sys.executable, [sys.executable, *sys.argv])
+        self.alive()
+        try:
+            os.execv(sys.executable, [sys.executable, *sys.argv])
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+            self.log(f"reload failed, the running agent goes on: {exc}")
 
     def run(self) -> None:
         stopping: list[int] = []
@@ -876,7 +905,11 @@ class Agent:
         # Blocked across the exec of a reload (below) until the handler is back: a reload
         # arriving meanwhile waits instead of killing the agent (and Patroni with it).
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+        sd_notify("WATCHDOG=1")  # after an exec too: the new process is alive
         to_restart = self.bound_to_restart()  # before the first loop notes anything
+        now = time.monotonic()
+        self.bound_seen.update({unit: now for unit in to_restart})  # kept if it dies again
+        loaded = loaded_stamp(self.cfg)
         self.log(f"started: region {self.cfg['region']}, witness "
                  f"{', '.join(self.cfg['endpoints'])}, every {self.cfg['interval']:g} s, fencing "
                  f"after {self.cfg['fence_after']:g} s without renewal, lease "
@@ -893,7 +926,11 @@ class Agent:
                 ready = True
                 sd_notify("READY=1")
                 self.restart_bound_units(to_restart)
-            if reloading:
+                try:  # what this process runs (the reload handler waits for it)
+                    write_atomic(LOADED_FILE, loaded + "\n")
+                except OSError as exc:
+                    self.log(f"cannot write {LOADED_FILE}: {exc}")
+            if reloading and not stopping:
                 reloading.clear()
                 self.reload()
             tick += interval
