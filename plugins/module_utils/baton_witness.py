@@ -530,15 +530,21 @@ def agent_step(state: Mapping[str, Any], observed: Mapping[str, Any], now: float
 
 # --- the failover lock -------------------------------------------------------------------------
 
-def process_alive(pid: int, start: int) -> bool:
-    """Whether process pid runs and started at `start` (clock ticks since boot, /proc): a pid
-    reused by another process does not count."""
+def proc_stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks since boot) of a process (/proc); None if gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return len(fields) > 19 and int(fields[19]) == int(start)
+        return int(fields[1]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_alive(pid: int, start: int) -> bool:
+    """Whether process pid runs and started at `start`: a pid reused by another process does
+    not count."""
+    stat = proc_stat(pid)
+    return stat is not None and stat[1] == int(start)
 
 
 def keep_lock(witness: Any, lease: int, run_id: str, alive: Callable[[], bool],

@@ -108,20 +108,20 @@ from ansible.module_utils.baton_witness import (  # noqa: E402
     Witness,
     WitnessError,
     lock_decision,
+    proc_stat,
     process_alive,
 )
 
 
 def _stat(pid: int) -> tuple[int, str, int] | None:
     """(parent pid, command line, start time in clock ticks) of a process, None if gone."""
+    stat = proc_stat(pid)
     try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return None
-    return int(fields[1]), cmdline, int(fields[19])
+    return None if stat is None else (stat[0], cmdline, stat[1])
 
 
 def playbook_process() -> tuple[int, int]:
@@ -138,10 +138,6 @@ def playbook_process() -> tuple[int, int]:
             found = (pid, start)
         pid = parent
     return found
-
-
-def pid_alive(pid: int, start: int) -> bool:
-    return process_alive(pid, start)
 
 
 def start_keeper(endpoints: list[str], lease: int, run_id: str, pid: int, pid_start: int,
@@ -211,7 +207,7 @@ def main() -> None:
         me = {"run_id": p["run_id"], "target": p["target"], "kind": p["kind"],
               "user": getpass.getuser(), "host": socket.gethostname(), "pid": pid,
               "pid_start": start, "started": datetime.now(UTC).isoformat()}
-        decision, message = lock_decision(existing, me, time.time(), pid_alive,
+        decision, message = lock_decision(existing, me, time.time(), process_alive,
                                           socket.gethostname())
         if decision == "refuse" and p["break_lock"]:
             decision, message = "take_over", f"break_lock: {message}"

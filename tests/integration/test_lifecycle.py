@@ -786,9 +786,10 @@ class TestPartition:
 
 # ------------------------------------------------- the holder's agent dead, then partition
 
-def agent_pid(node: str) -> int:
+def main_pid(node: str, unit: str = "baton-agent") -> int:
+    """The unit's main process on the node (0: not running)."""
     return int(sh("podman", "exec", f"baton-{node}", "systemctl", "show", "-p", "MainPID",
-                  "--value", "baton-agent", timeout=30).stdout.strip() or 0)
+                  "--value", unit, timeout=30).stdout.strip() or 0)
 
 
 def unit_active(node: str, unit: str) -> bool:
@@ -823,14 +824,13 @@ class TestDeadAgent:
 
     def test_a_killed_agent_is_restarted_and_brings_back_what_stopped_with_it(self, home):
         state = STATE[self.name] = {}
-        old = agent_pid("us-east-1")
-        patroni = int(sh("podman", "exec", "baton-us-east-1", "systemctl", "show", "-p",
-                         "MainPID", "--value", "patroni", timeout=30).stdout.strip())
+        old = main_pid("us-east-1")
+        patroni = main_pid("us-east-1", "patroni")
 
         def kill_and_wait():
             assert sh("podman", "exec", "baton-us-east-1", "kill", "-9", str(old),
                       timeout=30).returncode == 0
-            wait_until(lambda: agent_pid("us-east-1") not in (0, old), 30, "the agent restarted")
+            wait_until(lambda: main_pid("us-east-1") not in (0, old), 30, "the agent restarted")
             wait_until(lambda: pg_accepts_write(MINI["us-east-1"])
                        and redis_accepts_write(MINI["us-east-1"]), 90,
                        "us-east-1 takes writes again")
@@ -842,8 +842,7 @@ class TestDeadAgent:
         assert "agent stopped (signal): bound: patroni, redis-sentinel stop with it" in log, \
             log[-2000:]
         assert "patroni was stopped with the agent: systemctl start patroni: ok" in log
-        new_patroni = int(sh("podman", "exec", "baton-us-east-1", "systemctl", "show", "-p",
-                             "MainPID", "--value", "patroni", timeout=30).stdout.strip())
+        new_patroni = main_pid("us-east-1", "patroni")
         assert new_patroni not in (0, patroni), "Patroni did not stop with the agent"
         assert unit_active("us-east-1", "redis-sentinel")
         assert_single_writer(figures)
@@ -857,7 +856,7 @@ class TestDeadAgent:
         time.sleep(2)
 
         def kill_cut_and_fail_over():
-            pid = agent_pid("us-east-1")
+            pid = main_pid("us-east-1")
             kill = sh("podman", "exec", "baton-us-east-1", "sh", "-c",
                       f"date +%s.%N; kill -9 {pid}; systemctl stop baton-agent", timeout=60)
             assert kill.returncode == 0, kill.stderr

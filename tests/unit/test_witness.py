@@ -979,7 +979,7 @@ def test_the_agent_notes_what_runs_and_when_back_starts_what_stopped_with_it(
     again = make_agent(agent_module, tmp_path / "next", FakeWitness({"region": "us-east",
                                                                      "epoch": 3}))
     again.cfg["marker"] = str(tmp_path / "fenced")
-    again.restart_bound_units(again.bound_to_restart())
+    again.restart_bound_units(agent_module.read_bound_units())
     starts = [c for c in systemctl.calls if c[1] == "start"]
     assert starts == [["systemctl", "start", "--no-block", "patroni"],
                       ["systemctl", "start", "--no-block", "redis-sentinel"]]

@@ -110,6 +110,16 @@ HANDOVER_KEY = "baton:handover"
 BOUND_UNITS = ("patroni", "redis-sentinel")
 BOUND_FILE = "/run/baton/bound-units"
 BOUND_MEMORY = 15.0
+
+
+def read_bound_units() -> list[str] | None:
+    """The bound units the agent last noted as running lately; None when nothing was noted."""
+    try:
+        with open(BOUND_FILE, encoding="utf-8") as handle:
+            return [u for u in json.load(handle).get("units", []) if u in BOUND_UNITS]
+    except (OSError, ValueError, AttributeError):
+        return None
+
 # What the running process loaded: the sha256 of agent.py, baton_witness.py and agent.json
 # together, written after its first loop (the witness role's reload handler waits for it).
 LOADED_FILE = "/run/baton/agent-loaded"
@@ -814,14 +824,6 @@ class Agent:
             except OSError as exc:
                 self.log(f"cannot note the units bound to the agent: {exc}")
 
-    def bound_to_restart(self) -> list[str]:
-        """What the agent's previous process noted (read before this one notes anything)."""
-        try:
-            with open(BOUND_FILE, encoding="utf-8") as handle:
-                return [u for u in json.load(handle).get("units", []) if u in BOUND_UNITS]
-        except (OSError, ValueError, AttributeError):
-            return []
-
     def restart_bound_units(self, units: list[str]) -> None:
         """Starts what systemd stopped with the agent's previous process. Patroni's gate
         (may-start) and the fence marker, and Sentinel's gate, still decide what they may run
@@ -906,7 +908,7 @@ class Agent:
         # arriving meanwhile waits instead of killing the agent (and Patroni with it).
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         sd_notify("WATCHDOG=1")  # after an exec too: the new process is alive
-        to_restart = self.bound_to_restart()  # before the first loop notes anything
+        to_restart = read_bound_units() or []  # the previous process's, before this one notes
         now = time.monotonic()
         self.bound_seen.update({unit: now for unit in to_restart})  # kept if it dies again
         loaded = loaded_stamp(self.cfg)
@@ -1059,13 +1061,10 @@ def agent_stopped(cfg: dict[str, Any], log: Any, command: Any = redis_command) -
     region holds the baton), and the metrics say the agent is down. systemd stops Patroni and
     Sentinel itself (they are bound to the agent); the agent starts them when it is back."""
     done: dict[str, Any] = {"result": os.environ.get("SERVICE_RESULT", "")}
-    try:
-        with open(BOUND_FILE, encoding="utf-8") as handle:
-            noted = json.load(handle).get("units", [])
-        done["bound"] = (f"{', '.join(noted)} stop with it, started again when it is back"
-                         if noted else "none ran")
-    except (OSError, ValueError, AttributeError):
-        done["bound"] = "not noted yet"
+    noted = read_bound_units()
+    done["bound"] = ("not noted yet" if noted is None else
+                     f"{', '.join(noted)} stop with it, started again when it is back" if noted
+                     else "none ran")
     if int(cfg.get("redis_port") or 0):
         ok, role = command(cfg, "ROLE")
         if ok and role.split()[:1] == ["master"]:
