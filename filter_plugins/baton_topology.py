@@ -262,6 +262,7 @@ SECRETS = {
     "pgbouncer_admin_password": "PgBouncer's admin console",
     "redis_password": "Redis",
     "redis_sentinel_password": "Redis Sentinel",
+    "monitoring_web_password": "Prometheus's and Alertmanager's web endpoints",
     "dns_tsig_secret": "the TSIG key of DNS updates",
 }
 # What gives away a value nobody chose: the lab's throwaway secrets say "not-secret", the

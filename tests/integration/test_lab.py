@@ -14,6 +14,7 @@ Needs root, podman and iptables (`make deps` installs them). Replaces any lab th
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -299,6 +301,26 @@ def test_a_key_written_in_us_east_is_read_in_every_other_region_within_two_secon
     print(f"key visible in us-west and eu-west after {time.monotonic() - started:.2f} s")
 
 
+def test_pgbouncers_admin_console_answers_only_on_its_own_node(lab):
+    """PAUSE, RESUME, RELOAD, KILL: the admin user logs in from the node itself only; the stats
+    user (the assessment's SHOW DATABASES) from anywhere."""
+    admin = {"user": "baton_pgbouncer", "password": "lab-pgbouncer-not-secret"}  # lab throwaway
+    monitor = {"user": "baton_monitor", "password": "lab-monitor-not-secret"}  # lab throwaway
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(host=MINI["us-east-1"], port=6432, dbname="pgbouncer", autocommit=True,
+                        connect_timeout=3, **admin).close()
+    with psycopg.connect(host=MINI["us-east-1"], port=6432, dbname="pgbouncer", autocommit=True,
+                         connect_timeout=3, cursor_factory=psycopg.ClientCursor,
+                         **monitor) as conn:
+        assert "app" in [row[0] for row in conn.execute("SHOW DATABASES").fetchall()]
+        with pytest.raises(psycopg.Error):
+            conn.execute("PAUSE app")
+    local = sh("podman", "exec", "-e", f"PGPASSWORD={admin['password']}", "baton-us-east-1",
+               "psql", "host=127.0.0.1 port=6432 dbname=pgbouncer user=baton_pgbouncer",
+               "-XAtc", "SHOW DATABASES", timeout=30)
+    assert local.returncode == 0 and "app|" in local.stdout, local.stderr
+
+
 def test_redis_chains_from_us_east_and_only_its_sentinel_watches(lab):
     assert cache("us-east-1").execute_command("ROLE")[0] == "master"
     for host in ("us-west-1", "eu-west-1"):
@@ -423,10 +445,64 @@ def test_baton_dns_names_a_wrong_secret_or_key(lab):
     assert outside.get("failed") and "not authoritative for zone other.internal" in outside["msg"]
 
 
+# Prometheus's and Alertmanager's web user (lab throwaway password).
+WEB_USER, WEB_PASSWORD = "baton", "lab-monitoring-web-not-secret"
+
+
+def web_request(url: str, data: bytes | None = None, user: str | None = WEB_USER,
+                password: str = WEB_PASSWORD) -> tuple[int, bytes]:
+    """(status, body) of a GET (or a JSON POST with DATA) to a monitoring server, with basic
+    auth as USER (None: none)."""
+    request = urllib.request.Request(url, data=data)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if user is not None:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
 def prometheus_query(host: str, query: str) -> list[dict]:
     url = f"http://{MINI[host]}:9090/api/v1/query?" + urllib.parse.urlencode({"query": query})
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.load(response)["data"]["result"]
+    status, body = web_request(url)
+    assert status == 200, f"{url}: HTTP {status} {body[:200]!r}"
+    return json.loads(body)["data"]["result"]
+
+
+def alertmanager_alerts(alert: str) -> list[dict]:
+    """The alerts named ALERT that the global Alertmanager holds (Prometheus sent them)."""
+    url = f"http://{MINI['global-1']}:9093/api/v2/alerts?" + urllib.parse.urlencode(
+        {"filter": f'alertname="{alert}"'})
+    status, body = web_request(url)
+    assert status == 200, f"{url}: HTTP {status} {body[:200]!r}"
+    return json.loads(body)
+
+
+def test_prometheus_and_alertmanager_refuse_clients_without_the_password(lab):
+    """Nobody silences the split-brain alert, reads the metrics or federates without the web
+    password; with it, the same requests work."""
+    silences = f"http://{MINI['global-1']}:9093/api/v2/silences"
+    now = time.time()
+    silence = json.dumps({
+        "matchers": [{"name": "alertname", "value": "BatonSplitBrain", "isRegex": False}],
+        "startsAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        "endsAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 3600)),
+        "createdBy": "test", "comment": "must be refused"}).encode()
+    assert web_request(silences, silence, user=None)[0] == 401
+    assert web_request(silences, silence, password="wrong")[0] == 401
+    status, body = web_request(silences)
+    assert status == 200
+    assert [s for s in json.loads(body) if s["comment"] == "must be refused"] == []
+    for url in (f"http://{MINI['global-1']}:9093/api/v2/alerts",
+                f"http://{MINI['global-1']}:9090/api/v1/query?query=up",
+                f"http://{MINI['us-east-1']}:9090/federate?match%5B%5D=up",
+                f"http://{MINI['us-east-1']}:9090/metrics"):
+        assert web_request(url, user=None)[0] == 401, url
+        assert web_request(url)[0] == 200, url
 
 
 def test_the_global_prometheus_has_up_series_from_every_region(lab):

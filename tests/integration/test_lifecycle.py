@@ -64,6 +64,7 @@ from test_lab import (
     MINI,
     ROOT,
     ZONE,
+    alertmanager_alerts,
     changed_tasks,
     cluster_roles,
     dns_answer,
@@ -874,6 +875,10 @@ class TestDeadAgent:
                                    for a in firing("BatonAgentDown")), 150,
                        "BatonAgentDown fires for us-east-1 on the global Prometheus")
             state["alert_after"] = round(time.time() - killed_at, 1)
+            # Prometheus hands it to Alertmanager (both ask for the web password).
+            wait_until(lambda: any(a["labels"].get("instance") == "us-east-1"
+                                   for a in alertmanager_alerts("BatonAgentDown")), 60,
+                       "BatonAgentDown reaches the global Alertmanager")
             print(f"{self.name}: writes stopped {state['writes_stopped_after']} s after the "
                   f"kill; BatonAgentDown firing after {state['alert_after']} s")
             assert labctl("partition", "us-east").returncode == 0

@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible.errors import AnsibleFilterError
-from baton_monitoring import baton_prometheus_servers, baton_scrape_targets
+import bcrypt
+from baton_monitoring import (
+    baton_prometheus_servers,
+    baton_scrape_targets,
+    baton_web_password_hash,
+)
 from baton_zone import baton_address_regions, baton_dns_label, baton_dns_records
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,3 +137,15 @@ def test_exporter_connection_strings_carry_any_password_intact(template):
     assert (parsed.hostname, parsed.port) == ("127.0.0.1", 5432 if "postgres-" in template
                                               else 6432)
     assert urllib.parse.unquote(parsed.password) == password
+
+
+def test_the_web_password_hash_checks_and_a_rerun_writes_the_same_one():
+    first = baton_web_password_hash("s3cret", "global-1")
+    assert first.startswith("$2b$10$")
+    assert bcrypt.checkpw(b"s3cret", first.encode())
+    assert not bcrypt.checkpw(b"other", first.encode())
+    assert baton_web_password_hash("s3cret", "global-1") == first  # idempotent file
+    assert baton_web_password_hash("s3cret", "us-east-1") != first  # a salt per host
+    assert baton_web_password_hash("new", "global-1") != first
+    with pytest.raises(AnsibleFilterError, match="the password is empty"):
+        baton_web_password_hash("", "global-1")
