@@ -4,10 +4,10 @@ import json
 import re
 from pathlib import Path
 
+import bcrypt
 import pytest
 import yaml
 from ansible.errors import AnsibleFilterError
-import bcrypt
 from baton_monitoring import (
     baton_prometheus_servers,
     baton_scrape_targets,
