@@ -7,6 +7,7 @@ Debian's python3-redis (4.3), and both speak the small API used here.
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -250,3 +251,10 @@ def monitor_commands(name: str, current: dict[str, Any] | None, state: str,
     for setting, value in monitor_settings_to_set(current, wanted).items():
         commands.append(["SENTINEL", "SET", name, setting, value])
     return commands
+
+
+def acl_setuser_args(password: str, rules: str) -> list[str]:
+    """ACL SETUSER's arguments after the user's name: exactly this password (its SHA-256, never
+    the password itself) and these rules, nothing kept from before (reset)."""
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    return ["reset", "on", f"#{digest}", *rules.split()]

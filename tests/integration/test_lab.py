@@ -342,6 +342,28 @@ def test_redis_and_sentinel_refuse_clients_without_their_password(lab):
             anonymous.ping()
 
 
+def test_the_applications_redis_user_writes_but_cannot_administer(lab):
+    """The application's ACL user (on every server: ACLs are not replicated) cannot lift a
+    fence, move replication or stop a server; the monitoring user only reads."""
+    for host in MINI:
+        if host == "global-1":
+            continue
+        app = redis.Redis(host=MINI[host], port=6379, username="app",
+                          password="lab-app-not-secret", socket_timeout=2)  # lab throwaway
+        if host == "us-east-1":
+            assert app.set("baton:acl-test", "1")
+        for command in (("CONFIG", "SET", "min-replicas-to-write", "0"),
+                        ("REPLICAOF", "NO", "ONE"), ("SHUTDOWN", "NOSAVE")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                app.execute_command(*command)
+        monitor = redis.Redis(host=MINI[host], port=6379, username="baton_monitor",
+                              password="lab-monitor-not-secret", socket_timeout=2)
+        assert "redis_version" in monitor.info("server")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            monitor.set("baton:acl-test", "2")
+    assert cache("us-east-1").execute_command("ROLE")[0] == "master"  # nothing was stopped
+
+
 SECRETS = yaml.safe_load((ROOT / "inventories/lab/group_vars/all/secrets.yml").read_text())
 ZONE = "baton.internal"
 

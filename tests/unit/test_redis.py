@@ -1,12 +1,14 @@
 """The Redis tier's decisions, on recorded replies: which region's Redis takes writes, what a
 Sentinel monitor and a live configuration need, and the inventory preflight of the tier."""
 
+import hashlib
 from pathlib import Path
 
 import pytest
 import yaml
 from baton_redis import (
     RedisProblem,
+    acl_setuser_args,
     config_settings_to_set,
     decide_writable_region,
     masters_by_name,
@@ -196,3 +198,11 @@ def test_replication_chain_follows_the_live_master_after_a_failover():
 
 def test_passwords_are_quoted_for_redis_conf():
     assert baton_redis_quote('a b"c\\d') == '"a b\\"c\\\\d"'
+
+
+def test_an_acl_user_gets_exactly_its_password_hash_and_rules():
+    args = acl_setuser_args("s3cret", "~* &* +@all -@admin -@dangerous")
+    assert args[:2] == ["reset", "on"]  # nothing kept from before
+    assert args[2] == "#" + hashlib.sha256(b"s3cret").hexdigest()
+    assert "s3cret" not in " ".join(args)  # never the password itself
+    assert args[3:] == ["~*", "&*", "+@all", "-@admin", "-@dangerous"]

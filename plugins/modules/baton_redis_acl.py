@@ -1,0 +1,132 @@
+#!/usr/bin/python
+"""Ansible module: a running Redis server's ACL users, applied live and persisted."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: baton_redis_acl
+short_description: Keep a Redis server's ACL users (ACL SETUSER, CONFIG REWRITE)
+description:
+  - Each user in O(users) gets exactly its password and its rules, applied live with
+    C(ACL SETUSER <name> reset on), the SHA-256 of the password and the rules, then written to
+    the configuration file with C(CONFIG REWRITE) (Redis writes its C(user) lines there), so
+    they survive a restart. ACL users are not replicated, so every server gets them from its own
+    run.
+  - A user is compared as Redis itself normalises it (the rules are applied to a short-lived
+    probe user and C(ACL GETUSER) of both is compared), so a re-run that changes nothing sends
+    nothing. Users not listed are left as they are (the C(default) user is C(requirepass)).
+  - Check mode (the probe user is created and deleted at once) and diff mode support.
+options:
+  users:
+    description: The users, each C(name), C(password) and C(rules) (keys, channels and commands
+      in ACL SETUSER syntax, e.g. C(~* &* +@all -@admin -@dangerous)).
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      name:
+        description: The user's name.
+        type: str
+        required: true
+      password:
+        description: Its password (only its SHA-256 reaches Redis).
+        type: str
+        required: true
+      rules:
+        description: Its keys, channels and commands.
+        type: str
+        required: true
+  host:
+    description: Address of the Redis server.
+    type: str
+    default: 127.0.0.1
+  port:
+    description: Port of the Redis server.
+    type: int
+    default: 6379
+  password:
+    description: The default user's password (C(requirepass)).
+    type: str
+  timeout:
+    description: Seconds to wait for the server.
+    type: float
+    default: 3
+requirements: [redis (redis-py; Debian's python3-redis)]
+author: Baton
+"""
+
+EXAMPLES = r"""
+- name: The application's user, without administrative commands
+  baton_redis_acl:
+    password: "{{ redis_password }}"
+    users:
+      - name: app
+        password: "{{ baton_app_password }}"
+        rules: "~* &* +@all -@admin -@dangerous"
+"""
+
+RETURN = r"""
+changed_users:
+  description: The users created or changed (or that would be, in check mode).
+  returned: always
+  type: list
+  sample: [app]
+"""
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.baton_redis import RedisProblem, acl_setuser_args, client  # noqa: E402
+
+PROBE = "baton-acl-probe"
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "users": {"type": "list", "elements": "dict", "required": True, "options": {
+                "name": {"type": "str", "required": True},
+                "password": {"type": "str", "required": True, "no_log": True},
+                "rules": {"type": "str", "required": True},
+            }},
+            "host": {"type": "str", "default": "127.0.0.1"},
+            "port": {"type": "int", "default": 6379},
+            "password": {"type": "str", "no_log": True},
+            "timeout": {"type": "float", "default": 3.0},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    where = f"Redis at {p['host']}:{p['port']}"
+    for index, user in enumerate(p["users"]):
+        missing = [k for k in ("name", "password", "rules") if not str(user.get(k) or "")]
+        if missing:
+            module.fail_json(msg=f"redis user #{index + 1} ({user.get('name') or 'no name'}) has "
+                                 f"no {', '.join(missing)}: set it in the inventory")
+    try:
+        redis = client(p["host"], p["port"], p["password"], p["timeout"])
+        changed = []
+        for user in p["users"]:
+            args = acl_setuser_args(str(user["password"]), str(user["rules"]))
+            try:
+                redis.execute_command("ACL", "SETUSER", PROBE, *args)
+            except Exception as exc:
+                module.fail_json(msg=f"{where} refused the rules of redis user {user['name']} "
+                                     f"({exc}): fix them in the inventory")
+            want = redis.acl_getuser(PROBE)
+            redis.execute_command("ACL", "DELUSER", PROBE)
+            if redis.acl_getuser(user["name"]) != want:
+                changed.append(str(user["name"]))
+                if not module.check_mode:
+                    redis.execute_command("ACL", "SETUSER", user["name"], *args)
+        if changed and not module.check_mode:
+            redis.config_rewrite()
+    except RedisProblem as exc:
+        module.fail_json(msg=str(exc))
+    except Exception as exc:
+        module.fail_json(msg=f"{where} did not take the ACL users ({exc}): check that "
+                             "redis-server runs and redis_password, then re-run")
+    module.exit_json(changed=bool(changed), changed_users=changed,
+                     diff={"before": "", "after": "".join(f"user {n}\n" for n in changed)})
+
+
+if __name__ == "__main__":
+    main()
