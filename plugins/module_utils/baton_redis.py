@@ -258,3 +258,12 @@ def acl_setuser_args(password: str, rules: str) -> list[str]:
     the password itself) and these rules, nothing kept from before (reset)."""
     digest = hashlib.sha256(password.encode()).hexdigest()
     return ["reset", "on", f"#{digest}", *rules.split()]
+
+
+# The connection options of a module that talks to one Redis server (its argument_spec).
+SERVER_OPTIONS: dict[str, dict[str, Any]] = {
+    "host": {"type": "str", "default": "127.0.0.1"},
+    "port": {"type": "int", "default": 6379},
+    "password": {"type": "str", "no_log": True},
+    "timeout": {"type": "float", "default": 3.0},
+}

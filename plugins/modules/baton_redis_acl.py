@@ -74,7 +74,12 @@ changed_users:
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.baton_redis import RedisProblem, acl_setuser_args, client  # noqa: E402
+from ansible.module_utils.baton_redis import (  # noqa: E402
+    SERVER_OPTIONS,
+    RedisProblem,
+    acl_setuser_args,
+    client,
+)
 
 PROBE = "baton-acl-probe"
 
@@ -87,10 +92,7 @@ def main() -> None:
                 "password": {"type": "str", "required": True, "no_log": True},
                 "rules": {"type": "str", "required": True},
             }},
-            "host": {"type": "str", "default": "127.0.0.1"},
-            "port": {"type": "int", "default": 6379},
-            "password": {"type": "str", "no_log": True},
-            "timeout": {"type": "float", "default": 3.0},
+            **SERVER_OPTIONS,
         },
         supports_check_mode=True,
     )

@@ -61,6 +61,7 @@ changed_settings:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.baton_redis import (  # noqa: E402
+    SERVER_OPTIONS,
     RedisProblem,
     client,
     config_settings_to_set,
@@ -71,10 +72,7 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "settings": {"type": "dict", "required": True},
-            "host": {"type": "str", "default": "127.0.0.1"},
-            "port": {"type": "int", "default": 6379},
-            "password": {"type": "str", "no_log": True},
-            "timeout": {"type": "float", "default": 3.0},
+            **SERVER_OPTIONS,
         },
         supports_check_mode=True,
     )

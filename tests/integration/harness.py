@@ -41,7 +41,7 @@ from redis.retry import Retry
 # Lab throwaway credentials (inventories/lab/group_vars/all/secrets.yml).
 APP_USER, APP_PASSWORD = "app", "lab-app-not-secret"
 # The application's Redis ACL user (role redis: no administrative command); lab throwaway.
-REDIS_USER, REDIS_PASSWORD = "app", "lab-app-not-secret"
+REDIS_APP_USER, REDIS_APP_PASSWORD = "app", "lab-app-not-secret"
 TABLE = "baton_lifecycle"
 TABLE_ASYNCPG = "baton_lifecycle_asyncpg"
 PROBE_TABLE = "baton_lifecycle_probe"
@@ -100,8 +100,9 @@ def redis_at(address: str, timeout: float, reply_timeout: float | None = None) -
     """A Redis client that tries once: redis-py's default retries (with back-off) would hide
     an outage in one late error and keep a client on a dead address for tens of seconds.
     reply_timeout (default: timeout) bounds the wait for a reply once connected."""
-    return redis.Redis(host=address, port=6379, username=REDIS_USER, password=REDIS_PASSWORD,
-                       socket_timeout=reply_timeout or timeout, socket_connect_timeout=timeout,
+    return redis.Redis(host=address, port=6379, username=REDIS_APP_USER,
+                       password=REDIS_APP_PASSWORD, socket_timeout=reply_timeout or timeout,
+                       socket_connect_timeout=timeout,
                        retry=Retry(NoBackoff(), 0))
 
 

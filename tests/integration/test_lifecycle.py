@@ -50,7 +50,8 @@ import redis
 from harness import (
     APP_PASSWORD,
     APP_USER,
-    REDIS_PASSWORD,
+    REDIS_APP_PASSWORD,
+    REDIS_APP_USER,
     TABLE,
     TABLE_ASYNCPG,
     Measurement,
@@ -62,6 +63,7 @@ from test_lab import (
     BIN,
     ENV,
     MINI,
+    REDIS_PASSWORD,
     ROOT,
     ZONE,
     alertmanager_alerts,
@@ -110,14 +112,17 @@ def pg_accepts_write(address: str) -> bool:
         return False
 
 
-def redis_client(address: str) -> redis.Redis:
-    return redis.Redis(host=address, port=6379, password=REDIS_PASSWORD, socket_timeout=2,
-                       socket_connect_timeout=2, decode_responses=True,
-                       retry=Retry(NoBackoff(), 0))
+def redis_client(address: str, app: bool = False) -> redis.Redis:
+    """Baton's own view of a server (the default user), or, with APP, the application's."""
+    login = ({"username": REDIS_APP_USER, "password": REDIS_APP_PASSWORD} if app
+             else {"password": REDIS_PASSWORD})
+    return redis.Redis(host=address, port=6379, socket_timeout=2, socket_connect_timeout=2,
+                       decode_responses=True, retry=Retry(NoBackoff(), 0), **login)
 
 
 def redis_accepts_write(address: str) -> bool:
-    client = redis_client(address)
+    """Whether the application could write there."""
+    client = redis_client(address, app=True)
     try:
         client.set("baton:probe:check", str(time.time()))
         return True
