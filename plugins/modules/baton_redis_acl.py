@@ -119,7 +119,7 @@ def main() -> None:
                 changed.append(str(user["name"]))
                 if not module.check_mode:
                     redis.execute_command("ACL", "SETUSER", user["name"], *args)
-        if changed and not module.check_mode:
+        if not module.check_mode:  # also when a rewrite after an earlier change failed
             redis.config_rewrite()
     except RedisProblem as exc:
         module.fail_json(msg=str(exc))

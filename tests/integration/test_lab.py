@@ -343,8 +343,9 @@ def test_redis_and_sentinel_refuse_clients_without_their_password(lab):
 
 
 def test_the_applications_redis_user_writes_but_cannot_administer(lab):
-    """The application's ACL user (on every server: ACLs are not replicated) cannot lift a
-    fence, move replication or stop a server; the monitoring user only reads."""
+    """The application's ACL user (on every server: ACLs are not replicated) cannot change the
+    fence's setting, make a server a replica or a master, or stop it; the monitoring user reads
+    INFO, not the configuration (its passwords)."""
     for host in MINI:
         if host == "global-1":
             continue
@@ -359,8 +360,9 @@ def test_the_applications_redis_user_writes_but_cannot_administer(lab):
         monitor = redis.Redis(host=MINI[host], port=6379, username="baton_monitor",
                               password="lab-monitor-not-secret", socket_timeout=2)
         assert "redis_version" in monitor.info("server")
-        with pytest.raises(redis.exceptions.NoPermissionError):
-            monitor.set("baton:acl-test", "2")
+        for command in (("SET", "baton:acl-test", "2"), ("CONFIG", "GET", "requirepass")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                monitor.execute_command(*command)
     assert cache("us-east-1").execute_command("ROLE")[0] == "master"  # nothing was stopped
 
 
