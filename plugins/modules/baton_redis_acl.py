@@ -10,8 +10,8 @@ description:
   - Each user in O(users) gets exactly its password and its rules, applied live with
     C(ACL SETUSER <name> reset on), the SHA-256 of the password and the rules, then written to
     the configuration file with C(CONFIG REWRITE) (Redis writes its C(user) lines there), so
-    they survive a restart. ACL users are not replicated, so every server gets them from its own
-    run.
+    they survive a restart (also when a user is live but missing from the file). ACL users are
+    not replicated, so every server gets them from its own run.
   - A user is compared as Redis itself normalises it (the rules are applied to a short-lived
     probe user and C(ACL GETUSER) of both is compared), so a re-run that changes nothing sends
     nothing. Users not listed are left as they are (the C(default) user is C(requirepass)).
@@ -84,6 +84,17 @@ from ansible.module_utils.baton_redis import (  # noqa: E402
 PROBE = "baton-acl-probe"
 
 
+def saved_users(path: str | None) -> set[str]:
+    """The users the configuration file has a `user` line for; every listed user when the file
+    cannot be read (nothing to say then)."""
+    try:
+        with open(str(path), encoding="utf-8") as handle:
+            return {line.split()[1] for line in handle
+                    if line.startswith("user ") and len(line.split()) > 1}
+    except OSError:
+        return {"*"}
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -119,8 +130,14 @@ def main() -> None:
                 changed.append(str(user["name"]))
                 if not module.check_mode:
                     redis.execute_command("ACL", "SETUSER", user["name"], *args)
-        if not module.check_mode:  # also when a rewrite after an earlier change failed
+        # Users live but not in the file (a rewrite after an earlier change failed): written now.
+        file_users = saved_users(redis.info("server").get("config_file"))
+        unsaved = [str(u["name"]) for u in p["users"]
+                   if str(u["name"]) not in changed
+                   and not ({str(u["name"]), "*"} & file_users)]
+        if (changed or unsaved) and not module.check_mode:
             redis.config_rewrite()
+        changed += unsaved
     except RedisProblem as exc:
         module.fail_json(msg=str(exc))
     except Exception as exc:

@@ -276,6 +276,28 @@ def test_each_region_reports_its_patroni_role(lab):
     assert cluster_roles("eu-west-1") == {"eu-west-1": ("standby_leader", "streaming")}
 
 
+def test_patronis_rest_api_refuses_a_write_without_its_password(lab):
+    """Whoever reaches port 8008 reads the cluster, but changing its configuration (say, dropping
+    a standby cluster's standby_cluster) or its switchovers needs the REST password."""
+    base = f"http://{MINI['us-west-1']}:8008"
+    status, body = web_request(f"{base}/config", user=None)
+    assert status == 200
+    # The same value back (harmless if it were accepted), as anyone could send it.
+    same = json.dumps({"loop_wait": json.loads(body)["loop_wait"]}).encode()
+    for user, password in ((None, ""), ("patroni", "wrong")):
+        for method, path, data in (("PATCH", "/config", same), ("DELETE", "/switchover", None)):
+            request = urllib.request.Request(f"{base}{path}", data=data, method=method)
+            if user is not None:
+                token = base64.b64encode(f"{user}:{password}".encode()).decode()
+                request.add_header("Authorization", f"Basic {token}")
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    code = response.status
+            except urllib.error.HTTPError as exc:
+                code = exc.code
+            assert code == 401, (method, path, user, code)
+
+
 def test_a_row_written_in_us_east_is_read_through_app_ro_in_the_other_regions(lab):
     token = f"row-{time.time_ns()}"
     with pgbouncer("us-east-1", "app") as conn:
