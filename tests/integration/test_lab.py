@@ -286,15 +286,8 @@ def test_patronis_rest_api_refuses_a_write_without_its_password(lab):
     same = json.dumps({"loop_wait": json.loads(body)["loop_wait"]}).encode()
     for user, password in ((None, ""), ("patroni", "wrong")):
         for method, path, data in (("PATCH", "/config", same), ("DELETE", "/switchover", None)):
-            request = urllib.request.Request(f"{base}{path}", data=data, method=method)
-            if user is not None:
-                token = base64.b64encode(f"{user}:{password}".encode()).decode()
-                request.add_header("Authorization", f"Basic {token}")
-            try:
-                with urllib.request.urlopen(request, timeout=5) as response:
-                    code = response.status
-            except urllib.error.HTTPError as exc:
-                code = exc.code
+            code = web_request(f"{base}{path}", data, user=user, password=password,
+                               method=method)[0]
             assert code == 401, (method, path, user, code)
 
 
@@ -496,10 +489,10 @@ WEB_USER, WEB_PASSWORD = "baton", "lab-monitoring-web-not-secret"
 
 
 def web_request(url: str, data: bytes | None = None, user: str | None = WEB_USER,
-                password: str = WEB_PASSWORD) -> tuple[int, bytes]:
-    """(status, body) of a GET (or a JSON POST with DATA) to a monitoring server, with basic
-    auth as USER (None: none)."""
-    request = urllib.request.Request(url, data=data)
+                password: str = WEB_PASSWORD, method: str | None = None) -> tuple[int, bytes]:
+    """(status, body) of a GET (or a JSON POST with DATA, or METHOD) to an HTTP endpoint
+    (monitoring servers, Patroni's REST), with basic auth as USER (None: none)."""
+    request = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         request.add_header("Content-Type", "application/json")
     if user is not None:
