@@ -264,6 +264,8 @@ SECRETS = {
     "redis_sentinel_password": "Redis Sentinel",
     "monitoring_web_password": "Prometheus's and Alertmanager's web endpoints",
     "dns_tsig_secret": "the TSIG key of DNS updates",
+    "baton_ca_passphrase": "the Baton CA's private key",
+    "etcd_auth_secret": "the etcd users' passwords (derived from it)",
 }
 # What gives away a value nobody chose: the lab's throwaway secrets say "not-secret", the
 # example's placeholders "change-me".

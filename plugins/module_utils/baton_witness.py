@@ -21,6 +21,7 @@ import base64
 import http.client
 import json
 import math
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -39,6 +40,11 @@ API = "/v3/"
 # DEADLINE_EXCEEDED (a minority member's linearizable read), UNAVAILABLE (no leader).
 _RETRY_CODES = {4, 14}
 _NOT_FOUND = 5
+# UNAUTHENTICATED: a token this member does not know (tokens are per member and die with its
+# restart) or none; FAILED_PRECONDITION "revision of auth store is old": users changed since the
+# token was issued. Both: authenticate again and retry once.
+_REAUTH_CODES = {16}
+_REAUTH_MESSAGES = ("auth store is old", "user name is empty", "invalid auth token")
 
 
 def alive_prefix(region: str) -> str:
@@ -154,8 +160,61 @@ def _entry(kv: Mapping[str, Any]) -> Entry:
                  lease=int(kv.get("lease", 0)))
 
 
+@dataclass(frozen=True)
+class Client:
+    """How to reach and log in to an etcd cluster of Baton's: TLS (the Baton CA, this client's
+    certificate and key, which etcd requires: client-cert-auth) and an etcd user. Baton's
+    client certificates have no CommonName: etcd's JSON gateway refuses one that has, and
+    takes the user from the password login only."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    key_password: str = ""
+    username: str = ""
+    password: str = ""
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None) -> Client:
+        """From a dict (a module's option, the agent's configuration); missing keys: empty."""
+        data = data or {}
+        return cls(**{name: str(data.get(name) or "") for name in
+                      ("ca_file", "cert_file", "key_file", "key_password", "username",
+                       "password")})
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ca_file else "http"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context (the server must have a certificate of the CA for its address)."""
+        if not self.ca_file:
+            return None
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file or None,
+                                    password=self.key_password or None)
+        return context
+
+
+# The argument spec of a controller module's `client` option (modules import it).
+CLIENT_SPEC = {
+    "type": "dict",
+    "default": {},
+    "options": {
+        "ca_file": {"type": "str", "default": ""},
+        "cert_file": {"type": "str", "default": ""},
+        "key_file": {"type": "str", "default": ""},
+        "key_password": {"type": "str", "default": "", "no_log": True},
+        "username": {"type": "str", "default": ""},
+        "password": {"type": "str", "default": "", "no_log": True},
+    },
+}
+
+
 class Witness:
-    """The witness etcd cluster, through its members' JSON gateway (HTTP, no TLS).
+    """An etcd cluster of Baton's (the witness, or a region's DCS), through its members' JSON
+    gateway: HTTPS with a client certificate and an etcd user when `client` says so.
 
     endpoints: "host:port" of every member. A call goes to the member that answered last
     (the first one at start), and moves on to the next on a connection error, a timeout or
@@ -163,18 +222,29 @@ class Witness:
     WitnessUnavailable when none answers. timeout bounds one attempt; budget, when set,
     bounds one call over all its attempts (the agent keeps a whole loop within its interval).
     Reads are linearizable, etcd's default: a member cut off in a minority answers nothing.
-    Never goes through an HTTP proxy of the environment.
+    With a user, the client logs in to each member it talks to (etcd's tokens are per member)
+    and again when a member no longer knows its token. Never goes through an HTTP proxy of
+    the environment.
     """
 
     def __init__(self, endpoints: list[str], timeout: float = 2.0,
-                 budget: float | None = None, opener: Any = None) -> None:
+                 budget: float | None = None, opener: Any = None,
+                 client: Client | Mapping[str, Any] | None = None) -> None:
         if not endpoints:
             raise ValueError("Witness needs at least one endpoint (host:port)")
         self.endpoints = list(endpoints)
         self.timeout = float(timeout)
         self.budget = budget
-        self._opener = opener or urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self.client = client if isinstance(client, Client) else Client.from_mapping(client)
+        if opener is None:
+            handlers: list[Any] = [urllib.request.ProxyHandler({})]
+            context = self.client.ssl_context()
+            if context is not None:
+                handlers.append(urllib.request.HTTPSHandler(context=context))
+            opener = urllib.request.build_opener(*handlers)
+        self._opener = opener
         self._first = 0  # index of the member that answered last
+        self._tokens: dict[str, str] = {}  # endpoint -> its auth token
 
     # --- transport ---
 
@@ -191,15 +261,13 @@ class Witness:
         for step in range(count):
             index = (self._first + step) % count
             endpoint = self.endpoints[index]
-            timeout = self.timeout
-            if self.budget is not None:
-                timeout = min(timeout, self.budget - (time.monotonic() - started))
-                if timeout <= 0.01:
-                    errors.append(f"{endpoint}: not tried, the call's {self.budget:g} s were spent")
-                    break
             tried.append(endpoint)
             try:
-                reply = self._post(endpoint, method, data, timeout, stream)
+                reply = self._call_member(endpoint, method, data, stream, started)
+            except _BudgetSpent:
+                tried.pop()
+                errors.append(f"{endpoint}: not tried, the call's {self.budget:g} s were spent")
+                break
             except WitnessError as exc:
                 if exc.code in _RETRY_CODES:
                     errors.append(f"{endpoint}: {exc}")
@@ -214,11 +282,56 @@ class Witness:
         raise WitnessUnavailable(f"no witness member answered {API}{method} (tried "
                                  f"{', '.join(tried) or 'none'}): {'; '.join(errors)}")
 
+    def _left(self, started: float) -> float:
+        """Seconds one attempt may take now; _BudgetSpent when the call's budget is spent."""
+        if self.budget is None:
+            return self.timeout
+        left = min(self.timeout, self.budget - (time.monotonic() - started))
+        if left <= 0.01:
+            raise _BudgetSpent
+        return left
+
+    def _call_member(self, endpoint: str, method: str, data: bytes, stream: bool,
+                     started: float) -> dict[str, Any]:
+        """One member: log in first when there is a user and no token for it, and once more
+        when the member refuses the token."""
+        if not self.client.username:
+            return self._post(endpoint, method, data, self._left(started), stream)
+        for attempt in (1, 2):
+            if endpoint not in self._tokens:
+                self._tokens[endpoint] = self._authenticate(endpoint, self._left(started))
+            try:
+                return self._post(endpoint, method, data, self._left(started), stream,
+                                  self._tokens[endpoint])
+            except WitnessError as exc:
+                if attempt == 2 or not _needs_login(exc):
+                    raise
+                self._tokens.pop(endpoint, None)
+        raise AssertionError("unreachable")
+
+    def _authenticate(self, endpoint: str, timeout: float) -> str:
+        body = json.dumps({"name": self.client.username,
+                           "password": self.client.password}).encode()
+        try:
+            reply = self._post(endpoint, "auth/authenticate", body, timeout, False)
+        except WitnessError as exc:
+            if exc.code in _RETRY_CODES:
+                raise
+            raise WitnessError(f"{endpoint} refused the login of etcd user "
+                               f"{self.client.username!r}: {exc}", exc.code) from None
+        token = str(reply.get("token") or "")
+        if not token:
+            raise WitnessError(f"{endpoint} gave etcd user {self.client.username!r} no token "
+                               "(is authentication enabled on it?)")
+        return token
+
     def _post(self, endpoint: str, method: str, data: bytes, timeout: float,
-              stream: bool) -> dict[str, Any]:
-        url = f"http://{endpoint}{API}{method}"
-        req = urllib.request.Request(url, data=data, method="POST",
-                                     headers={"Content-Type": "application/json"})
+              stream: bool, token: str = "") -> dict[str, Any]:
+        url = f"{self.client.scheme}://{endpoint}{API}{method}"
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = token
+        req = urllib.request.Request(url, data=data, method="POST", headers=headers)
         try:
             with self._opener.open(req, timeout=timeout) as resp:
                 raw = resp.readline() if stream else resp.read()
@@ -315,6 +428,16 @@ class Witness:
     def time_to_live(self, lease_id: int) -> int:
         """The lease's remaining TTL in seconds; -1 when it has expired or never existed."""
         return int(self.call("lease/timetolive", {"ID": str(int(lease_id))}).get("TTL", -1))
+
+
+class _BudgetSpent(Exception):
+    """The call's budget is spent before the next attempt."""
+
+
+def _needs_login(exc: WitnessError) -> bool:
+    """The member refused the token (unknown, expired, older than the users), not the user."""
+    text = str(exc)
+    return exc.code in _REAUTH_CODES or any(m in text for m in _REAUTH_MESSAGES)
 
 
 def _error_detail(raw: bytes) -> tuple[str, int | None]:
@@ -568,7 +691,8 @@ def keep_lock(witness: Any, lease: int, run_id: str, alive: Callable[[], bool],
 
 def keep_lock_main(args: Mapping[str, Any]) -> None:
     """The keeper process baton_lock starts (python -c with this file's source)."""
-    witness = Witness(list(args["endpoints"]), timeout=float(args.get("timeout", 3)))
+    witness = Witness(list(args["endpoints"]), timeout=float(args.get("timeout", 3)),
+                      client=args.get("client"))
     keep_lock(witness, int(args["lease"]), str(args["run_id"]),
               lambda: process_alive(int(args["pid"]), int(args["pid_start"])),
               float(args["interval"]))

@@ -55,8 +55,9 @@ options:
     default: baton
   ports:
     description:
-      - Ports, by service, where they differ from the defaults C(patroni=8008), C(etcd=2379),
-        C(postgres=5432), C(pgbouncer=6432), C(haproxy_rw=5000), C(haproxy_ro=5001),
+      - Ports, by service, where they differ from the defaults C(patroni=8008),
+        C(etcd=2381) (its plain-HTTP metrics and health listener), C(postgres=5432),
+        C(pgbouncer=6432), C(haproxy_rw=5000), C(haproxy_ro=5001),
         C(redis=6379), C(sentinel=26379), C(dns=53), C(node_exporter=9100) (where each node's
         Baton agent shows its state).
     type: dict
@@ -93,6 +94,38 @@ options:
     description: The primary's last known WAL position (e.g. C(0/3000060), from an earlier
       report), used for the data-loss estimate when no region accepts writes.
     type: str
+  witness_client:
+    description:
+      - How to reach the witness - TLS with the Baton CA, the controller's client certificate
+        and key, and the controller's etcd user (the witness role's C(witness_controller_client)).
+      - Empty - plain HTTP without a login (an etcd without TLS and authentication).
+    type: dict
+    default: {}
+    suboptions:
+      ca_file:
+        description: The Baton CA's certificate (PEM).
+        type: str
+        default: ""
+      cert_file:
+        description: The client's certificate (PEM, issued by the Baton CA, no CommonName).
+        type: str
+        default: ""
+      key_file:
+        description: The client's private key (PEM).
+        type: str
+        default: ""
+      key_password:
+        description: The private key's passphrase, when it is encrypted.
+        type: str
+        default: ""
+      username:
+        description: The etcd user.
+        type: str
+        default: ""
+      password:
+        description: The etcd user's password.
+        type: str
+        default: ""
 author: Baton
 """
 
@@ -191,19 +224,25 @@ from ansible.module_utils.baton_assess import (  # noqa: E402
     run_probes,
     witness_problems,
 )
-from ansible.module_utils.baton_witness import HOLDER, Witness, parse_holder  # noqa: E402
+from ansible.module_utils.baton_witness import (  # noqa: E402
+    CLIENT_SPEC,
+    HOLDER,
+    Witness,
+    parse_holder,
+)
 
 
-def read_witness(endpoints: list[str], timeout: float) -> tuple[str | None, str | None]:
+def read_witness(endpoints: list[str], timeout: float,
+                 client: dict | None = None) -> tuple[str | None, str | None]:
     """(the region the witness names as holder, an error); never raises."""
     try:
-        entry = Witness(endpoints, timeout=timeout).get(HOLDER)
+        entry = Witness(endpoints, timeout=timeout, client=client).get(HOLDER)
         holder = parse_holder(entry.value if entry else None)
     except Exception as exc:  # a check reports every failure as data
         return None, f"{type(exc).__name__}: {exc}"
     return (holder["region"] if holder else None), None
 
-PORTS = {"patroni": 8008, "etcd": 2379, "postgres": 5432, "pgbouncer": 6432,
+PORTS = {"patroni": 8008, "etcd": 2381, "postgres": 5432, "pgbouncer": 6432,
          "haproxy_rw": 5000, "haproxy_ro": 5001, "redis": 6379, "sentinel": 26379, "dns": 53,
          "node_exporter": 9100}
 
@@ -243,6 +282,7 @@ def main() -> None:
             "dns_servers": {"type": "list", "elements": "str", "default": []},
             "dns_primary": {"type": "str"},
             "witness_endpoints": {"type": "list", "elements": "str", "default": []},
+            "witness_client": CLIENT_SPEC,
             "max_data_loss_bytes": {"type": "int"},
             "last_known_primary_lsn": {"type": "str"},
         },
@@ -282,7 +322,8 @@ def main() -> None:
         jobs[("dns", server)] = partial(probe_dns, address, p["dns_zone"], p["dns_names"],
                                         p["timeout"])
     witness_job = ThreadPoolExecutor(max_workers=1).submit(
-        read_witness, p["witness_endpoints"], p["timeout"]) if p["witness_endpoints"] else None
+        read_witness, p["witness_endpoints"], p["timeout"],
+        p["witness_client"]) if p["witness_endpoints"] else None
     # psycopg connects in whole seconds (at least 2); half a second more for the threads.
     probes = run_probes(jobs, max(p["timeout"], 2) + 0.5)
 

@@ -75,6 +75,38 @@ options:
     description: Seconds for each witness call and for the SOA query.
     type: float
     default: 2.0
+  client:
+    description:
+      - How to reach the witness - TLS with the Baton CA, the controller's client certificate
+        and key, and the controller's etcd user (the witness role's C(witness_controller_client)).
+      - Empty - plain HTTP without a login (an etcd without TLS and authentication).
+    type: dict
+    default: {}
+    suboptions:
+      ca_file:
+        description: The Baton CA's certificate (PEM).
+        type: str
+        default: ""
+      cert_file:
+        description: The client's certificate (PEM, issued by the Baton CA, no CommonName).
+        type: str
+        default: ""
+      key_file:
+        description: The client's private key (PEM).
+        type: str
+        default: ""
+      key_password:
+        description: The private key's passphrase, when it is encrypted.
+        type: str
+        default: ""
+      username:
+        description: The etcd user.
+        type: str
+        default: ""
+      password:
+        description: The etcd user's password.
+        type: str
+        default: ""
 author: Baton
 """
 
@@ -129,6 +161,7 @@ import time  # noqa: E402
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.baton_dns import DnsError, parse_server, serial  # noqa: E402
 from ansible.module_utils.baton_witness import (  # noqa: E402
+    CLIENT_SPEC,
     DNS_PRIMARY,
     Witness,
     WitnessError,
@@ -158,6 +191,7 @@ def main() -> None:
             "wait_followers": {"type": "list", "elements": "str", "default": []},
             "wait_timeout": {"type": "float", "default": 30.0},
             "timeout": {"type": "float", "default": 2.0},
+            "client": CLIENT_SPEC,
         },
         required_if=[("state", "present", ("host",))],
         supports_check_mode=True,
@@ -166,7 +200,7 @@ def main() -> None:
     if dns is None:
         module.fail_json(msg="baton_dns_primary needs dnspython on the controller (the venv)")
     addresses = {str(k): str(v) for k, v in p["addresses"].items()}
-    witness = Witness(p["endpoints"], p["timeout"])
+    witness = Witness(p["endpoints"], p["timeout"], client=p["client"])
     try:
         entry = witness.get(DNS_PRIMARY)
         try:

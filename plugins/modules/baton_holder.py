@@ -25,9 +25,12 @@ options:
     elements: str
     required: true
   state:
-    description: C(present) gives the baton to O(region); C(read) only reads it.
+    description:
+      - C(present) gives the baton to O(region); C(read) only reads it.
+      - C(initial) writes O(region) with epoch 1 only if the witness has no holder yet (the
+        first deploy) and returns the holder it found in RV(before) otherwise.
     type: str
-    choices: [present, read]
+    choices: [present, read, initial]
     default: present
   region:
     description: The region that must hold the baton.
@@ -56,6 +59,38 @@ options:
     description: Seconds each witness request may take.
     type: float
     default: 3
+  client:
+    description:
+      - How to reach the witness - TLS with the Baton CA, the controller's client certificate
+        and key, and the controller's etcd user (the witness role's C(witness_controller_client)).
+      - Empty - plain HTTP without a login (an etcd without TLS and authentication).
+    type: dict
+    default: {}
+    suboptions:
+      ca_file:
+        description: The Baton CA's certificate (PEM).
+        type: str
+        default: ""
+      cert_file:
+        description: The client's certificate (PEM, issued by the Baton CA, no CommonName).
+        type: str
+        default: ""
+      key_file:
+        description: The client's private key (PEM).
+        type: str
+        default: ""
+      key_password:
+        description: The private key's passphrase, when it is encrypted.
+        type: str
+        default: ""
+      username:
+        description: The etcd user.
+        type: str
+        default: ""
+      password:
+        description: The etcd user's password.
+        type: str
+        default: ""
 author: Baton
 """
 
@@ -98,6 +133,7 @@ from datetime import UTC, datetime  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.baton_witness import (  # noqa: E402
+    CLIENT_SPEC,
     HOLDER,
     Witness,
     WitnessError,
@@ -109,7 +145,8 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "endpoints": {"type": "list", "elements": "str", "required": True},
-            "state": {"type": "str", "choices": ["present", "read"], "default": "present"},
+            "state": {"type": "str", "choices": ["present", "read", "initial"],
+                      "default": "present"},
             "region": {"type": "str"},
             "expect_region": {"type": "str"},
             "wait_released": {"type": "str"},
@@ -117,12 +154,13 @@ def main() -> None:
             "settle": {"type": "float", "default": 2.0},
             "by": {"type": "str", "default": ""},
             "timeout": {"type": "float", "default": 3.0},
+            "client": CLIENT_SPEC,
         },
-        required_if=[("state", "present", ("region",))],
+        required_if=[("state", "present", ("region",)), ("state", "initial", ("region",))],
         supports_check_mode=True,
     )
     p = module.params
-    witness = Witness(p["endpoints"], p["timeout"])
+    witness = Witness(p["endpoints"], p["timeout"], client=p["client"])
     try:
         entry = witness.get(HOLDER)
         try:
@@ -134,6 +172,17 @@ def main() -> None:
                                  "from the last report before moving the baton")
         result = {"changed": False, "before": before, "after": before}
         if p["state"] == "read":
+            module.exit_json(**result)
+        if p["state"] == "initial":
+            if before is None:
+                after = {"region": p["region"], "epoch": 1,
+                         "since": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                         "by": p["by"]}
+                created = module.check_mode or witness.create(
+                    HOLDER, json.dumps(after, sort_keys=True))
+                now = None if created else witness.get(HOLDER)
+                result.update(changed=created, after=after if created else
+                              (json.loads(now.value) if now else None))
             module.exit_json(**result)
         if before is None:
             module.fail_json(msg="the witness has no baton holder yet: run site.yml first (it "

@@ -64,6 +64,38 @@ options:
     description: Seconds each witness request may take.
     type: float
     default: 3
+  client:
+    description:
+      - How to reach the witness - TLS with the Baton CA, the controller's client certificate
+        and key, and the controller's etcd user (the witness role's C(witness_controller_client)).
+      - Empty - plain HTTP without a login (an etcd without TLS and authentication).
+    type: dict
+    default: {}
+    suboptions:
+      ca_file:
+        description: The Baton CA's certificate (PEM).
+        type: str
+        default: ""
+      cert_file:
+        description: The client's certificate (PEM, issued by the Baton CA, no CommonName).
+        type: str
+        default: ""
+      key_file:
+        description: The client's private key (PEM).
+        type: str
+        default: ""
+      key_password:
+        description: The private key's passphrase, when it is encrypted.
+        type: str
+        default: ""
+      username:
+        description: The etcd user.
+        type: str
+        default: ""
+      password:
+        description: The etcd user's password.
+        type: str
+        default: ""
 author: Baton
 """
 
@@ -101,9 +133,11 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
+from typing import Any  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.baton_witness import (  # noqa: E402
+    CLIENT_SPEC,
     LOCK,
     Witness,
     WitnessError,
@@ -141,17 +175,22 @@ def playbook_process() -> tuple[int, int]:
 
 
 def start_keeper(endpoints: list[str], lease: int, run_id: str, pid: int, pid_start: int,
-                 ttl: int, timeout: float) -> None:
+                 ttl: int, timeout: float, client: dict[str, Any]) -> None:
     """Starts the detached process that keeps the lock's lease alive (baton_witness.keep_lock)
     from the source of baton_witness itself: nothing of this module's temporary files is
-    needed once it runs."""
+    needed once it runs. Its arguments (the witness login among them) go through a pipe, not
+    its command line, which every user of the controller can read."""
     source = inspect.getsource(sys.modules[lock_decision.__module__])
-    code = (source + "\n\nimport sys as _sys\nkeep_lock_main(json.loads(_sys.argv[1]))\n")
+    code = (source + "\n\nimport sys as _sys\nkeep_lock_main(json.loads(_sys.stdin.readline()))\n")
     args = {"endpoints": endpoints, "lease": lease, "run_id": run_id, "pid": pid,
-            "pid_start": pid_start, "interval": max(1.0, ttl / 3), "timeout": timeout}
-    subprocess.Popen([sys.executable, "-c", code, json.dumps(args)], start_new_session=True,
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, close_fds=True)
+            "pid_start": pid_start, "interval": max(1.0, ttl / 3), "timeout": timeout,
+            "client": client}
+    keeper = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, close_fds=True)
+    assert keeper.stdin is not None
+    keeper.stdin.write((json.dumps(args) + "\n").encode())
+    keeper.stdin.close()
 
 
 def main() -> None:
@@ -167,11 +206,12 @@ def main() -> None:
             "ttl": {"type": "int", "default": 30},
             "break_lock": {"type": "bool", "default": False},
             "timeout": {"type": "float", "default": 3.0},
+            "client": CLIENT_SPEC,
         },
         supports_check_mode=True,
     )
     p = module.params
-    witness = Witness(p["endpoints"], p["timeout"])
+    witness = Witness(p["endpoints"], p["timeout"], client=p["client"])
     try:
         entry = witness.get(LOCK)
         try:
@@ -225,7 +265,8 @@ def main() -> None:
         else:
             won = witness.swap(LOCK, json.dumps(me), entry.mod_revision, lease=lease)
         if won and kept:
-            start_keeper(p["endpoints"], lease, p["run_id"], pid, start, p["ttl"], p["timeout"])
+            start_keeper(p["endpoints"], lease, p["run_id"], pid, start, p["ttl"], p["timeout"],
+                         p["client"])
         if not won:
             witness.revoke(lease)
             now = witness.get(LOCK)

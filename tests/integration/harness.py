@@ -28,6 +28,7 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -42,6 +43,10 @@ from redis.retry import Retry
 APP_USER, APP_PASSWORD = "app", "lab-app-not-secret"
 # The application's Redis ACL user (role redis: no administrative command); lab throwaway.
 REDIS_APP_USER, REDIS_APP_PASSWORD = "app", "lab-app-not-secret"
+# The lab's Baton CA (.lab/pki, made by site.yml) and the etcd users' passwords, derived from
+# the lab's throwaway etcd_auth_secret.
+PKI_DIR = Path(__file__).resolve().parents[2] / ".lab/pki"
+CA_PASSPHRASE, ETCD_AUTH_SECRET = "lab-ca-not-secret", "lab-etcd-not-secret"
 TABLE = "baton_lifecycle"
 TABLE_ASYNCPG = "baton_lifecycle_asyncpg"
 PROBE_TABLE = "baton_lifecycle_probe"
@@ -83,6 +88,19 @@ class Stream:
     def longest_gap(self, start: float, end: float) -> float:
         marks = [start, *(e.at for e in self.acked()), end]
         return max((b - a for a, b in itertools.pairwise(marks)), default=0.0)
+
+
+def etcd_client(user: str = "baton-controller", cluster: str = "baton-witness",
+                password: str | None = None) -> dict[str, str]:
+    """How the tests reach one of the lab's etcd clusters: TLS with the controller's
+    certificate, logged in as `user` of `cluster` (its derived password unless given)."""
+    from baton_pki import baton_etcd_password
+
+    return {"ca_file": str(PKI_DIR / "ca.crt"), "cert_file": str(PKI_DIR / "controller.crt"),
+            "key_file": str(PKI_DIR / "controller.key"), "key_password": CA_PASSPHRASE,
+            "username": user,
+            "password": baton_etcd_password(ETCD_AUTH_SECRET, cluster, user)
+            if password is None else password}
 
 
 def resolve(name: str, servers: list[str]) -> str:

@@ -291,6 +291,77 @@ def test_patronis_rest_api_refuses_a_write_without_its_password(lab):
             assert code == 401, (method, path, user, code)
 
 
+def test_the_etcd_clusters_refuse_clients_without_a_certificate_and_a_login(lab):
+    """Both etcd clusters (the witness on 2391, a region's own on 2379) speak TLS only and ask
+    every client for a certificate of the Baton CA and an etcd login; /metrics and /health
+    are plain HTTP on their own ports (2393, 2381) and reach no key."""
+    import ssl
+
+    from baton_witness import Witness, WitnessError
+    from harness import PKI_DIR
+
+    us_east = MINI["us-east-1"]
+    for port in (2391, 2379):
+        # Plain HTTP, as anyone on the network could send it: not even an answer.
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            urllib.request.urlopen(urllib.request.Request(
+                f"http://{us_east}:{port}/v3/kv/range", data=b'{"key": "L2JhdG9uL2hvbGRlcg=="}',
+                method="POST"), timeout=5).read()
+        # TLS that trusts the Baton CA but shows no client certificate: the handshake fails.
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(urllib.request.Request(
+                f"https://{us_east}:{port}/v3/kv/range", data=b'{"key": "L2JhdG9uL2hvbGRlcg=="}',
+                method="POST"), timeout=5,
+                context=ssl.create_default_context(cafile=str(PKI_DIR / "ca.crt"))).read()
+        # A certificate but no login: no user, no permission.
+        anonymous = Witness([f"{us_east}:{port}"], 5, client={
+            "ca_file": str(PKI_DIR / "ca.crt"), "cert_file": str(PKI_DIR / "controller.crt"),
+            "key_file": str(PKI_DIR / "controller.key"), "key_password": "lab-ca-not-secret"})
+        with pytest.raises(WitnessError, match="permission denied|user name is empty"):
+            anonymous.get("/baton/holder")
+        # /health on the plain-HTTP metrics port answers, without any key.
+        with urllib.request.urlopen(f"http://{us_east}:{port + 2}/health", timeout=5) as resp:
+            assert json.loads(resp.read())["health"] == "true"
+    # A wrong password: the login is refused.
+    with pytest.raises(WitnessError, match="login of etcd user 'baton-controller'"):
+        witness("baton-controller", password="wrong").get("/baton/holder")
+
+    # The witness: us-west's nodes read the holder and keep us-west's liveness keys, nothing
+    # else: they cannot move the baton, take the lock, or touch us-east's keys.
+    west = witness("baton-site-us-west")
+    held = west.get("/baton/holder")
+    assert held is not None and json.loads(held.value)["region"] == "us-east"
+    for attempt in (lambda: west.put("/baton/holder", held.value),
+                    lambda: west.delete("/baton/holder"),
+                    lambda: west.create("/baton/lock", "{}"),
+                    lambda: west.put("/baton/alive/us-east/intruder", "{}"),
+                    lambda: west.get_prefix("/baton/alive/us-east/"),
+                    lambda: west.put("/baton/dns_primary", '{"host": "us-west-1"}')):
+        with pytest.raises(WitnessError, match="permission denied"):
+            attempt()
+    lease = west.grant(5)
+    west.put("/baton/alive/us-west/test-probe", "{}", lease)
+    assert west.revoke(lease)
+    assert json.loads(witness().get("/baton/holder").value) == json.loads(held.value)
+
+    # A region's own etcd: Patroni's user reaches its own scope only; another region's
+    # Patroni password is not this cluster's.
+    from harness import etcd_client
+
+    dcs = Witness([f"{us_east}:2379"], 5,
+                  client=etcd_client("patroni", cluster="baton-us-east"))
+    assert dcs.get("/baton/baton-us-east/config") is not None
+    for attempt in (lambda: dcs.get("/baton/holder"),
+                    lambda: dcs.put("/baton/baton-us-west/config", "{}"),
+                    lambda: dcs.put("/elsewhere", "x")):
+        with pytest.raises(WitnessError, match="permission denied"):
+            attempt()
+    foreign = Witness([f"{us_east}:2379"], 5,
+                      client=etcd_client("patroni", cluster="baton-us-west"))
+    with pytest.raises(WitnessError, match="login of etcd user 'patroni'"):
+        foreign.get("/baton/baton-us-east/config")
+
+
 def test_a_row_written_in_us_east_is_read_through_app_ro_in_the_other_regions(lab):
     token = f"row-{time.time_ns()}"
     with pgbouncer("us-east-1", "app") as conn:
@@ -636,10 +707,12 @@ REGION_OF = {"us-east-1": "us-east", "us-west-1": "us-west", "eu-west-1": "eu-we
 WITNESS = [f"{MINI[h]}:2391" for h in ("us-east-1", "us-west-1", "eu-west-1")]
 
 
-def witness():
+def witness(user: str = "baton-controller", password: str | None = None):
+    """The witness as the controller's runs reach it (or as `user`)."""
     from baton_witness import Witness
+    from harness import etcd_client
 
-    return Witness(WITNESS, 3)
+    return Witness(WITNESS, 3, client=etcd_client(user, password=password))
 
 
 def holder() -> dict:

@@ -39,7 +39,6 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from datetime import datetime
 from typing import Any
 
@@ -56,6 +55,7 @@ from harness import (
     TABLE_ASYNCPG,
     Measurement,
     Workload,
+    etcd_client,
 )
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -609,11 +609,15 @@ def stop_inside_writer() -> None:
     sh("podman", "exec", "baton-us-east-1", "pkill", "-f", "baton-acks", timeout=30)
 
 
+def witness_member(address: str):
+    """One witness member, as its root user (moving the raft leadership needs it)."""
+    from baton_witness import Witness
+
+    return Witness([f"{address}:2391"], 10, client=etcd_client("root"))
+
+
 def witness_status(address: str) -> dict:
-    request = urllib.request.Request(f"http://{address}:2391/v3/maintenance/status", data=b"{}",
-                                     method="POST")
-    with urllib.request.urlopen(request, timeout=3) as resp:
-        return json.loads(resp.read())
+    return witness_member(address).call("maintenance/status", {})
 
 
 def make_witness_leader(node: str) -> None:
@@ -625,11 +629,8 @@ def make_witness_leader(node: str) -> None:
             if status["leader"] == target:
                 return
             if status["header"]["member_id"] == status["leader"]:
-                request = urllib.request.Request(
-                    f"http://{address}:2391/v3/maintenance/transfer-leadership",
-                    data=json.dumps({"targetID": target}).encode(), method="POST")
-                with urllib.request.urlopen(request, timeout=10):
-                    pass
+                witness_member(address).call("maintenance/transfer-leadership",
+                                             {"targetID": target})
         time.sleep(1)
     assert witness_status(NODES[node][1])["leader"] == target, f"{node} did not become leader"
 

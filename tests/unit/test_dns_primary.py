@@ -36,7 +36,7 @@ def gate_with(monkeypatch, tmp_path, conf: str, stored: Any) -> tuple[bool, str]
     gate = load_gate()
 
     class FakeWitness:
-        def __init__(self, endpoints, timeout, budget) -> None:
+        def __init__(self, endpoints, timeout, budget, client=None) -> None:
             assert endpoints == ["10.0.1.11:2391"]
 
         def get(self, key: str):

@@ -159,3 +159,47 @@ def test_a_move_is_not_refused_for_what_only_a_deploy_needs():
     hostvars = {**HOSTVARS, "a2": {"baton_site": "us-east"}}
     assert baton_inventory_problems(groups, hostvars, None, declared, deploy=False) == [
         "host a2 has no baton_address: set the address its services use"]
+
+
+# --- the Baton CA's folder and the etcd users (filter_plugins/baton_pki.py) --------------------
+
+
+def test_etcd_passwords_are_derived_per_cluster_and_user_and_refuse_a_missing_secret():
+    from ansible.errors import AnsibleFilterError
+    from baton_pki import baton_etcd_password, baton_etcd_passwords
+
+    one = baton_etcd_password("lab-etcd-not-secret", "baton-witness", "baton-controller")
+    assert one == baton_etcd_password("lab-etcd-not-secret", "baton-witness", "baton-controller")
+    assert len(one) >= 40
+    assert one != baton_etcd_password("lab-etcd-not-secret", "baton-witness", "root")
+    assert one != baton_etcd_password("lab-etcd-not-secret", "baton-us-east", "baton-controller")
+    assert one != baton_etcd_password("another-secret", "baton-witness", "baton-controller")
+    assert baton_etcd_passwords(["a", "b"], "lab-etcd-not-secret", "c") == {
+        "a": baton_etcd_password("lab-etcd-not-secret", "c", "a"),
+        "b": baton_etcd_password("lab-etcd-not-secret", "c", "b")}
+    for missing in ("", None, "short"):
+        with pytest.raises(AnsibleFilterError, match="etcd_auth_secret is not set"):
+            baton_etcd_password(missing, "baton-witness", "root")
+
+
+def test_each_sites_witness_role_reads_the_holder_and_keeps_only_its_own_liveness_keys():
+    from baton_pki import baton_etcd_users, baton_witness_roles
+
+    roles = baton_witness_roles(["us-east", "us-west", "global"], "baton-controller")
+    assert roles["baton-controller"] == [{"key": "/baton/", "prefix": True,
+                                          "permission": "readwrite"}]
+    east = roles["baton-site-us-east"]
+    assert {"key": "/baton/holder", "permission": "read"} in east
+    assert {"key": "/baton/alive/us-east/", "prefix": True, "permission": "readwrite"} in east
+    assert all(p["permission"] == "read" or p["key"] == "/baton/alive/us-east/" for p in east)
+    assert not any("us-west" in p["key"] for p in east)
+    assert baton_etcd_users(roles)["baton-site-us-west"] == ["baton-site-us-west"]
+
+
+def test_the_inventory_dir_is_the_first_sources_folder(tmp_path):
+    from baton_pki import baton_inventory_dir
+
+    hosts = tmp_path / "hosts.yml"
+    hosts.write_text("all: {}\n")
+    assert baton_inventory_dir([str(tmp_path)]) == str(tmp_path)
+    assert baton_inventory_dir([str(hosts), "/elsewhere"]) == str(tmp_path)

@@ -59,12 +59,14 @@ class FakeEtcd:
     def __init__(self) -> None:
         self.replies: dict[str, list[tuple[int, Any]]] = {}
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.tokens: list[str | None] = []  # each request's Authorization header
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
                 fake.requests.append((self.path, body))
+                fake.tokens.append(self.headers.get("Authorization"))
                 status, reply = fake.replies.get(self.path, [(404, {"message": "no route"})]).pop(0)
                 data = json.dumps(reply).encode() + (b"\n" if "keepalive" in self.path else b"")
                 self.send_response(status)
@@ -242,6 +244,61 @@ def test_a_keepalive_stream_error_from_a_member_without_leader_moves_on(etcd):
         "http_status": "Service Unavailable"}}))
     with pytest.raises(WitnessUnavailable, match="etcdserver: no leader"):
         Witness([etcd.endpoint]).keepalive(7)
+
+
+BAD_TOKEN = (401, {"error": "etcdserver: invalid auth token",
+                   "message": "etcdserver: invalid auth token", "code": 16})
+USER = {"username": "baton-site-us-east", "password": "pw"}
+
+
+def test_with_a_user_the_client_logs_in_once_and_sends_its_token(etcd):
+    etcd.reply("/v3/auth/authenticate", (200, {"header": HEADER, "token": "T1"}))
+    etcd.reply("/v3/kv/range", (200, {"header": HEADER}), (200, {"header": HEADER}))
+    witness = Witness([etcd.endpoint], client=USER)
+    assert witness.get(HOLDER) is None and witness.get(HOLDER) is None
+    assert [path for path, _body in etcd.requests] == [
+        "/v3/auth/authenticate", "/v3/kv/range", "/v3/kv/range"]
+    assert etcd.requests[0][1] == {"name": "baton-site-us-east", "password": "pw"}
+    assert etcd.tokens == [None, "T1", "T1"]
+
+
+def test_a_member_that_no_longer_knows_the_token_gets_a_new_login_and_the_request_again(etcd):
+    etcd.reply("/v3/auth/authenticate", (200, {"token": "T1"}), (200, {"token": "T2"}))
+    etcd.reply("/v3/kv/range", BAD_TOKEN, (200, {"header": HEADER}))
+    assert Witness([etcd.endpoint], client=USER).get(HOLDER) is None
+    assert etcd.tokens == [None, "T1", None, "T2"]
+
+
+def test_a_refused_login_says_which_user_and_is_not_retried_elsewhere(etcd):
+    other = FakeEtcd()
+    try:
+        etcd.reply("/v3/auth/authenticate", (400, {
+            "message": "etcdserver: authentication failed, invalid user ID or password",
+            "code": 3}))
+        with pytest.raises(WitnessError, match="login of etcd user 'baton-site-us-east'"):
+            Witness([etcd.endpoint, other.endpoint], client=USER).get(HOLDER)
+        assert other.requests == []
+    finally:
+        other.close()
+
+
+def test_a_permission_denied_is_a_refusal_not_a_reason_to_log_in_again(etcd):
+    etcd.reply("/v3/auth/authenticate", (200, {"token": "T1"}))
+    etcd.reply("/v3/kv/put", (403, {"message": "etcdserver: permission denied", "code": 7}))
+    with pytest.raises(WitnessError, match="permission denied") as caught:
+        Witness([etcd.endpoint], client=USER).put(HOLDER, "x")
+    assert caught.value.code == 7
+    assert [path for path, _body in etcd.requests] == ["/v3/auth/authenticate", "/v3/kv/put"]
+
+
+def test_a_client_with_a_ca_speaks_https_and_refuses_a_plain_http_member(etcd, tmp_path):
+    from baton_witness import Client
+
+    assert Client.from_mapping({}).scheme == "http"
+    assert Client.from_mapping({"ca_file": "/x/ca.crt"}).scheme == "https"
+    # A CA file that does not exist is an error at once, not a silent plain-HTTP client.
+    with pytest.raises(OSError):
+        Witness([etcd.endpoint], client={"ca_file": str(tmp_path / "missing.crt")})
 
 
 def test_no_member_answering_raises_witness_unavailable_naming_each_and_its_error():

@@ -81,7 +81,8 @@ def verdict(cfg: dict, serves_primary: bool | None = None) -> tuple[bool, str]:
     if not cfg.get("endpoints"):
         return True, "no witness configured"
     try:
-        entry = Witness(cfg["endpoints"], timeout=1.5, budget=5.0).get(DNS_PRIMARY)
+        entry = Witness(cfg["endpoints"], timeout=1.5, budget=5.0,
+                        client=cfg.get("client")).get(DNS_PRIMARY)
         record = parse_dns_primary(entry.value if entry else None, cfg["home"])
     except (WitnessError, ValueError) as exc:
         return True, (f"the witness cannot say which copy is the primary ({exc}); serving as "

@@ -292,7 +292,8 @@ def fence_sentinel(cfg: dict[str, Any], command: Any = sentinel_command) -> str:
 def witness_holder_region(cfg: dict[str, Any]) -> str | None:
     """The region the witness says holds the baton; None when nobody does or it does not answer."""
     try:
-        entry = Witness(list(cfg["endpoints"]), timeout=2).get(HOLDER)
+        entry = Witness(list(cfg["endpoints"]), timeout=2,
+                        client=cfg.get("client")).get(HOLDER)
         holder = parse_holder(entry.value if entry else None)
     except (WitnessError, ValueError):
         return None
@@ -341,7 +342,8 @@ def read_holder_patiently(cfg: dict[str, Any], sleep: Any = time.sleep,
     deadline = clock() + float(cfg.get("gate_wait") or 0)
     while True:
         try:
-            entry = Witness(list(cfg["endpoints"]), timeout=2).get(HOLDER)
+            entry = Witness(list(cfg["endpoints"]), timeout=2,
+                        client=cfg.get("client")).get(HOLDER)
             return True, parse_holder(entry.value if entry else None), ""
         except (WitnessError, ValueError) as exc:
             error = str(exc)
@@ -517,7 +519,8 @@ class Agent:
         # the next call starts at the next member). Not less per member: a linearizable read
         # through a follower costs two round trips to the leader's region.
         share = max(0.2, cfg["interval"] / 2)
-        self.witness = witness or Witness(list(cfg["endpoints"]), timeout=share, budget=share)
+        self.witness = witness or Witness(list(cfg["endpoints"]), timeout=share, budget=share,
+                                          client=cfg.get("client"))
         self.state = fresh_state()
         self.last_renewal_wall = 0.0
         self.holder: dict[str, Any] | None = None
@@ -1006,7 +1009,7 @@ def status(cfg: dict[str, Any]) -> dict[str, Any]:
     except (OSError, ValueError):
         saved = {}
     share = max(0.5, cfg["interval"])
-    witness = Witness(list(cfg["endpoints"]), timeout=share)
+    witness = Witness(list(cfg["endpoints"]), timeout=share, client=cfg.get("client"))
     report: dict[str, Any] = {"region": cfg["region"], "node": cfg["node"],
                               "fenced": marker is not None, "marker": marker,
                               "lease": saved.get("lease"),
@@ -1031,7 +1034,8 @@ def may_start(cfg: dict[str, Any]) -> tuple[bool, str]:
     Anything else - another region holds the baton, or the witness does not answer, and this
     region's cluster is a primary cluster - would let a stale primary promote itself."""
     try:
-        entry = Witness(list(cfg["endpoints"]), timeout=2).get(HOLDER)
+        entry = Witness(list(cfg["endpoints"]), timeout=2,
+                        client=cfg.get("client")).get(HOLDER)
         holder = parse_holder(entry.value if entry else None)
         seen = saved_seen_epoch(cfg)
         if holder is None and seen is not None:
@@ -1044,7 +1048,8 @@ def may_start(cfg: dict[str, Any]) -> tuple[bool, str]:
     except (WitnessError, ValueError) as exc:
         why = f"the witness does not answer ({exc})"
     try:
-        entry = Witness(list(cfg["dcs_endpoints"]), timeout=2).get(cfg["patroni_config_key"])
+        entry = Witness(list(cfg["dcs_endpoints"]), timeout=2,
+                        client=cfg.get("dcs_client")).get(cfg["patroni_config_key"])
         standby = (decode_record(entry.value if entry else None) or {}).get("standby_cluster")
     except (WitnessError, ValueError) as exc:
         return False, f"{why}, and this region's DCS does not answer ({exc})"
