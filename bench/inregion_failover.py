@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, CONTAINERS_CONF=str(ROOT / "lab/containers.conf"))
 APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 2}  # lab throwaway
 NODES = {f"us-east-{i}": f"10.231.1.{10 + i}" for i in (1, 2, 3)}
+# Patroni's REST API speaks HTTPS with certificates of the lab's Baton CA (.lab/pki).
+TLS = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(
+    context=ssl.create_default_context(cafile=str(ROOT / ".lab/pki/ca.crt"))))
 PROFILES = {  # name: (ttl, loop_wait, retry_timeout)
     "patroni-default": (30, 10, 10),
     "baton": (20, 5, 5),
@@ -44,7 +48,7 @@ PROFILES = {  # name: (ttl, loop_wait, retry_timeout)
 def roles() -> dict[str, tuple[str, str]]:
     for addr in NODES.values():
         try:
-            with urllib.request.urlopen(f"http://{addr}:8008/cluster", timeout=2) as resp:
+            with TLS.open(f"https://{addr}:8008/cluster", timeout=2) as resp:
                 return {m["name"]: (m["role"], m["state"])
                         for m in json.loads(resp.read())["members"]}
         except OSError:

@@ -39,6 +39,7 @@ def baton_scrape_targets(hosts: list[str], hostvars: Hostvars) -> dict[str, list
                 "host": host,
                 "target": f"{hv['baton_address']}:{target['port']}",
                 "site": str(hv.get("baton_site", "")),
+                "scheme": str(target.get("scheme") or "http"),
             })
     return {job: jobs[job] for job in sorted(jobs)}
 

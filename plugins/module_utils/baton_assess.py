@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 try:  # inside a module (AnsiballZ) ...
+    import ansible.module_utils.baton_patroni as patroni_rest
     from ansible.module_utils.baton_dns import absolute_name, parse_server, read, serial
     from ansible.module_utils.baton_patroni import lsn_to_int
     from ansible.module_utils.baton_redis import REDIS_FENCE
@@ -25,6 +26,7 @@ try:  # inside a module (AnsiballZ) ...
 except ModuleNotFoundError as missing:  # ... or imported directly by tests and bench/ scripts
     if not (missing.name or "").startswith("ansible.module_utils.baton_"):
         raise  # e.g. dnspython itself is missing: say that, not something else
+    import baton_patroni as patroni_rest
     from baton_dns import absolute_name, parse_server, read, serial
     from baton_patroni import lsn_to_int
     from baton_redis import REDIS_FENCE
@@ -44,6 +46,15 @@ def _error(exc: BaseException) -> str:
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def _patroni_json(address: str, port: int, path: str, timeout: float) -> Any:
+    """A Patroni REST read (HTTPS with the Baton CA once baton_patroni.use_ca set it)."""
+    try:
+        with patroni_rest.open_url(patroni_rest.url(address, port, path), timeout) as resp:
+            return json.loads(resp.read().decode())
+    except urllib.error.HTTPError as exc:  # Patroni answers 503 with a body on replicas
+        return json.loads(exc.read().decode() or "{}")
+
+
 def _http_json(url: str, timeout: float) -> Any:
     try:
         with _DIRECT.open(url, timeout=timeout) as resp:
@@ -57,7 +68,7 @@ def _http_json(url: str, timeout: float) -> Any:
 def probe_patroni(address: str, port: int, timeout: float) -> Probe:
     """GET /patroni: this member's role, state, timeline, WAL positions, pending restart."""
     try:
-        data = _http_json(f"http://{address}:{port}/patroni", timeout)
+        data = _patroni_json(address, port, "/patroni", timeout)
     except Exception as exc:  # a probe reports every failure as data, never raises
         return {"ok": False, "error": _error(exc)}
     xlog = data.get("xlog", {})
@@ -74,7 +85,7 @@ def probe_patroni(address: str, port: int, timeout: float) -> Probe:
 def probe_cluster(address: str, port: int, timeout: float) -> Probe:
     """GET /cluster: every member of the region's Patroni cluster as one member sees them."""
     try:
-        data = _http_json(f"http://{address}:{port}/cluster", timeout)
+        data = _patroni_json(address, port, "/cluster", timeout)
     except Exception as exc:
         return {"ok": False, "error": _error(exc)}
     members = [{"name": m.get("name"), "role": m.get("role"), "state": m.get("state"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -30,11 +31,37 @@ def as_lsn(position: Any) -> str | None:
     return str(position)
 
 
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_SCHEME = "http"
+
+
+def use_ca(ca_file: str | None) -> None:
+    """Speak HTTPS to Patroni's REST API from now on (this process), trusting only ca_file
+    (the Baton CA) and checking the address in the member's certificate; plain HTTP when
+    empty. Every Baton module that talks to Patroni calls it with its restapi_ca_file."""
+    global _DIRECT, _SCHEME
+    handlers: list[Any] = [urllib.request.ProxyHandler({})]
+    if ca_file:
+        handlers.append(urllib.request.HTTPSHandler(
+            context=ssl.create_default_context(cafile=ca_file)))
+    _DIRECT = urllib.request.build_opener(*handlers)
+    _SCHEME = "https" if ca_file else "http"
+
+
+def url(address: str, port: int, path: str) -> str:
+    """A member's REST URL: https once use_ca was given the CA."""
+    return f"{_SCHEME}://{address}:{port}{path}"
+
+
+def open_url(target: Any, timeout: float) -> Any:
+    """urlopen through the REST client (no proxy; the Baton CA when use_ca set it)."""
+    return _DIRECT.open(target, timeout=timeout)
+
+
 def get_cluster(address: str, port: int, timeout: float) -> dict[str, Any] | None:
     """GET /cluster from one member's REST API; None when it does not answer."""
-    url = f"http://{address}:{port}/cluster"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with open_url(url(address, port, "/cluster"), timeout) as resp:
             return json.loads(resp.read().decode())
     except (urllib.error.URLError, OSError, ValueError):
         return None
@@ -96,8 +123,6 @@ def decide_primary(states: dict[str, dict[str, Any]], initial: str) -> tuple[str
 # --- moving a region's cluster between primary and standby (failover, switchover) ---------
 
 # Straight to the node: a controller's HTTP proxy settings must not reroute Patroni calls.
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
 
 class PatroniProblem(Exception):
     """One actionable sentence: what failed, where, and what to do."""
@@ -130,8 +155,8 @@ def read_cluster(addresses: list[str], port: int, timeout: float) -> dict[str, A
     errors = []
     for address in addresses:
         try:
-            status, cluster = rest("GET", f"http://{address}:{port}/cluster", timeout)
-            status2, config = rest("GET", f"http://{address}:{port}/config", timeout)
+            status, cluster = rest("GET", url(address, port, "/cluster"), timeout)
+            status2, config = rest("GET", url(address, port, "/config"), timeout)
         except OSError as exc:
             errors.append(f"{address}: {exc}")
             continue
@@ -204,7 +229,8 @@ def apply_cluster(addresses: list[str], port: int, auth: tuple[str, str], body: 
     errors = []
     for address in addresses:
         try:
-            status, reply = rest("PATCH", f"http://{address}:{port}/config", timeout, auth, body)
+            status, reply = rest("PATCH", url(address, port, "/config"), timeout, auth,
+                                 body)
         except OSError as exc:
             errors.append(f"{address}: {exc}")
             continue
@@ -244,7 +270,7 @@ def member_positions(addresses: list[str], port: int, timeout: float) -> dict[st
     out = {}
     for address in addresses:
         try:
-            _status, data = rest("GET", f"http://{address}:{port}/patroni", timeout)
+            _status, data = rest("GET", url(address, port, "/patroni"), timeout)
         except OSError:
             continue
         if isinstance(data, dict) and data.get("role"):

@@ -126,6 +126,12 @@ options:
         description: The etcd user's password.
         type: str
         default: ""
+  restapi_ca_file:
+    description:
+      - The Baton CA's certificate (PEM); Patroni's REST API is then spoken over HTTPS and
+        each member's certificate is checked. Empty - plain HTTP.
+    type: str
+    default: ""
 author: Baton
 """
 
@@ -224,6 +230,7 @@ from ansible.module_utils.baton_assess import (  # noqa: E402
     run_probes,
     witness_problems,
 )
+from ansible.module_utils.baton_patroni import use_ca  # noqa: E402
 from ansible.module_utils.baton_witness import (  # noqa: E402
     CLIENT_SPEC,
     HOLDER,
@@ -283,12 +290,14 @@ def main() -> None:
             "dns_primary": {"type": "str"},
             "witness_endpoints": {"type": "list", "elements": "str", "default": []},
             "witness_client": CLIENT_SPEC,
+            "restapi_ca_file": {"type": "str", "default": ""},
             "max_data_loss_bytes": {"type": "int"},
             "last_known_primary_lsn": {"type": "str"},
         },
         supports_check_mode=True,
     )
     p = module.params
+    use_ca(p["restapi_ca_file"])
     unknown = sorted(set(p["ports"]) - set(PORTS))
     if unknown:
         module.fail_json(msg=f"ports: unknown service {', '.join(unknown)}: use "

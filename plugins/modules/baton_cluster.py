@@ -80,6 +80,12 @@ options:
     description: Seconds to wait for the outcome (and for O(wait_for_lsn)).
     type: float
     default: 120
+  restapi_ca_file:
+    description:
+      - The Baton CA's certificate (PEM); Patroni's REST API is then spoken over HTTPS and
+        each member's certificate is checked. Empty - plain HTTP.
+    type: str
+    default: ""
 author: Baton
 """
 
@@ -149,6 +155,7 @@ from ansible.module_utils.baton_patroni import (  # noqa: E402
     reached,
     read_cluster,
     standby_source,
+    use_ca,
     wait_cluster,
 )
 
@@ -186,6 +193,7 @@ def main() -> None:
             "restapi_password": {"type": "str", "required": True, "no_log": True},
             "port": {"type": "int", "default": 8008},
             "timeout": {"type": "float", "default": 3.0},
+            "restapi_ca_file": {"type": "str", "default": ""},
             "streaming": {"type": "bool", "default": False},
             "wait_timeout": {"type": "float", "default": 120.0},
         },
@@ -193,6 +201,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
+    use_ca(p["restapi_ca_file"])
     region, members, port, t = p["region"], p["members"], p["port"], p["timeout"]
     auth = (p["restapi_username"], p["restapi_password"])
     try:

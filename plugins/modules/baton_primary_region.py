@@ -32,6 +32,12 @@ options:
     description: Seconds to wait for each member.
     type: float
     default: 3
+  restapi_ca_file:
+    description:
+      - The Baton CA's certificate (PEM); Patroni's REST API is then spoken over HTTPS and
+        each member's certificate is checked. Empty - plain HTTP.
+    type: str
+    default: ""
 author: Baton
 """
 
@@ -76,6 +82,7 @@ from ansible.module_utils.baton_patroni import (  # noqa: E402
     PrimaryUndecided,
     decide_primary,
     read_regions,
+    use_ca,
 )
 
 
@@ -86,10 +93,12 @@ def main() -> None:
             "initial_primary": {"type": "str", "required": True},
             "port": {"type": "int", "default": 8008},
             "timeout": {"type": "float", "default": 3.0},
+            "restapi_ca_file": {"type": "str", "default": ""},
         },
         supports_check_mode=True,
     )
     regions = {str(r): [str(a) for a in addrs] for r, addrs in module.params["regions"].items()}
+    use_ca(module.params["restapi_ca_file"])
     states = read_regions(regions, module.params["port"], module.params["timeout"])
     try:
         primary, reason = decide_primary(states, module.params["initial_primary"])

@@ -103,6 +103,22 @@ def etcd_client(user: str = "baton-controller", cluster: str = "baton-witness",
             if password is None else password}
 
 
+def patroni_url(address: str, path: str, port: int = 8008) -> str:
+    """Patroni's REST API (HTTPS only, the node's certificate of the Baton CA)."""
+    return f"https://{address}:{port}{path}"
+
+
+def open_tls(target: Any, timeout: float) -> Any:
+    """urlopen that trusts the lab's Baton CA (for https:// targets) and no proxy."""
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=str(PKI_DIR / "ca.crt"))
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                         urllib.request.HTTPSHandler(context=context))
+    return opener.open(target, timeout=timeout)
+
+
 def resolve(name: str, servers: list[str]) -> str:
     """The first A record of name, asking the servers in order (as a stub resolver with several
     `nameserver` lines does); raises dns.exception.DNSException when none answers."""

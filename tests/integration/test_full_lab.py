@@ -22,11 +22,11 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.request
 
 import psycopg
 import pytest
 import redis
+from harness import open_tls, patroni_url
 from test_lab import REDIS_PASSWORD, SENTINEL_PASSWORD, assert_nothing_changed, labctl, playbook, sh
 
 APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 2}  # lab throwaway
@@ -42,8 +42,8 @@ def roles(region: str) -> dict[str, tuple[str, str]]:
     """Member -> (role, state) from the first member of REGION that answers."""
     for index in (1, 2, 3):
         try:
-            url = f"http://{address(f'{region}-{index}')}:8008/cluster"
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            url = patroni_url(address(f"{region}-{index}"), "/cluster")
+            with open_tls(url, 2) as resp:
                 return {m["name"]: (m["role"], m["state"]) for m in json.loads(resp.read())[
                     "members"]}
         except OSError:

@@ -15,6 +15,7 @@ Needs root, podman and iptables (`make deps` installs them). Replaces any lab th
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import re
@@ -225,13 +226,17 @@ SENTINEL_PASSWORD = "lab-sentinel-not-secret"  # lab throwaway
 
 
 def cluster_roles(host: str) -> dict[str, tuple[str, str]]:
-    with urllib.request.urlopen(f"http://{MINI[host]}:8008/cluster", timeout=3) as resp:
+    from harness import open_tls, patroni_url
+
+    with open_tls(patroni_url(MINI[host], "/cluster"), 3) as resp:
         data = json.loads(resp.read())
     return {m["name"]: (m["role"], m["state"]) for m in data["members"]}
 
 
 def member(host: str) -> dict:
-    with urllib.request.urlopen(f"http://{MINI[host]}:8008/patroni", timeout=3) as resp:
+    from harness import open_tls, patroni_url
+
+    with open_tls(patroni_url(MINI[host], "/patroni"), 3) as resp:
         return json.loads(resp.read())
 
 
@@ -277,11 +282,15 @@ def test_each_region_reports_its_patroni_role(lab):
 
 
 def test_patronis_rest_api_refuses_a_write_without_its_password(lab):
-    """Whoever reaches port 8008 reads the cluster, but changing its configuration (say, dropping
-    a standby cluster's standby_cluster) or its switchovers needs the REST password."""
-    base = f"http://{MINI['us-west-1']}:8008"
+    """Whoever reaches port 8008 (HTTPS only) reads the cluster, but changing its
+    configuration (say, dropping a standby cluster's standby_cluster) or its switchovers needs
+    the REST password."""
+    base = f"https://{MINI['us-west-1']}:8008"
     status, body = web_request(f"{base}/config", user=None)
     assert status == 200
+    # HTTPS only: plain HTTP gets no answer, so the password never crosses the network in clear.
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+        urllib.request.urlopen(f"http://{MINI['us-west-1']}:8008/config", timeout=5).read()
     # The same value back (harmless if it were accepted), as anyone could send it.
     same = json.dumps({"loop_wait": json.loads(body)["loop_wait"]}).encode()
     for user, password in ((None, ""), ("patroni", "wrong")):
@@ -317,7 +326,7 @@ def test_the_etcd_clusters_refuse_clients_without_a_certificate_and_a_login(lab)
         anonymous = Witness([f"{us_east}:{port}"], 5, client={
             "ca_file": str(PKI_DIR / "ca.crt"), "cert_file": str(PKI_DIR / "controller.crt"),
             "key_file": str(PKI_DIR / "controller.key"), "key_password": "lab-ca-not-secret"})
-        with pytest.raises(WitnessError, match="permission denied|user name is empty"):
+        with pytest.raises(WitnessError, match=r"permission denied|user name is empty"):
             anonymous.get("/baton/holder")
         # /health on the plain-HTTP metrics port answers, without any key.
         with urllib.request.urlopen(f"http://{us_east}:{port + 2}/health", timeout=5) as resp:
@@ -360,6 +369,40 @@ def test_the_etcd_clusters_refuse_clients_without_a_certificate_and_a_login(lab)
                       client=etcd_client("patroni", cluster="baton-us-west"))
     with pytest.raises(WitnessError, match="login of etcd user 'patroni'"):
         foreign.get("/baton/baton-us-east/config")
+
+
+def test_postgresql_speaks_tls_to_other_addresses_and_replication_checks_the_server(lab):
+    """Every connection to PostgreSQL from another address uses TLS: the standby regions'
+    replication (through HAProxy, sslmode verify-full against the Baton CA), PgBouncer's
+    server connections (verify-full); a plain-text login from another address is refused."""
+    from harness import PKI_DIR
+
+    # The monitoring user (pg_monitor) sees every session's row; lab throwaway password.
+    leader = psycopg.connect(host=MINI["us-east-1"], port=5432, dbname="app",
+                             sslmode="verify-full", sslrootcert=str(PKI_DIR / "ca.crt"),
+                             autocommit=True, user="baton_monitor",
+                             password="lab-monitor-not-secret", connect_timeout=3)
+    with leader:
+        rows = leader.execute(
+            "SELECT r.application_name, s.ssl, r.state FROM pg_stat_replication r "
+            "JOIN pg_stat_ssl s USING (pid)").fetchall()
+        assert {name for name, _ssl, _state in rows} >= {"us-west-1", "eu-west-1"}, rows
+        assert all(ssl for _name, ssl, _state in rows), rows
+        # This connection itself: verify-full passed against the Baton CA.
+        assert leader.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+                              ).fetchone()[0] is True
+    # PgBouncer in another region reaches the leader through HAProxy over TLS.
+    with pgbouncer("us-west-1", "app") as conn:
+        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+                            ).fetchone()[0] is True
+    with pytest.raises(psycopg.OperationalError, match="no encryption"):
+        psycopg.connect(host=MINI["us-east-1"], port=5432, dbname="app", sslmode="disable",
+                        **APP).close()
+    # A server whose certificate is not the Baton CA's would not be trusted: the client's
+    # check is real (the system's CAs do not know the lab's).
+    with pytest.raises(psycopg.OperationalError, match="certificate"):
+        psycopg.connect(host=MINI["us-east-1"], port=5432, dbname="app", sslmode="verify-full",
+                        sslrootcert="system", **APP).close()
 
 
 def test_a_row_written_in_us_east_is_read_through_app_ro_in_the_other_regions(lab):
@@ -562,7 +605,10 @@ WEB_USER, WEB_PASSWORD = "baton", "lab-monitoring-web-not-secret"
 def web_request(url: str, data: bytes | None = None, user: str | None = WEB_USER,
                 password: str = WEB_PASSWORD, method: str | None = None) -> tuple[int, bytes]:
     """(status, body) of a GET (or a JSON POST with DATA, or METHOD) to an HTTP endpoint
-    (monitoring servers, Patroni's REST), with basic auth as USER (None: none)."""
+    (monitoring servers, Patroni's REST over HTTPS with the lab's CA), with basic auth as USER
+    (None: none)."""
+    from harness import open_tls
+
     request = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         request.add_header("Content-Type", "application/json")
@@ -570,7 +616,7 @@ def web_request(url: str, data: bytes | None = None, user: str | None = WEB_USER
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with open_tls(request, 5) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()

@@ -22,7 +22,8 @@ RULE_TESTS = ROOT / "tests/promtool/baton-dr.test.yml"
 HOSTVARS = {
     "gtm-1": {"baton_site": "global", "baton_address": "10.0.9.1"},
     "a1": {"baton_site": "us-east", "baton_address": "10.0.1.1",
-           "exporters_targets": [{"job": "node", "port": 9100}, {"job": "patroni", "port": 8008}]},
+           "exporters_targets": [{"job": "node", "port": 9100},
+                                 {"job": "patroni", "port": 8008, "scheme": "https"}]},
     "a2": {"baton_site": "us-east", "baton_address": "10.0.1.2",
            "exporters_targets": [{"job": "node", "port": 9100}]},
     "b1": {"baton_site": "us-west", "baton_address": "10.0.2.1"},
@@ -81,9 +82,10 @@ def test_each_region_s_first_host_runs_its_prometheus():
 
 def test_scrape_targets_group_what_each_host_runs_by_job_and_skip_unknown_hosts():
     assert baton_scrape_targets(["a1", "a2", "b1"], HOSTVARS) == {
-        "node": [{"host": "a1", "target": "10.0.1.1:9100", "site": "us-east"},
-                 {"host": "a2", "target": "10.0.1.2:9100", "site": "us-east"}],
-        "patroni": [{"host": "a1", "target": "10.0.1.1:8008", "site": "us-east"}],
+        "node": [{"host": "a1", "target": "10.0.1.1:9100", "site": "us-east", "scheme": "http"},
+                 {"host": "a2", "target": "10.0.1.2:9100", "site": "us-east", "scheme": "http"}],
+        "patroni": [{"host": "a1", "target": "10.0.1.1:8008", "site": "us-east",
+                     "scheme": "https"}],
     }
 
 
