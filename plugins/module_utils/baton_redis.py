@@ -233,11 +233,11 @@ def redis_value(value: Any) -> str:
 
 def monitor_commands(name: str, current: dict[str, Any] | None, state: str,
                      master_host: str | None, master_port: int, auth_pass: str | None,
-                     wanted: dict[str, Any]) -> list[list[str]]:
+                     wanted: dict[str, Any], auth_user: str = "") -> list[list[str]]:
     """The Sentinel commands that take a monitor from current (None: absent) to what is wanted.
 
-    An existing monitor keeps its address (Sentinel moves it on failover); auth-pass is sent
-    only with a new monitor, since SENTINEL MASTERS never shows it.
+    An existing monitor keeps its address (Sentinel moves it on failover); auth-user and
+    auth-pass are sent only with a new monitor, since SENTINEL MASTERS never shows them.
     """
     if state == "absent":
         return [] if current is None else [["SENTINEL", "REMOVE", name]]
@@ -245,6 +245,8 @@ def monitor_commands(name: str, current: dict[str, Any] | None, state: str,
     if current is None:
         commands.append(["SENTINEL", "MONITOR", name, str(master_host), str(master_port),
                          str(wanted["quorum"])])
+        if auth_user:
+            commands.append(["SENTINEL", "SET", name, "auth-user", auth_user])
         if auth_pass:
             commands.append(["SENTINEL", "SET", name, "auth-pass", auth_pass])
         current = {"quorum": str(wanted["quorum"])}

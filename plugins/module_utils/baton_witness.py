@@ -370,8 +370,10 @@ class Witness:
             body["lease"] = str(lease)
         return int(self.call("kv/put", body).get("header", {}).get("revision", 0))
 
-    def _txn(self, compare: dict[str, Any], success: dict[str, Any]) -> bool:
-        return bool(self.call("kv/txn", {"compare": [compare], "success": [success]})
+    def _txn(self, compare: dict[str, Any] | list[dict[str, Any]],
+             success: dict[str, Any]) -> bool:
+        compares = compare if isinstance(compare, list) else [compare]
+        return bool(self.call("kv/txn", {"compare": compares, "success": [success]})
                     .get("succeeded", False))
 
     def create(self, key: str, value: str, lease: int = 0) -> bool:
@@ -382,14 +384,20 @@ class Witness:
         return self._txn({"target": "CREATE", "key": _b64(key), "result": "EQUAL",
                           "create_revision": "0"}, {"request_put": put})
 
-    def swap(self, key: str, value: str, expect_mod_revision: int, lease: int = 0) -> bool:
+    def swap(self, key: str, value: str, expect_mod_revision: int, lease: int = 0,
+             also: dict[str, int] | None = None) -> bool:
         """Writes the key only if its mod_revision is still expect_mod_revision (compare and
-        swap); whether it did."""
+        swap) and, for each key of `also`, that key's mod_revision is still the one given (one
+        transaction: a fencing token, e.g. the failover lock); whether it did."""
         put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
         if lease:
             put["lease"] = str(lease)
-        return self._txn({"target": "MOD", "key": _b64(key), "result": "EQUAL",
-                          "mod_revision": str(int(expect_mod_revision))}, {"request_put": put})
+        compares = [{"target": "MOD", "key": _b64(key), "result": "EQUAL",
+                     "mod_revision": str(int(expect_mod_revision))}]
+        compares += [{"target": "MOD", "key": _b64(other), "result": "EQUAL",
+                      "mod_revision": str(int(revision))}
+                     for other, revision in (also or {}).items()]
+        return self._txn(compares, {"request_put": put})
 
     def delete(self, key: str, expect_mod_revision: int | None = None) -> bool:
         """Deletes the key (only if its mod_revision is expect_mod_revision, when given);
@@ -696,7 +704,6 @@ def keep_lock_main(args: Mapping[str, Any]) -> None:
     keep_lock(witness, int(args["lease"]), str(args["run_id"]),
               lambda: process_alive(int(args["pid"]), int(args["pid_start"])),
               float(args["interval"]))
-
 
 
 def lock_decision(existing: Mapping[str, Any] | None, me: Mapping[str, Any], now: float,

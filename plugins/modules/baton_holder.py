@@ -51,6 +51,14 @@ options:
       moment of the move is seen.
     type: float
     default: 2
+  lock_run_id:
+    description:
+      - The run that must hold the failover lock (C(/baton/lock)) for the baton to move. The
+        move is then one transaction that also compares the lock key's revision with the one
+        read, so a run whose lock expired or was broken in between cannot move the baton.
+      - Empty - no lock is required.
+    type: str
+    default: ""
   by:
     description: Who moves it (written into the key, e.g. the run's id).
     type: str
@@ -135,9 +143,11 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.baton_witness import (  # noqa: E402
     CLIENT_SPEC,
     HOLDER,
+    LOCK,
     Witness,
     WitnessError,
     alive_prefix,
+    decode_record,
 )
 
 
@@ -153,6 +163,7 @@ def main() -> None:
             "wait_timeout": {"type": "float", "default": 15.0},
             "settle": {"type": "float", "default": 2.0},
             "by": {"type": "str", "default": ""},
+            "lock_run_id": {"type": "str", "default": ""},
             "timeout": {"type": "float", "default": 3.0},
             "client": CLIENT_SPEC,
         },
@@ -197,9 +208,26 @@ def main() -> None:
                      "since": datetime.now(UTC).isoformat(), "by": p["by"],
                      "from": before.get("region")}
             result.update(changed=True, after=after)
+            also: dict[str, int] = {}
+            if p["lock_run_id"]:
+                lock = witness.get(LOCK)
+                holder_of_lock = (decode_record(lock.value) or {}).get("run_id") if lock else None
+                if holder_of_lock != p["lock_run_id"]:
+                    module.fail_json(msg=f"this run ({p['lock_run_id']}) no longer holds the "
+                                         "failover lock (now "
+                                         f"{holder_of_lock or 'nobody'}): the baton was not "
+                                         "moved; see what the other run did (its report, "
+                                         "health.yml), then re-run", **result)
+                also[LOCK] = lock.mod_revision
             if not module.check_mode and not witness.swap(HOLDER, json.dumps(after),
-                                                          entry.mod_revision):
+                                                          entry.mod_revision, also=also):
                 now = witness.get(HOLDER)
+                lock_now = witness.get(LOCK) if also else None
+                if also and (lock_now is None or lock_now.mod_revision != also[LOCK]):
+                    module.fail_json(msg="the failover lock changed hands while this run was "
+                                         "moving the baton: the baton was not moved; see what "
+                                         "the other run did (its report, health.yml), then "
+                                         "re-run", **result)
                 module.fail_json(msg="the baton moved while this run was deciding (now "
                                      f"{now.value if now else 'gone'}): run health.yml and "
                                      "decide again", **result)

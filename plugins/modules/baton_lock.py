@@ -185,7 +185,10 @@ def start_keeper(endpoints: list[str], lease: int, run_id: str, pid: int, pid_st
     args = {"endpoints": endpoints, "lease": lease, "run_id": run_id, "pid": pid,
             "pid_start": pid_start, "interval": max(1.0, ttl / 3), "timeout": timeout,
             "client": client}
-    keeper = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
+    # Its command line names the run and the playbook's process (nothing secret), so that
+    # `ps` tells whose keeper it is.
+    label = f"baton-lock-keeper run={run_id} playbook-pid={pid}"
+    keeper = subprocess.Popen([sys.executable, "-c", code, label], start_new_session=True,
                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, close_fds=True)
     assert keeper.stdin is not None

@@ -20,6 +20,11 @@ options:
     description: Setting name to value; only settings that C(CONFIG SET) accepts.
     type: dict
     required: true
+  secret_settings:
+    description: More settings, whose values are secrets (masterauth) - never shown in the
+      output or the diff.
+    type: dict
+    default: {}
   host:
     description: Address of the Redis server.
     type: str
@@ -72,33 +77,37 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "settings": {"type": "dict", "required": True},
+            "secret_settings": {"type": "dict", "default": {}, "no_log": True},
             **SERVER_OPTIONS,
         },
         supports_check_mode=True,
     )
     p = module.params
     where = f"Redis at {p['host']}:{p['port']}"
+    secret = set(p["secret_settings"])
+    wanted = {**p["settings"], **p["secret_settings"]}
     try:
         redis = client(p["host"], p["port"], p["password"], p["timeout"])
         current = {}
-        for name in p["settings"]:
+        for name in wanted:
             current.update(redis.config_get(name))
     except RedisProblem as exc:
         module.fail_json(msg=str(exc))
     except Exception as exc:
         module.fail_json(msg=f"{where} did not answer CONFIG GET ({exc}): check that "
                              "redis-server runs and redis_password")
-    unknown = sorted(set(p["settings"]) - set(current))
+    unknown = sorted(set(wanted) - set(current))
     if unknown:
         module.fail_json(msg=f"{where} does not know the setting(s) {', '.join(unknown)}: "
                              "check their names (redis.conf spelling)")
-    changes = config_settings_to_set(current, p["settings"])
+    changes = config_settings_to_set(current, wanted)
     if changes and not module.check_mode:
         for name, value in changes.items():
             try:
                 redis.config_set(name, value)
             except Exception as exc:
-                module.fail_json(msg=f"{where} refused CONFIG SET {name} {value} ({exc}): "
+                shown = "(secret)" if name in secret else value
+                module.fail_json(msg=f"{where} refused CONFIG SET {name} {shown} ({exc}): "
                                      "fix the value in the inventory and re-run")
         try:
             redis.config_rewrite()
@@ -106,9 +115,14 @@ def main() -> None:
             module.fail_json(msg=f"{where} applied {', '.join(changes)} but could not write "
                                  f"them to its configuration file ({exc}): they are lost at the "
                                  "next restart; check that redis may write /etc/redis")
+    def shown(name: str, value: str) -> str:
+        return "(secret)" if name in secret else value
+
     module.exit_json(changed=bool(changes),
-                     changed_settings={k: [current[k], v] for k, v in changes.items()},
-                     diff={"before": {k: current[k] for k in changes}, "after": changes})
+                     changed_settings={k: [shown(k, current[k]), shown(k, v)]
+                                       for k, v in changes.items()},
+                     diff={"before": {k: shown(k, current[k]) for k in changes},
+                           "after": {k: shown(k, v) for k, v in changes.items()}})
 
 
 if __name__ == "__main__":

@@ -38,6 +38,15 @@ options:
     description: Password Sentinel uses with the master and its replicas. Set when the monitor
       is added (C(SENTINEL MASTERS) never shows it, so it cannot be compared later).
     type: str
+  auth_user:
+    description: The Redis ACL user Sentinel logs in as with the master and its replicas (its
+      C(auth-user)), set with a new monitor as O(auth_pass) is; empty - the default user.
+    type: str
+    default: ""
+  redis_password:
+    description: The default user's password of the master (Baton's own), with which the
+      module checks that the master is one before it is watched; O(auth_pass) when not given.
+    type: str
   quorum:
     description: Sentinels that must agree that the master is down. Required with C(present).
     type: int
@@ -127,6 +136,8 @@ def main() -> None:
             "master_host": {"type": "str"},
             "master_port": {"type": "int", "default": 6379},
             "auth_pass": {"type": "str", "no_log": True},
+            "auth_user": {"type": "str", "default": ""},
+            "redis_password": {"type": "str", "no_log": True},
             "quorum": {"type": "int"},
             "down_after_milliseconds": {"type": "int"},
             "failover_timeout": {"type": "int"},
@@ -152,7 +163,8 @@ def main() -> None:
                              "redis-sentinel runs and redis_sentinel_password")
     current = before.get(p["name"])
     if p["state"] == "present" and current is None:
-        master = node_state(p["master_host"], p["master_port"], p["auth_pass"], p["timeout"])
+        master = node_state(p["master_host"], p["master_port"],
+                            p["redis_password"] or p["auth_pass"], p["timeout"])
         if master["role"] != "master":
             why = (f"reports itself {master['role']} of {master['master']}"
                    if master["answered"] else f"did not answer ({master['error']})")
@@ -162,9 +174,9 @@ def main() -> None:
                     "region's replication first")
     commands = monitor_commands(
         p["name"], current, p["state"], p["master_host"], p["master_port"], p["auth_pass"],
-        {option: p[option] for option in MONITOR_SETTINGS})
+        {option: p[option] for option in MONITOR_SETTINGS}, auth_user=p["auth_user"])
 
-    secrets = {p["auth_pass"], p["sentinel_password"]} - {None, ""}
+    secrets = {p["auth_pass"], p["sentinel_password"], p["redis_password"]} - {None, ""}
     shown_commands = [" ".join("********" if w in secrets else w for w in c) for c in commands]
     after = current
     if commands and not module.check_mode:

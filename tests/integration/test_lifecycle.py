@@ -1016,7 +1016,8 @@ def test_the_lock_lives_as_long_as_its_run_and_a_run_that_lost_it_stops_before_a
                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         wait_until(lambda: witness().get("/baton/lock") is not None
-                   and f'"pid": {run.pid},' in sh("ps", "-eo", "args", timeout=30).stdout, 120,
+                   and f"playbook-pid={run.pid}" in sh("ps", "-eo", "args", timeout=30).stdout,
+                   120,
                    "the run's lock and its keeper")
         os.killpg(run.pid, signal.SIGSTOP)
         entry = witness().get("/baton/lock")

@@ -203,3 +203,17 @@ def test_the_inventory_dir_is_the_first_sources_folder(tmp_path):
     hosts.write_text("all: {}\n")
     assert baton_inventory_dir([str(tmp_path)]) == str(tmp_path)
     assert baton_inventory_dir([str(hosts), "/elsewhere"]) == str(tmp_path)
+
+
+def test_ca_holders_names_the_hosts_that_trust_a_ca_or_another_one():
+    import base64
+
+    from baton_pki import baton_ca_holders
+
+    pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    other = pem.replace("AAAA", "BBBB")
+    hostvars = {"a": {"ca": {"content": base64.b64encode(pem.encode()).decode()}},
+                "b": {"ca": {"content": base64.b64encode(other.encode()).decode()}},
+                "c": {"ca": {"failed": True, "msg": "file not found"}}, "d": {}}
+    assert baton_ca_holders(["a", "b", "c", "d"], hostvars, "ca") == ["a", "b"]
+    assert baton_ca_holders(["a", "b", "c", "d"], hostvars, "ca", pem.strip()) == ["b"]

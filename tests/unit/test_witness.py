@@ -172,6 +172,17 @@ def test_swap_is_a_compare_and_swap_on_mod_revision(etcd):
         "success": [{"request_put": {"key": b64(HOLDER), "value": b64("y"), "lease": "5"}}]}
 
 
+def test_swap_can_also_require_other_keys_unchanged_in_the_same_transaction(etcd):
+    etcd.reply("/v3/kv/txn", (200, {"header": HEADER, "succeeded": False}))
+    assert Witness([etcd.endpoint]).swap(HOLDER, "y", expect_mod_revision=7,
+                                         also={LOCK: 12}) is False
+    body = etcd.requests[0][1]
+    assert body["compare"] == [
+        {"target": "MOD", "key": b64(HOLDER), "result": "EQUAL", "mod_revision": "7"},
+        {"target": "MOD", "key": b64(LOCK), "result": "EQUAL", "mod_revision": "12"}]
+    assert body["success"] == [{"request_put": {"key": b64(HOLDER), "value": b64("y")}}]
+
+
 def test_delete_is_plain_without_an_expected_revision_and_guarded_with_one(etcd):
     etcd.reply("/v3/kv/deleterange", (200, {"header": HEADER, "deleted": "1"}),
                (200, {"header": HEADER}))

@@ -44,6 +44,7 @@ from baton_witness import (
     DNS_PRIMARY,
     Witness,
     WitnessError,
+    WitnessUnavailable,
     parse_dns_primary,
 )
 
@@ -84,9 +85,16 @@ def verdict(cfg: dict, serves_primary: bool | None = None) -> tuple[bool, str]:
         entry = Witness(cfg["endpoints"], timeout=1.5, budget=5.0,
                         client=cfg.get("client")).get(DNS_PRIMARY)
         record = parse_dns_primary(entry.value if entry else None, cfg["home"])
-    except (WitnessError, ValueError) as exc:
+    except WitnessUnavailable as exc:
         return True, (f"the witness cannot say which copy is the primary ({exc}); serving as "
                       "configured")
+    except (WitnessError, ValueError, OSError) as exc:
+        # A refused login, a permission or a TLS file of this node: a fault of this node's
+        # configuration, not a lost witness. Still served (a name server that cannot start
+        # is worse than a stale one, which the health check reports), but said as what it is.
+        return True, (f"CONFIGURATION FAULT: the witness refused this node's gate or its TLS "
+                      f"files do not load ({exc}); serving as configured until it is fixed "
+                      "(site.yml)")
     if record["host"] == cfg["host"]:
         return True, "the witness names this node as the zone's primary"
     since = f" since {record['since']}" if record.get("since") else ""

@@ -60,6 +60,7 @@ from typing import Any
 
 from baton_witness import (
     HOLDER,
+    Client,
     Witness,
     WitnessError,
     agent_step,
@@ -1109,7 +1110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="/etc/baton/agent.json")
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
-    if args.command == "check":  # the code imports and the configuration loads (reload)
+    if args.command == "check":  # the code imports, the configuration and its TLS files load
+        Client.from_mapping(cfg.get("client")).ssl_context()
+        Client.from_mapping(cfg.get("dcs_client")).ssl_context()
         return 0
     if args.command == "run":
         Agent(cfg).run()
