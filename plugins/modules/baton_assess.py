@@ -126,12 +126,7 @@ options:
         description: The etcd user's password.
         type: str
         default: ""
-  restapi_ca_file:
-    description:
-      - The Baton CA's certificate (PEM); Patroni's REST API is then spoken over HTTPS and
-        each member's certificate is checked. Empty - plain HTTP.
-    type: str
-    default: ""
+extends_documentation_fragment: [baton_patroni_rest]
 author: Baton
 """
 

@@ -80,12 +80,7 @@ options:
     description: Seconds to wait for the outcome (and for O(wait_for_lsn)).
     type: float
     default: 120
-  restapi_ca_file:
-    description:
-      - The Baton CA's certificate (PEM); Patroni's REST API is then spoken over HTTPS and
-        each member's certificate is checked. Empty - plain HTTP.
-    type: str
-    default: ""
+extends_documentation_fragment: [baton_patroni_rest]
 author: Baton
 """
 
