@@ -41,7 +41,7 @@ API = "/v3/"
 _RETRY_CODES = {4, 14}
 _NOT_FOUND = 5
 # UNAUTHENTICATED: a token this member does not know (tokens are per member and die with its
-# restart) or none; FAILED_PRECONDITION "revision of auth store is old": users changed since the
+# restart) or none; "revision of auth store is old" (INVALID_ARGUMENT): users changed since the
 # token was issued. Both: authenticate again and retry once.
 _REAUTH_CODES = {16}
 _REAUTH_MESSAGES = ("auth store is old", "user name is empty", "invalid auth token")
