@@ -34,7 +34,9 @@ ARGS = ("regions={{ groups | baton_assess_regions(hostvars) }} "
         "dns_servers={{ groups | baton_hosts(hostvars) | map('extract', hostvars, "
         "'baton_address') | list }} timeout=2 "
         # Patroni's REST API is HTTPS only, with the lab's CA (.lab/pki).
-        "restapi_ca_file={{ hostvars[groups.all[0]].baton_pki_dir }}/ca.crt")
+        "restapi_ca_file={{ hostvars[groups.all[0]].baton_pki_dir }}/ca.crt "
+        # Redis and Sentinel are TLS only, with the same CA.
+        "tls_ca_file={{ hostvars[groups.all[0]].baton_pki_dir }}/ca.crt")
 
 
 def assess_once() -> tuple[float, float, dict]:

@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, CONTAINERS_CONF=str(ROOT / "lab/containers.conf"))
 REDIS_PASSWORD = "lab-redis-not-secret"  # lab throwaway (inventories/lab secrets.yml)
 SENTINEL_PASSWORD = "lab-sentinel-not-secret"  # lab throwaway
+# Redis and Sentinel speak TLS only, with the lab's CA.
+TLS = {"ssl": True, "ssl_ca_certs": str(ROOT / ".lab/pki/ca.crt")}
 NODES = {f"10.231.1.{10 + i}": f"us-east-{i}" for i in (1, 2, 3)}
 PROFILES = {  # name: (down-after-milliseconds, failover-timeout)
     "redis-default": (30000, 180000),
@@ -39,12 +41,12 @@ PROFILES = {  # name: (down-after-milliseconds, failover-timeout)
 
 def sentinel(address: str) -> redis.Redis:
     return redis.Redis(host=address, port=26379, password=SENTINEL_PASSWORD, socket_timeout=1,
-                       socket_connect_timeout=1, decode_responses=True)
+                       socket_connect_timeout=1, decode_responses=True, **TLS)
 
 
 def server(address: str) -> redis.Redis:
     return redis.Redis(host=address, port=6379, password=REDIS_PASSWORD, socket_timeout=1,
-                       socket_connect_timeout=1, decode_responses=True)
+                       socket_connect_timeout=1, decode_responses=True, **TLS)
 
 
 def master_address() -> str | None:

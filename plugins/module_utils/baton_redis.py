@@ -19,9 +19,22 @@ class RedisProblem(Exception):
     """One actionable sentence: what failed, where, and what to do."""
 
 
+# The Baton CA's certificate, once use_tls set it: every client of this process speaks TLS.
+_TLS_CA = ""
+
+
+def use_tls(ca_file: str | None) -> None:
+    """Speak TLS to Redis and Sentinel from now on (this process), trusting only ca_file (the
+    Baton CA) and checking the address in the server's certificate; plain TCP when empty.
+    Every Baton module that talks to Redis or Sentinel calls it with its tls_ca_file."""
+    global _TLS_CA
+    _TLS_CA = ca_file or ""
+
+
 def client(host: str, port: int, password: str | None, timeout: float, where: str = "this host",
            once: bool = False):
-    """A redis-py client that raises RedisProblem for a missing library.
+    """A redis-py client (TLS once use_tls was given the CA) that raises RedisProblem for a
+    missing library.
 
     once: try each command a single time. Recent redis-py retries a failed connection by
     default, which multiplies `timeout` against a host that drops packets.
@@ -30,12 +43,15 @@ def client(host: str, port: int, password: str | None, timeout: float, where: st
         import redis
     except ImportError as exc:
         raise RedisProblem(REDIS_MISSING.format(where=where)) from exc
-    extra = {}
+    extra: dict[str, Any] = {}
+    if _TLS_CA:
+        extra.update(ssl=True, ssl_ca_certs=_TLS_CA, ssl_cert_reqs="required",
+                     ssl_check_hostname=True)
     if once:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        extra = {"retry": Retry(NoBackoff(), 0)}
+        extra["retry"] = Retry(NoBackoff(), 0)
     return redis.Redis(host=host, port=port, password=password or None,
                        socket_timeout=timeout, socket_connect_timeout=timeout,
                        decode_responses=True, **extra)
@@ -92,7 +108,8 @@ def parse_role(reply: list[Any]) -> dict[str, Any]:
 REDIS_FENCE = 1000000
 # Set on the old master, with the pause's expiry, while a planned move hands Redis over: its
 # fence agent leaves it alone meanwhile (baton_agent.py has the same two names: stdlib only).
-HANDOVER_KEY = "baton:handover"
+# Names that begin with two underscores are out of the application's reach (redis_app_rules).
+HANDOVER_KEY = "__baton__:handover"
 
 
 def plan_server(role: dict[str, Any], priority: str | None, want_master: str,
@@ -268,4 +285,5 @@ SERVER_OPTIONS: dict[str, dict[str, Any]] = {
     "port": {"type": "int", "default": 6379},
     "password": {"type": "str", "no_log": True},
     "timeout": {"type": "float", "default": 3.0},
+    "tls_ca_file": {"type": "str", "default": ""},
 }

@@ -126,7 +126,7 @@ options:
         description: The etcd user's password.
         type: str
         default: ""
-extends_documentation_fragment: [baton_patroni_rest]
+extends_documentation_fragment: [baton_patroni_rest, baton_redis_tls]
 author: Baton
 """
 
@@ -226,6 +226,7 @@ from ansible.module_utils.baton_assess import (  # noqa: E402
     witness_problems,
 )
 from ansible.module_utils.baton_patroni import use_ca  # noqa: E402
+from ansible.module_utils.baton_redis import use_tls  # noqa: E402
 from ansible.module_utils.baton_witness import (  # noqa: E402
     CLIENT_SPEC,
     HOLDER,
@@ -286,6 +287,7 @@ def main() -> None:
             "witness_endpoints": {"type": "list", "elements": "str", "default": []},
             "witness_client": CLIENT_SPEC,
             "restapi_ca_file": {"type": "str", "default": ""},
+            "tls_ca_file": {"type": "str", "default": ""},
             "max_data_loss_bytes": {"type": "int"},
             "last_known_primary_lsn": {"type": "str"},
         },
@@ -293,6 +295,7 @@ def main() -> None:
     )
     p = module.params
     use_ca(p["restapi_ca_file"])
+    use_tls(p["tls_ca_file"])
     unknown = sorted(set(p["ports"]) - set(PORTS))
     if unknown:
         module.fail_json(msg=f"ports: unknown service {', '.join(unknown)}: use "

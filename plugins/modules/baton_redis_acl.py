@@ -5,13 +5,15 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: baton_redis_acl
-short_description: Keep a Redis server's ACL users (ACL SETUSER, CONFIG REWRITE)
+short_description: Keep a Redis server's or a Sentinel's ACL users (ACL SETUSER, then saved)
 description:
   - Each user in O(users) gets exactly its password and its rules, applied live with
     C(ACL SETUSER <name> reset on), the SHA-256 of the password and the rules, then written to
     the configuration file with C(CONFIG REWRITE) (Redis writes its C(user) lines there), so
     they survive a restart (also when a user is live but missing from the file). ACL users are
     not replicated, so every server gets them from its own run.
+  - With O(server=sentinel), the same on a Sentinel, which saves its file with
+    C(SENTINEL FLUSHCONFIG) instead (it has no C(CONFIG REWRITE)).
   - A user is compared as Redis itself normalises it (the rules are applied to a short-lived
     probe user and C(ACL GETUSER) of both is compared), so a re-run that changes nothing sends
     nothing. Users not listed are left as they are (the C(default) user is C(requirepass)).
@@ -36,6 +38,11 @@ options:
         description: Its keys, channels and commands.
         type: str
         required: true
+  server:
+    description: What answers on O(host) and O(port) - a Redis server, or a Sentinel.
+    type: str
+    choices: [redis, sentinel]
+    default: redis
   host:
     description: Address of the Redis server.
     type: str
@@ -52,6 +59,7 @@ options:
     type: float
     default: 3
 requirements: [redis (redis-py; Debian's python3-redis)]
+extends_documentation_fragment: [baton_redis_tls]
 author: Baton
 """
 
@@ -79,6 +87,7 @@ from ansible.module_utils.baton_redis import (  # noqa: E402
     RedisProblem,
     acl_setuser_args,
     client,
+    use_tls,
 )
 
 PROBE = "baton-acl-probe"
@@ -103,12 +112,15 @@ def main() -> None:
                 "password": {"type": "str", "required": True, "no_log": True},
                 "rules": {"type": "str", "required": True},
             }},
+            "server": {"type": "str", "choices": ["redis", "sentinel"], "default": "redis"},
             **SERVER_OPTIONS,
         },
         supports_check_mode=True,
     )
     p = module.params
-    where = f"Redis at {p['host']}:{p['port']}"
+    use_tls(p["tls_ca_file"])
+    sentinel = p["server"] == "sentinel"
+    where = f"{'Sentinel' if sentinel else 'Redis'} at {p['host']}:{p['port']}"
     for index, user in enumerate(p["users"]):
         missing = [k for k in ("name", "password", "rules") if not str(user.get(k) or "")]
         if missing:
@@ -136,13 +148,18 @@ def main() -> None:
                    if str(u["name"]) not in changed
                    and not ({str(u["name"]), "*"} & file_users)]
         if (changed or unsaved) and not module.check_mode:
-            redis.config_rewrite()
+            if sentinel:
+                redis.execute_command("SENTINEL", "FLUSHCONFIG")
+            else:
+                redis.config_rewrite()
         changed += unsaved
     except RedisProblem as exc:
         module.fail_json(msg=str(exc))
     except Exception as exc:
         module.fail_json(msg=f"{where} did not take the ACL users ({exc}): check that "
-                             "redis-server runs and redis_password, then re-run")
+                             f"{'redis-sentinel' if sentinel else 'redis-server'} runs and "
+                             f"{'redis_sentinel_password' if sentinel else 'redis_password'}, "
+                             "then re-run")
     module.exit_json(changed=bool(changed), changed_users=changed,
                      diff={"before": "", "after": "".join(f"user {n}\n" for n in changed)})
 

@@ -41,6 +41,7 @@ options:
     type: float
     default: 3
 requirements: [redis (redis-py; Debian's python3-redis)]
+extends_documentation_fragment: [baton_redis_tls]
 author: Baton
 """
 
@@ -70,6 +71,7 @@ from ansible.module_utils.baton_redis import (  # noqa: E402
     RedisProblem,
     client,
     config_settings_to_set,
+    use_tls,
 )
 
 
@@ -83,6 +85,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
+    use_tls(p["tls_ca_file"])
     where = f"Redis at {p['host']}:{p['port']}"
     secret = set(p["secret_settings"])
     wanted = {**p["settings"], **p["secret_settings"]}

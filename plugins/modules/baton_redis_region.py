@@ -38,6 +38,7 @@ options:
     type: float
     default: 2
 requirements: [redis (redis-py)]
+extends_documentation_fragment: [baton_redis_tls]
 author: Baton
 """
 
@@ -85,6 +86,7 @@ from ansible.module_utils.baton_redis import (  # noqa: E402
     decide_writable_region,
     read_regions,
     region_master,
+    use_tls,
 )
 
 
@@ -96,10 +98,12 @@ def main() -> None:
             "port": {"type": "int", "default": 6379},
             "password": {"type": "str", "required": True, "no_log": True},
             "timeout": {"type": "float", "default": 2.0},
+            "tls_ca_file": {"type": "str", "default": ""},
         },
         supports_check_mode=True,
     )
     params = module.params
+    use_tls(params["tls_ca_file"])
     regions = {str(r): [str(a) for a in addrs] for r, addrs in params["regions"].items()}
     try:
         states = read_regions(regions, params["port"], params["password"], params["timeout"])

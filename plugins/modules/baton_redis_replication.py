@@ -25,7 +25,7 @@ description:
     (C(CLIENT PAUSE WRITE) for O(pause_ms)), the new master (the first server) waits until it
     has the old master's replication offset, and is promoted. The old master's own entry is
     returned in RV(deferred), not applied - it stays a paused master, so its clients wait instead of
-    failing - until O(release_paused). The old master carries the key C(baton:handover) for
+    failing - until O(release_paused). The old master carries the key C(__baton__:handover) for
     as long as the pause, and its fence agent leaves it alone meanwhile; were the run to die in
     between, the agent fences it once the key has expired.
   - O(release_paused) (once DNS names the new master) closes the normal client connections of
@@ -76,6 +76,7 @@ options:
     type: list
     elements: str
     default: []
+extends_documentation_fragment: [baton_redis_tls]
 author: Baton
 """
 
@@ -127,6 +128,7 @@ from ansible.module_utils.baton_redis import (  # noqa: E402
     client,
     parse_role,
     plan_server,
+    use_tls,
 )
 
 
@@ -234,6 +236,7 @@ def main() -> None:
             "servers": {"type": "list", "elements": "dict", "required": True},
             "password": {"type": "str", "required": True, "no_log": True},
             "timeout": {"type": "float", "default": 3.0},
+            "tls_ca_file": {"type": "str", "default": ""},
             "min_replicas_to_write": {"type": "int", "default": 0},
             "wait_timeout": {"type": "float", "default": 0.0},
             "handover_from": {"type": "list", "elements": "str", "default": []},
@@ -245,6 +248,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
+    use_tls(p["tls_ca_file"])
     out, skipped, changed, released, deferred = {}, [], False, {}, []
     if p["release_paused"] and not module.check_mode:
         try:

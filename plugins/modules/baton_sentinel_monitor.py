@@ -76,6 +76,7 @@ options:
     type: float
     default: 3
 requirements: [redis (redis-py; Debian's python3-redis)]
+extends_documentation_fragment: [baton_redis_tls]
 author: Baton
 """
 
@@ -118,6 +119,7 @@ from ansible.module_utils.baton_redis import (  # noqa: E402
     masters_by_name,
     monitor_commands,
     node_state,
+    use_tls,
 )
 
 SHOWN = ("name", "ip", "port", "flags", "num-slaves", "num-other-sentinels", "config-epoch",
@@ -146,11 +148,13 @@ def main() -> None:
             "sentinel_port": {"type": "int", "default": 26379},
             "sentinel_password": {"type": "str", "no_log": True},
             "timeout": {"type": "float", "default": 3.0},
+            "tls_ca_file": {"type": "str", "default": ""},
         },
         required_if=[("state", "present", ("master_host", "quorum"))],
         supports_check_mode=True,
     )
     p = module.params
+    use_tls(p["tls_ca_file"])
     where = f"Sentinel at {p['sentinel_host']}:{p['sentinel_port']}"
     try:
         sentinel = client(p["sentinel_host"], p["sentinel_port"], p["sentinel_password"],

@@ -46,6 +46,9 @@ REDIS_APP_USER, REDIS_APP_PASSWORD = "app", "lab-app-not-secret"
 # The lab's Baton CA (.lab/pki, made by site.yml) and the etcd users' passwords, derived from
 # the lab's throwaway etcd_auth_secret.
 PKI_DIR = Path(__file__).resolve().parents[2] / ".lab/pki"
+# Redis and Sentinel speak TLS only: redis-py's options for them (the lab's CA, the address
+# checked against the server's certificate).
+REDIS_TLS = {"ssl": True, "ssl_ca_certs": str(PKI_DIR / "ca.crt"), "ssl_check_hostname": True}
 CA_PASSPHRASE, ETCD_AUTH_SECRET = "lab-ca-not-secret", "lab-etcd-not-secret"
 TABLE = "baton_lifecycle"
 TABLE_ASYNCPG = "baton_lifecycle_asyncpg"
@@ -137,7 +140,7 @@ def redis_at(address: str, timeout: float, reply_timeout: float | None = None) -
     return redis.Redis(host=address, port=6379, username=REDIS_APP_USER,
                        password=REDIS_APP_PASSWORD, socket_timeout=reply_timeout or timeout,
                        socket_connect_timeout=timeout,
-                       retry=Retry(NoBackoff(), 0))
+                       retry=Retry(NoBackoff(), 0), **REDIS_TLS)
 
 
 # The application client waits this long for a reply: longer than a planned move holds its

@@ -26,7 +26,7 @@ import time
 import psycopg
 import pytest
 import redis
-from harness import open_tls, patroni_url
+from harness import REDIS_TLS, open_tls, patroni_url
 from test_lab import REDIS_PASSWORD, SENTINEL_PASSWORD, assert_nothing_changed, labctl, playbook, sh
 
 APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 2}  # lab throwaway
@@ -73,7 +73,8 @@ def sentinel_master() -> str | None:
         try:
             reply = redis.Redis(host=address(f"us-east-{index}"), port=26379,
                                 password=SENTINEL_PASSWORD, socket_timeout=1,
-                                socket_connect_timeout=1, decode_responses=True).execute_command(
+                                socket_connect_timeout=1, decode_responses=True,
+                                **REDIS_TLS).execute_command(
                 "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "baton")
             if reply:
                 return str(reply[0])
@@ -84,7 +85,7 @@ def sentinel_master() -> str | None:
 
 def redis_at(addr: str) -> redis.Redis:
     return redis.Redis(host=addr, port=6379, password=REDIS_PASSWORD, socket_timeout=1,
-                       socket_connect_timeout=1, decode_responses=True)
+                       socket_connect_timeout=1, decode_responses=True, **REDIS_TLS)
 
 
 def node_of(addr: str) -> str:

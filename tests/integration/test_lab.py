@@ -38,7 +38,9 @@ import dns.update
 import psycopg
 import pytest
 import redis
+import redis.sentinel
 import yaml
+from harness import REDIS_TLS
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -248,7 +250,7 @@ def cache(host: str, port: int = 6379) -> redis.Redis:
     """A client of host's Redis (or, with port 26379, its Sentinel)."""
     password = SENTINEL_PASSWORD if port == 26379 else REDIS_PASSWORD
     return redis.Redis(host=MINI[host], port=port, password=password, socket_timeout=2,
-                       socket_connect_timeout=2, decode_responses=True)
+                       socket_connect_timeout=2, decode_responses=True, **REDIS_TLS)
 
 
 def redis_pids() -> dict[str, tuple[str, str]]:
@@ -502,14 +504,27 @@ def test_redis_chains_from_us_east_and_only_its_sentinel_watches(lab):
         assert cache(host, 26379).execute_command("SENTINEL", "MASTERS") in ([], {}), host
 
 
-def test_redis_and_sentinel_refuse_clients_without_their_password(lab):
-    for port in (6379, 26379):
-        anonymous = redis.Redis(host=MINI["us-east-1"], port=port, socket_timeout=2)
-        with pytest.raises(redis.AuthenticationError):
-            anonymous.ping()
+def test_redis_and_sentinel_refuse_clients_without_their_password_or_tls(lab):
+    """Both speak TLS only (no plain-text port), check nothing of a client but its login, and
+    a client that checks their certificate against another CA does not trust them."""
+    for host in ("us-east-1", "eu-west-1"):
+        for port in (6379, 26379):
+            password = SENTINEL_PASSWORD if port == 26379 else REDIS_PASSWORD
+            anonymous = redis.Redis(host=MINI[host], port=port, socket_timeout=2, **REDIS_TLS)
+            with pytest.raises(redis.AuthenticationError):
+                anonymous.ping()
+            plain = redis.Redis(host=MINI[host], port=port, password=password,
+                                socket_timeout=2, socket_connect_timeout=2)
+            with pytest.raises(redis.ConnectionError):
+                plain.ping()
+            system_ca = redis.Redis(host=MINI[host], port=port, password=password,
+                                    socket_timeout=2, ssl=True, ssl_ca_certs=None)
+            with pytest.raises(redis.ConnectionError, match=r"(?i)certificate"):
+                system_ca.ping()
+            assert cache(host, port).ping()
 
 
-def test_the_applications_redis_user_writes_but_cannot_administer(lab):
+def test_the_applications_redis_user_writes_and_finds_the_master_but_cannot_administer(lab):
     """The application's ACL user (on every server: ACLs are not replicated) cannot change the
     fence's setting, make a server a replica or a master, or stop it; the monitoring user reads
     INFO, not the configuration (its passwords)."""
@@ -517,20 +532,46 @@ def test_the_applications_redis_user_writes_but_cannot_administer(lab):
         if host == "global-1":
             continue
         app = redis.Redis(host=MINI[host], port=6379, username="app",
-                          password="lab-app-not-secret", socket_timeout=2)  # lab throwaway
+                          password="lab-app-not-secret", socket_timeout=2,  # lab throwaway
+                          **REDIS_TLS)
         if host == "us-east-1":
             assert app.set("baton:acl-test", "1")
+            assert app.set("_acl-test", "1")
+        # Nor hold the fence agent back with Baton's handover marker, nor speak on Sentinel's
+        # hello channel (a forged hello could move Sentinel's master).
         for command in (("CONFIG", "SET", "min-replicas-to-write", "0"),
-                        ("REPLICAOF", "NO", "ONE"), ("SHUTDOWN", "NOSAVE")):
+                        ("REPLICAOF", "NO", "ONE"), ("SHUTDOWN", "NOSAVE"),
+                        ("SET", "__baton__:handover", "1", "PX", "60000"),
+                        ("PUBLISH", "__sentinel__:hello", "forged"),
+                        ("SUBSCRIBE", "__sentinel__:hello")):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 app.execute_command(*command)
         monitor = redis.Redis(host=MINI[host], port=6379, username="baton_monitor",
-                              password="lab-monitor-not-secret", socket_timeout=2)
+                              password="lab-monitor-not-secret", socket_timeout=2, **REDIS_TLS)
         assert "redis_version" in monitor.info("server")
         for command in (("SET", "baton:acl-test", "2"), ("CONFIG", "GET", "requirepass")):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 monitor.execute_command(*command)
+        # On Sentinel the same user finds the master, as a client library does, and may do
+        # nothing else: no failover, no change of the monitor, no forged hello.
+        sentinel = redis.Redis(host=MINI[host], port=26379, username="app",
+                               password="lab-app-not-secret", socket_timeout=2, **REDIS_TLS)
+        if host == "us-east-1":
+            found = redis.sentinel.Sentinel(
+                [(MINI[host], 26379)], socket_timeout=2,
+                sentinel_kwargs={"username": "app", "password": "lab-app-not-secret",
+                                 **REDIS_TLS}).discover_master("baton")
+            assert found == (MINI["us-east-1"], 6379)
+        for command in (("SENTINEL", "FAILOVER", "baton"), ("SENTINEL", "REMOVE", "baton"),
+                        ("SENTINEL", "SET", "baton", "quorum", "5"),
+                        ("SENTINEL", "MONITOR", "x", MINI[host], "6379", "1"),
+                        ("PUBLISH", "__sentinel__:hello", "forged"), ("ACL", "LIST")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                sentinel.execute_command(*command)
     assert cache("us-east-1").execute_command("ROLE")[0] == "master"  # nothing was stopped
+    watched = cache("us-east-1", 26379).execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME",
+                                                         "baton")
+    assert watched == [MINI["us-east-1"], "6379"]  # nor moved
 
 
 SECRETS = yaml.safe_load((ROOT / "inventories/lab/group_vars/all/secrets.yml").read_text())

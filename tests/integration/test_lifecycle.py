@@ -51,6 +51,7 @@ from harness import (
     APP_USER,
     REDIS_APP_PASSWORD,
     REDIS_APP_USER,
+    REDIS_TLS,
     TABLE,
     TABLE_ASYNCPG,
     Measurement,
@@ -117,7 +118,7 @@ def redis_client(address: str, app: bool = False) -> redis.Redis:
     login = ({"username": REDIS_APP_USER, "password": REDIS_APP_PASSWORD} if app
              else {"password": REDIS_PASSWORD})
     return redis.Redis(host=address, port=6379, socket_timeout=2, socket_connect_timeout=2,
-                       decode_responses=True, retry=Retry(NoBackoff(), 0), **login)
+                       decode_responses=True, retry=Retry(NoBackoff(), 0), **login, **REDIS_TLS)
 
 
 def redis_accepts_write(address: str) -> bool:
@@ -511,7 +512,7 @@ def test_region_loss_the_fences_survive_a_restart_of_each_service(over_ssh):
     address = NODES[node][1]
     assert not redis_accepts_write(address), "the restarted Redis accepts writes"
     sentinel = redis.Redis(host=address, port=26379, password=SENTINEL_PASSWORD,
-                           socket_timeout=2, decode_responses=True)
+                           socket_timeout=2, decode_responses=True, **REDIS_TLS)
     try:
         assert sentinel.execute_command("SENTINEL", "MASTERS") in ([], {}), "it watches a master"
     finally:

@@ -206,3 +206,55 @@ def test_an_acl_user_gets_exactly_its_password_hash_and_rules():
     assert args[2] == "#" + hashlib.sha256(b"s3cret").hexdigest()
     assert "s3cret" not in " ".join(args)  # never the password itself
     assert args[3:] == ["~*", "&*", "+@all", "-@admin", "-@dangerous"]
+
+
+def test_clients_speak_tls_against_the_ca_once_use_tls_is_given_it():
+    import redis as redis_py
+    from baton_redis import client, use_tls
+
+    try:
+        use_tls("/etc/ssl/baton/ca.crt")
+        pool = client("10.0.1.1", 6379, "pw", 1.0).connection_pool
+        assert pool.connection_class is redis_py.SSLConnection
+        assert pool.connection_kwargs["ssl_ca_certs"] == "/etc/ssl/baton/ca.crt"
+        assert pool.connection_kwargs["ssl_cert_reqs"] == "required"
+        assert pool.connection_kwargs["ssl_check_hostname"] is True
+        use_tls("")
+        assert client("10.0.1.1", 6379, "pw", 1.0).connection_pool.connection_class \
+            is redis_py.Connection
+    finally:
+        use_tls("")
+
+
+def _acl_allows(patterns, name):
+    """Whether one of ACL key or channel patterns admits name (Redis's glob: [^...] negates)."""
+    from fnmatch import fnmatchcase
+
+    return any(fnmatchcase(name, p[1:].replace("[^", "[!")) for p in patterns)
+
+
+def test_the_applications_user_reaches_every_name_but_those_baton_and_sentinel_keep():
+    from baton_redis import HANDOVER_KEY
+
+    defaults = yaml.safe_load((ROOT / "roles/redis/defaults/main.yml").read_text())
+    words = defaults["redis_app_rules"].split()
+    keys = [w for w in words if w.startswith("~")]
+    channels = [w for w in words if w.startswith("&")]
+    for name in ("session:42", "baton:probe:x", "_private", "a", "x_y", "baton:"):
+        assert _acl_allows(keys, name), name
+    assert not _acl_allows(keys, HANDOVER_KEY)
+    assert not _acl_allows(keys, "__anything")
+    for name in ("news", "_x", "__keyspace@0__:session:42", "__keyevent@0__:set"):
+        assert _acl_allows(channels, name), name
+    assert not _acl_allows(channels, "__sentinel__:hello")
+    assert {"-@admin", "-@dangerous"} <= set(words)
+
+
+def test_the_applications_sentinel_user_cannot_move_the_master_or_speak_for_a_sentinel():
+    defaults = yaml.safe_load((ROOT / "roles/redis_sentinel/defaults/main.yml").read_text())
+    words = defaults["redis_sentinel_client_rules"].split()
+    assert words.index("-@all") < words.index("+sentinel|get-master-addr-by-name")
+    granted = {w[1:] for w in words if w.startswith("+")}
+    assert not granted & {"sentinel", "sentinel|failover", "sentinel|set", "sentinel|remove",
+                          "sentinel|monitor", "sentinel|reset", "publish", "acl", "config",
+                          "sentinel|config", "sentinel|flushconfig", "shutdown"}

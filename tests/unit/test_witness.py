@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import time
+import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -1186,6 +1187,28 @@ def test_a_writable_redis_master_outside_the_holder_region_is_fenced_after_its_g
     clock[0] += 60
     agent.check_redis_outside_holder(witness.holder)
     assert replica.fence == 0
+
+
+def test_the_agent_speaks_tls_to_its_redis_with_the_ca_and_keeps_the_password_off_argv(
+        agent_module, monkeypatch):
+    seen = []
+
+    def run(argv, **kwargs):
+        seen.append((argv, kwargs["env"]))
+        return types.SimpleNamespace(returncode=0, stdout="OK\n", stderr="")
+
+    monkeypatch.setattr(agent_module.subprocess, "run", run)
+    cfg = {"redis_port": 6379, "redis_password": "pw", "redis_tls_ca_file": "/etc/ssl/baton/ca.crt"}
+    assert agent_module.redis_command(cfg, "PING") == (True, "OK")
+    argv, env = seen[-1]
+    assert argv[:4] == ["redis-cli", "--tls", "--cacert", "/etc/ssl/baton/ca.crt"]
+    assert "pw" not in argv and env["REDISCLI_AUTH"] == "pw"
+    agent_module.sentinel_command({**cfg, "sentinel_port": 26379, "sentinel_password": "sp"},
+                                  "SENTINEL", "MASTERS")
+    argv, env = seen[-1]
+    assert argv[1:3] == ["--tls", "--cacert"] and "26379" in argv and env["REDISCLI_AUTH"] == "sp"
+    agent_module.redis_command({**cfg, "redis_tls_ca_file": ""}, "PING")
+    assert "--tls" not in seen[-1][0]
 
 
 def test_the_agent_and_the_controller_agree_on_the_fence_and_the_handover_key(agent_module):

@@ -87,6 +87,7 @@ DEFAULTS: dict[str, Any] = {
     "redis_password": "",
     "redis_min_replicas_to_write": 0,  # the value the fence replaces, restored by unfence-redis
     "redis_config": "/etc/redis/redis.conf",
+    "redis_tls_ca_file": "",  # the Baton CA: Redis and Sentinel speak TLS only ("": plain)
     "sentinel_port": 0,  # 0: no Sentinel on this node
     "sentinel_password": "",
     "sentinel_master_name": "baton",
@@ -102,7 +103,7 @@ DEFAULTS: dict[str, Any] = {
 # answers every write with NOREPLICAS (reads and replication go on).
 REDIS_FENCE = 1000000
 # Set (with the pause's expiry) on the old master while a planned move hands Redis over.
-HANDOVER_KEY = "baton:handover"
+HANDOVER_KEY = "__baton__:handover"
 # The units bound to the agent (BindsTo=, drop-ins of the witness role): systemd stops them
 # when the agent stops, dies or hangs. Every loop the agent notes in BOUND_FILE which of them
 # ran (or were starting or stopping) in the last BOUND_MEMORY seconds - systemd stops them as
@@ -238,9 +239,12 @@ def pgbouncer_command(cfg: dict[str, Any], command: str) -> str:
 
 def redis_command(cfg: dict[str, Any], *args: str) -> tuple[bool, str]:
     """One command to this node's Redis with redis-cli, bounded by a second: (ok, reply or
-    error), never raises. The password goes in the environment, never on the command line."""
+    error), never raises. The password goes in the environment, never on the command line; TLS
+    against the Baton CA when redis_tls_ca_file is set (the certificate names 127.0.0.1)."""
+    ca_file = str(cfg.get("redis_tls_ca_file") or "")
+    tls = ["--tls", "--cacert", ca_file] if ca_file else []
     try:
-        out = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(cfg["redis_port"]),
+        out = subprocess.run(["redis-cli", *tls, "-h", "127.0.0.1", "-p", str(cfg["redis_port"]),
                               *args], capture_output=True, text=True, timeout=1, check=False,
                              env={**os.environ, "REDISCLI_AUTH": str(cfg["redis_password"])})
     except (OSError, subprocess.SubprocessError) as exc:
