@@ -568,6 +568,19 @@ def test_the_applications_redis_user_writes_and_finds_the_master_but_cannot_admi
                         ("PUBLISH", "__sentinel__:hello", "forged"), ("ACL", "LIST")):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 sentinel.execute_command(*command)
+        # The fence agent's user reads the role and sets the fence, and reaches no data.
+        from baton_pki import baton_derived_password
+
+        agent = redis.Redis(host=MINI[host], port=6379, username="baton_agent", socket_timeout=2,
+                            password=baton_derived_password(REDIS_PASSWORD, "redis", "baton_agent"),
+                            decode_responses=True, **REDIS_TLS)
+        assert agent.execute_command("ROLE")[0] in ("master", "slave")
+        assert agent.execute_command("CONFIG", "GET", "min-replicas-to-write")
+        assert agent.exists("__baton__:handover") == 0
+        for command in (("GET", "baton:acl-test"), ("REPLICAOF", "NO", "ONE"),
+                        ("SHUTDOWN", "NOSAVE"), ("ACL", "LIST"), ("FLUSHALL",)):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                agent.execute_command(*command)
     assert cache("us-east-1").execute_command("ROLE")[0] == "master"  # nothing was stopped
     watched = cache("us-east-1", 26379).execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME",
                                                          "baton")

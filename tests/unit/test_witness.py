@@ -1189,7 +1189,7 @@ def test_a_writable_redis_master_outside_the_holder_region_is_fenced_after_its_g
     assert replica.fence == 0
 
 
-def test_the_agent_speaks_tls_to_its_redis_with_the_ca_and_keeps_the_password_off_argv(
+def test_the_agent_speaks_tls_to_its_redis_as_its_own_user_with_the_password_off_argv(
         agent_module, monkeypatch):
     seen = []
 
@@ -1198,15 +1198,18 @@ def test_the_agent_speaks_tls_to_its_redis_with_the_ca_and_keeps_the_password_of
         return types.SimpleNamespace(returncode=0, stdout="OK\n", stderr="")
 
     monkeypatch.setattr(agent_module.subprocess, "run", run)
-    cfg = {"redis_port": 6379, "redis_password": "pw", "redis_tls_ca_file": "/etc/ssl/baton/ca.crt"}
+    cfg = {"redis_port": 6379, "redis_username": "baton_agent", "redis_password": "pw",
+           "redis_tls_ca_file": "/etc/ssl/baton/ca.crt"}
     assert agent_module.redis_command(cfg, "PING") == (True, "OK")
     argv, env = seen[-1]
-    assert argv[:4] == ["redis-cli", "--tls", "--cacert", "/etc/ssl/baton/ca.crt"]
+    assert argv[:6] == ["redis-cli", "--tls", "--cacert", "/etc/ssl/baton/ca.crt",
+                        "--user", "baton_agent"]  # its own ACL user, not the default one
     assert "pw" not in argv and env["REDISCLI_AUTH"] == "pw"
     agent_module.sentinel_command({**cfg, "sentinel_port": 26379, "sentinel_password": "sp"},
                                   "SENTINEL", "MASTERS")
     argv, env = seen[-1]
     assert argv[1:3] == ["--tls", "--cacert"] and "26379" in argv and env["REDISCLI_AUTH"] == "sp"
+    assert "--user" not in argv  # Sentinel's own password
     agent_module.redis_command({**cfg, "redis_tls_ca_file": ""}, "PING")
     assert "--tls" not in seen[-1][0]
 

@@ -84,6 +84,7 @@ DEFAULTS: dict[str, Any] = {
     "metrics": "/var/lib/prometheus/node-exporter/baton_agent.prom",
     "state": "/run/baton/agent-state.json",
     "redis_port": 0,  # 0: no Redis on this node
+    "redis_username": "",  # the fence agent's ACL user ("": the default user)
     "redis_password": "",
     "redis_min_replicas_to_write": 0,  # the value the fence replaces, restored by unfence-redis
     "redis_config": "/etc/redis/redis.conf",
@@ -243,9 +244,11 @@ def redis_command(cfg: dict[str, Any], *args: str) -> tuple[bool, str]:
     against the Baton CA when redis_tls_ca_file is set (the certificate names 127.0.0.1)."""
     ca_file = str(cfg.get("redis_tls_ca_file") or "")
     tls = ["--tls", "--cacert", ca_file] if ca_file else []
+    user = ["--user", str(cfg["redis_username"])] if cfg.get("redis_username") else []
     try:
-        out = subprocess.run(["redis-cli", *tls, "-h", "127.0.0.1", "-p", str(cfg["redis_port"]),
-                              *args], capture_output=True, text=True, timeout=1, check=False,
+        out = subprocess.run(["redis-cli", *tls, *user, "-h", "127.0.0.1", "-p",
+                              str(cfg["redis_port"]), *args],
+                             capture_output=True, text=True, timeout=1, check=False,
                              env={**os.environ, "REDISCLI_AUTH": str(cfg["redis_password"])})
     except (OSError, subprocess.SubprocessError) as exc:
         return False, f"failed: {exc}"
@@ -278,7 +281,7 @@ def persist_redis_fence(cfg: dict[str, Any], command: Any = redis_command) -> st
 
 def sentinel_command(cfg: dict[str, Any], *args: str) -> tuple[bool, str]:
     """One command to this node's Sentinel, like redis_command."""
-    return redis_command({**cfg, "redis_port": cfg["sentinel_port"],
+    return redis_command({**cfg, "redis_port": cfg["sentinel_port"], "redis_username": "",
                           "redis_password": cfg["sentinel_password"]}, *args)
 
 
