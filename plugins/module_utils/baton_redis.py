@@ -58,16 +58,34 @@ def client(host: str, port: int, password: str | None, timeout: float, where: st
 
 
 def _error_kind(exc: Exception) -> str:
-    """'auth' for a refused password, 'down' for no answer, 'error' otherwise."""
+    """'auth' for a refused password, 'down' for no answer, 'tls' for a failed TLS handshake,
+    'error' otherwise."""
     name = type(exc).__name__
     text = str(exc)
     if name in ("AuthenticationError", "AuthenticationWrongNumberOfArgsError") or any(
             word in text for word in ("WRONGPASS", "NOAUTH", "invalid password",
                                       "invalid username-password")):
         return "auth"
+    if "SSL" in text or "certificate" in text.lower():
+        return "tls"
     if name in ("ConnectionError", "TimeoutError") or isinstance(exc, OSError):
         return "down"
     return "error"
+
+
+def speaks_plain_text(host: str, port: int, timeout: float) -> bool:
+    """Whether host:port answers a plain-text client (a server deployed before TLS): its PING
+    gets PONG or NOAUTH."""
+    try:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        redis.Redis(host=host, port=port, socket_timeout=timeout, socket_connect_timeout=timeout,
+                    retry=Retry(NoBackoff(), 0)).ping()
+        return True
+    except Exception as exc:  # redis-py's tree; NOAUTH means it answered
+        return _error_kind(exc) == "auth"
 
 
 def node_state(host: str, port: int, password: str | None, timeout: float) -> dict[str, Any]:
@@ -84,7 +102,10 @@ def node_state(host: str, port: int, password: str | None, timeout: float) -> di
     except RedisProblem:
         raise
     except Exception as exc:  # redis-py raises its own tree; all mean "no usable answer"
-        state.update(error=f"{type(exc).__name__}: {exc}", error_kind=_error_kind(exc))
+        kind = _error_kind(exc)
+        if kind == "tls" and _TLS_CA and speaks_plain_text(host, port, timeout):
+            kind = "plain"
+        state.update(error=f"{type(exc).__name__}: {exc}", error_kind=kind)
         return state
     state["answered"] = True
     state.update(parse_role(reply))
@@ -155,6 +176,14 @@ def decide_writable_region(states: dict[str, list[dict[str, Any]]],
     primary region then. A refused password, or masters in two regions, or a writable region
     other than the database's, stop the run: each means the operator must look first.
     """
+    plain = [n["address"] for nodes in states.values() for n in nodes
+             if n["error_kind"] == "plain"]
+    if plain:
+        raise RedisProblem(
+            f"Redis at {', '.join(plain)} speaks plain text, not TLS: a deployment before "
+            "Baton's TLS, which this run would cut off from its clients, replicas and "
+            "Sentinels; move it to TLS first (README, 'Upgrading a plain-text Redis'), then "
+            "re-run")
     refused = [n["address"] for nodes in states.values() for n in nodes
                if n["error_kind"] == "auth"]
     if refused:
@@ -272,11 +301,29 @@ def monitor_commands(name: str, current: dict[str, Any] | None, state: str,
     return commands
 
 
+def acl_rule_words(rules: str) -> list[str]:
+    """ACL rules as ACL SETUSER's arguments: split at blanks, but a selector - `(...)`, which
+    holds blanks itself - stays one argument."""
+    words: list[str] = []
+    selector: list[str] = []
+    for word in rules.split():
+        if selector or word.startswith("("):
+            selector.append(word)
+            if word.endswith(")"):
+                words.append(" ".join(selector))
+                selector = []
+        else:
+            words.append(word)
+    if selector:
+        raise RedisProblem(f"an ACL selector is not closed: {' '.join(selector)} (add ')')")
+    return words
+
+
 def acl_setuser_args(password: str, rules: str) -> list[str]:
     """ACL SETUSER's arguments after the user's name: exactly this password (its SHA-256, never
     the password itself) and these rules, nothing kept from before (reset)."""
     digest = hashlib.sha256(password.encode()).hexdigest()
-    return ["reset", "on", f"#{digest}", *rules.split()]
+    return ["reset", "on", f"#{digest}", *acl_rule_words(rules)]
 
 
 # The connection options of a module that talks to one Redis server (its argument_spec).

@@ -142,6 +142,8 @@ EXAMPLES = r"""
     sentinel_password: "{{ redis_sentinel_password }}"
     dns_servers: [10.231.0.11, 10.231.1.11, 10.231.2.11, 10.231.3.11]
     max_data_loss_bytes: 16777216
+    restapi_ca_file: "{{ baton_pki_dir }}/ca.crt"
+    tls_ca_file: "{{ baton_pki_dir }}/ca.crt"
   delegate_to: localhost
   run_once: true
   register: assessment

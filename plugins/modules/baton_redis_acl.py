@@ -21,7 +21,8 @@ description:
 options:
   users:
     description: The users, each C(name), C(password) and C(rules) (keys, channels and commands
-      in ACL SETUSER syntax, e.g. C(~* &* +@all -@admin -@dangerous)).
+      in ACL SETUSER syntax, e.g. C(~* &* +@all -@admin -@dangerous); a selector C((...)) is
+      one rule).
     type: list
     elements: dict
     required: true
@@ -67,10 +68,11 @@ EXAMPLES = r"""
 - name: The application's user, without administrative commands
   baton_redis_acl:
     password: "{{ redis_password }}"
+    tls_ca_file: /etc/ssl/baton/ca.crt
     users:
       - name: app
         password: "{{ baton_app_password }}"
-        rules: "~* &* +@all -@admin -@dangerous"
+        rules: "~[^_]* ~_[^_]* &[^_]* &_[^_]* +@all -@admin -@dangerous"
 """
 
 RETURN = r"""

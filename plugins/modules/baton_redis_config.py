@@ -49,6 +49,7 @@ EXAMPLES = r"""
 - name: Keep the cache's memory limit and persistence as the inventory says
   baton_redis_config:
     password: "{{ redis_password }}"
+    tls_ca_file: /etc/ssl/baton/ca.crt
     settings:
       maxmemory: 268435456
       maxmemory-policy: allkeys-lru

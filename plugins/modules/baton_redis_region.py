@@ -50,6 +50,7 @@ EXAMPLES = r"""
       us-west: [10.231.2.11, 10.231.2.12, 10.231.2.13]
     database_primary: us-east
     password: "{{ redis_password }}"
+    tls_ca_file: "{{ baton_pki_dir }}/ca.crt"
   register: __redis_region
   delegate_to: localhost
   run_once: true

@@ -88,6 +88,7 @@ EXAMPLES = r"""
       - {address: 10.231.3.11, replicaof: "10.231.2.11:6379", priority: 0}
       - {address: 10.231.1.11, replicaof: "10.231.2.11:6379", priority: 0, optional: true}
     password: "{{ redis_password }}"
+    tls_ca_file: "{{ baton_pki_dir }}/ca.crt"
   delegate_to: localhost
 """
 

@@ -89,12 +89,14 @@ EXAMPLES = r"""
     down_after_milliseconds: 5000
     auth_pass: "{{ redis_password }}"
     sentinel_password: "{{ redis_sentinel_password }}"
+    tls_ca_file: /etc/ssl/baton/ca.crt
 
 - name: A standby region's Sentinel stays idle
   baton_sentinel_monitor:
     name: baton
     state: absent
     sentinel_password: "{{ redis_sentinel_password }}"
+    tls_ca_file: /etc/ssl/baton/ca.crt
 """
 
 RETURN = r"""

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -522,6 +523,15 @@ def test_redis_and_sentinel_refuse_clients_without_their_password_or_tls(lab):
             with pytest.raises(redis.ConnectionError, match=r"(?i)certificate"):
                 system_ca.ping()
             assert cache(host, port).ping()
+    # A client that resolved the failover names checks them in the certificate: every region
+    # node's certificate names db and redis of the zone (they move with the baton) and its
+    # region's db-ro.
+    context = ssl.create_default_context(cafile=REDIS_TLS["ssl_ca_certs"])
+    for host, region in (("us-east-1", "us-east"), ("eu-west-1", "eu-west")):
+        for name in (f"redis.{ZONE}", f"db.{ZONE}", f"db-ro.{region}.{ZONE}"):
+            with socket.create_connection((MINI[host], 6379), timeout=2) as raw, \
+                    context.wrap_socket(raw, server_hostname=name):
+                pass
 
 
 def test_the_applications_redis_user_writes_and_finds_the_master_but_cannot_administer(lab):
@@ -542,10 +552,17 @@ def test_the_applications_redis_user_writes_and_finds_the_master_but_cannot_admi
         for command in (("CONFIG", "SET", "min-replicas-to-write", "0"),
                         ("REPLICAOF", "NO", "ONE"), ("SHUTDOWN", "NOSAVE"),
                         ("SET", "__baton__:handover", "1", "PX", "60000"),
-                        ("PUBLISH", "__sentinel__:hello", "forged"),
-                        ("SUBSCRIBE", "__sentinel__:hello")):
+                        ("PUBLISH", "__sentinel__:hello", "forged")):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 app.execute_command(*command)
+        # It listens to any channel, by name or by pattern (keyspace notifications too).
+        assert app.publish("news", "hello") == 0
+        listener = app.pubsub()
+        listener.psubscribe("__keyspace@0__:*", "news.*")
+        listener.subscribe("__sentinel__:hello")
+        kinds = [listener.get_message(timeout=2)["type"] for _ in range(3)]
+        assert sorted(kinds) == ["psubscribe", "psubscribe", "subscribe"], kinds
+        listener.close()
         monitor = redis.Redis(host=MINI[host], port=6379, username="baton_monitor",
                               password="lab-monitor-not-secret", socket_timeout=2, **REDIS_TLS)
         assert "redis_version" in monitor.info("server")

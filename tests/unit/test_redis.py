@@ -234,20 +234,34 @@ def _acl_allows(patterns, name):
 
 
 def test_the_applications_user_reaches_every_name_but_those_baton_and_sentinel_keep():
-    from baton_redis import HANDOVER_KEY
+    from baton_redis import HANDOVER_KEY, acl_rule_words
 
     defaults = yaml.safe_load((ROOT / "roles/redis/defaults/main.yml").read_text())
-    words = defaults["redis_app_rules"].split()
-    keys = [w for w in words if w.startswith("~")]
-    channels = [w for w in words if w.startswith("&")]
+    words = acl_rule_words(defaults["redis_app_rules"])
+    root = [w for w in words if not w.startswith("(")]
+    keys = [w for w in root if w.startswith("~")]
+    channels = [w for w in root if w.startswith("&")]  # what it may PUBLISH on
     for name in ("session:42", "baton:probe:x", "_private", "a", "x_y", "baton:"):
         assert _acl_allows(keys, name), name
     assert not _acl_allows(keys, HANDOVER_KEY)
     assert not _acl_allows(keys, "__anything")
-    for name in ("news", "_x", "__keyspace@0__:session:42", "__keyevent@0__:set"):
+    for name in ("news", "_x", "a__b"):
         assert _acl_allows(channels, name), name
     assert not _acl_allows(channels, "__sentinel__:hello")
-    assert {"-@admin", "-@dangerous"} <= set(words)
+    assert {"-@admin", "-@dangerous"} <= set(root)
+    # It subscribes to anything, by name or pattern (Redis checks a PSUBSCRIBE pattern as
+    # written), through a selector that grants nothing else.
+    selectors = [w for w in words if w.startswith("(")]
+    assert selectors == ["(&* -@all +subscribe +psubscribe +ssubscribe)"]
+
+
+def test_an_acl_selector_stays_one_argument_and_an_open_one_is_refused():
+    from baton_redis import acl_rule_words
+
+    assert acl_rule_words("~a* +get (~b* +set) &c") == ["~a*", "+get", "(~b* +set)", "&c"]
+    assert acl_rule_words("(+ping)") == ["(+ping)"]
+    with pytest.raises(RedisProblem, match="not closed"):
+        acl_rule_words("+get (~b* +set")
 
 
 def test_the_applications_sentinel_user_cannot_move_the_master_or_speak_for_a_sentinel():
@@ -258,3 +272,23 @@ def test_the_applications_sentinel_user_cannot_move_the_master_or_speak_for_a_se
     assert not granted & {"sentinel", "sentinel|failover", "sentinel|set", "sentinel|remove",
                           "sentinel|monitor", "sentinel|reset", "publish", "acl", "config",
                           "sentinel|config", "sentinel|flushconfig", "shutdown"}
+
+
+def test_a_server_that_still_speaks_plain_text_stops_the_run_before_anything_changes():
+    old = node("10.0.1.1", None, error_kind="plain")
+    states = {"us-east": [old], "us-west": [node("10.0.2.1", "replica", "10.0.1.1:6379")]}
+    with pytest.raises(RedisProblem, match=r"10\.0\.1\.1:6379 speaks plain text, not TLS"):
+        decide_writable_region(states, "us-east")
+
+
+def test_a_failed_tls_handshake_is_told_apart_from_a_dead_server():
+    from baton_redis import _error_kind
+
+    class ConnectionError(Exception):  # redis-py's names, as _error_kind reads them
+        pass
+
+    assert _error_kind(ConnectionError("Error 1 connecting to 10.0.1.1:6379. [SSL] record "
+                                       "layer failure (_ssl.c:1029).")) == "tls"
+    assert _error_kind(ConnectionError("Error 111 connecting to 10.0.1.1:6379. Connection "
+                                       "refused.")) == "down"
+    assert _error_kind(ConnectionError("invalid username-password pair")) == "auth"

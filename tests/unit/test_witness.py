@@ -1202,16 +1202,31 @@ def test_the_agent_speaks_tls_to_its_redis_as_its_own_user_with_the_password_off
            "redis_tls_ca_file": "/etc/ssl/baton/ca.crt"}
     assert agent_module.redis_command(cfg, "PING") == (True, "OK")
     argv, env = seen[-1]
-    assert argv[:6] == ["redis-cli", "--tls", "--cacert", "/etc/ssl/baton/ca.crt",
+    assert argv[:7] == ["redis-cli", "-e", "--tls", "--cacert", "/etc/ssl/baton/ca.crt",
                         "--user", "baton_agent"]  # its own ACL user, not the default one
     assert "pw" not in argv and env["REDISCLI_AUTH"] == "pw"
     agent_module.sentinel_command({**cfg, "sentinel_port": 26379, "sentinel_password": "sp"},
                                   "SENTINEL", "MASTERS")
     argv, env = seen[-1]
-    assert argv[1:3] == ["--tls", "--cacert"] and "26379" in argv and env["REDISCLI_AUTH"] == "sp"
+    assert argv[2:4] == ["--tls", "--cacert"] and "26379" in argv and env["REDISCLI_AUTH"] == "sp"
     assert "--user" not in argv  # Sentinel's own password
     agent_module.redis_command({**cfg, "redis_tls_ca_file": ""}, "PING")
     assert "--tls" not in seen[-1][0]
+
+
+def test_the_agent_takes_a_refused_redis_command_for_a_failure(agent_module, monkeypatch):
+    replies = iter([(1, "NOPERM User baton_agent has no permissions to run the 'config|set' "
+                        "command"), (0, "NOPERM this user has no permissions")])
+
+    def run(argv, **kwargs):
+        code, text = next(replies)
+        return types.SimpleNamespace(returncode=code, stdout=text + "\n", stderr="")
+
+    monkeypatch.setattr(agent_module.subprocess, "run", run)
+    cfg = {"redis_port": 6379, "redis_username": "baton_agent", "redis_password": "pw"}
+    for _ in range(2):  # exit status (-e), or the reply itself
+        ok, reply = agent_module.redis_command(cfg, "CONFIG", "SET", "min-replicas-to-write", "1")
+        assert not ok and "NOPERM" in reply
 
 
 def test_the_agent_and_the_controller_agree_on_the_fence_and_the_handover_key(agent_module):

@@ -246,14 +246,16 @@ def redis_command(cfg: dict[str, Any], *args: str) -> tuple[bool, str]:
     tls = ["--tls", "--cacert", ca_file] if ca_file else []
     user = ["--user", str(cfg["redis_username"])] if cfg.get("redis_username") else []
     try:
-        out = subprocess.run(["redis-cli", *tls, *user, "-h", "127.0.0.1", "-p",
+        out = subprocess.run(["redis-cli", "-e", *tls, *user, "-h", "127.0.0.1", "-p",
                               str(cfg["redis_port"]), *args],
                              capture_output=True, text=True, timeout=1, check=False,
                              env={**os.environ, "REDISCLI_AUTH": str(cfg["redis_password"])})
     except (OSError, subprocess.SubprocessError) as exc:
         return False, f"failed: {exc}"
     reply = (out.stdout or out.stderr).strip()
-    if out.returncode != 0 or reply.startswith(("ERR", "WRONGPASS", "NOAUTH", "Could not")):
+    # -e: an error reply (NOPERM, ERR...) exits non-zero; the prefixes catch older redis-cli.
+    if out.returncode != 0 or reply.startswith(("ERR", "WRONGPASS", "NOAUTH", "NOPERM",
+                                                "Could not")):
         return False, f"failed: {reply or f'exit {out.returncode}'}"
     return True, reply
 
