@@ -534,6 +534,37 @@ def test_redis_and_sentinel_refuse_clients_without_their_password_or_tls(lab):
                 pass
 
 
+def served_certificate_serial(address: str, port: int, postgres: bool = False) -> int:
+    """The serial number of the certificate a TLS endpoint presents (checked against the lab's
+    CA); postgres: PostgreSQL's and PgBouncer's SSLRequest first."""
+    from cryptography import x509
+
+    context = ssl.create_default_context(cafile=REDIS_TLS["ssl_ca_certs"])
+    raw = socket.create_connection((address, port), timeout=3)
+    if postgres:
+        raw.sendall(struct.pack("!ii", 8, 80877103))
+        assert raw.recv(1) == b"S", (address, port)
+    with context.wrap_socket(raw, server_hostname=address) as tls:
+        return x509.load_der_x509_certificate(tls.getpeercert(True)).serial_number
+
+
+def test_every_tls_endpoint_presents_the_nodes_current_certificate(lab):
+    """Redis, Sentinel, Patroni's REST API, PostgreSQL and PgBouncer present the certificate in
+    the node's file, not one they read before it was issued again (role pki leaves a marker,
+    each service's role makes it read the file again)."""
+    from cryptography import x509
+
+    for host in ("us-east-1", "us-west-1", "eu-west-1"):
+        pem = sh("podman", "exec", f"baton-{host}", "cat", "/etc/ssl/baton/node.crt").stdout
+        current = x509.load_pem_x509_certificate(pem.encode()).serial_number
+        served = {port: served_certificate_serial(MINI[host], port) for port in (6379, 26379, 8008)}
+        served.update({port: served_certificate_serial(MINI[host], port, postgres=True)
+                       for port in (5432, 6432)})
+        assert {port for port, serial in served.items() if serial != current} == set(), host
+        pending = sh("podman", "exec", f"baton-{host}", "ls", "/var/lib/baton/tls-reload").stdout
+        assert pending.split() == [], (host, pending)
+
+
 def test_the_applications_redis_user_writes_and_finds_the_master_but_cannot_administer(lab):
     """The application's ACL user (on every server: ACLs are not replicated) cannot change the
     fence's setting, make a server a replica or a master, or stop it; the monitoring user reads
