@@ -173,19 +173,22 @@ def decide_writable_region(states: dict[str, list[dict[str, Any]]],
 
     The writable region is the one with a node that reports itself master. None anywhere is a
     first deploy (no server answered) or a region whose servers are all down: the database's
-    primary region then. A refused password, or masters in two regions, or a writable region
-    other than the database's, stop the run: each means the operator must look first.
+    primary region then. A server that still speaks plain text, a refused password, masters
+    in two regions, or a writable region other than the database's, stop the run: each means
+    the operator must look first.
     """
-    plain = [n["address"] for nodes in states.values() for n in nodes
-             if n["error_kind"] == "plain"]
+    def failed(kind: str) -> list[str]:
+        return [n["address"] for nodes in states.values() for n in nodes
+                if n["error_kind"] == kind]
+
+    plain = failed("plain")
     if plain:
         raise RedisProblem(
             f"Redis at {', '.join(plain)} speaks plain text, not TLS: a deployment before "
             "Baton's TLS, which this run would cut off from its clients, replicas and "
             "Sentinels; move it to TLS first (README, 'Upgrading a plain-text Redis'), then "
             "re-run")
-    refused = [n["address"] for nodes in states.values() for n in nodes
-               if n["error_kind"] == "auth"]
+    refused = failed("auth")
     if refused:
         raise RedisProblem(
             f"Redis at {', '.join(refused)} refused the password: redis_password in the "
