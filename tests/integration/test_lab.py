@@ -42,6 +42,8 @@ import redis
 import redis.sentinel
 import yaml
 from harness import REDIS_TLS
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -514,12 +516,15 @@ def test_redis_and_sentinel_refuse_clients_without_their_password_or_tls(lab):
             anonymous = redis.Redis(host=MINI[host], port=port, socket_timeout=2, **REDIS_TLS)
             with pytest.raises(redis.AuthenticationError):
                 anonymous.ping()
+            # One try each (redis-py retries with back-off by default: 10 s per refusal).
             plain = redis.Redis(host=MINI[host], port=port, password=password,
-                                socket_timeout=2, socket_connect_timeout=2)
+                                socket_timeout=1, socket_connect_timeout=1,
+                                retry=Retry(NoBackoff(), 0))
             with pytest.raises(redis.ConnectionError):
                 plain.ping()
             system_ca = redis.Redis(host=MINI[host], port=port, password=password,
-                                    socket_timeout=2, ssl=True, ssl_ca_certs=None)
+                                    socket_timeout=2, ssl=True, ssl_ca_certs=None,
+                                    retry=Retry(NoBackoff(), 0))
             with pytest.raises(redis.ConnectionError, match=r"(?i)certificate"):
                 system_ca.ping()
             assert cache(host, port).ping()
