@@ -32,19 +32,20 @@ def use_tls(ca_file: str | None) -> None:
 
 
 def client(host: str, port: int, password: str | None, timeout: float, where: str = "this host",
-           once: bool = False):
+           once: bool = False, tls: bool = True):
     """A redis-py client (TLS once use_tls was given the CA) that raises RedisProblem for a
     missing library.
 
     once: try each command a single time. Recent redis-py retries a failed connection by
     default, which multiplies `timeout` against a host that drops packets.
+    tls: False for plain text whatever use_tls said (to recognise a server before TLS).
     """
     try:
         import redis
     except ImportError as exc:
         raise RedisProblem(REDIS_MISSING.format(where=where)) from exc
     extra: dict[str, Any] = {}
-    if _TLS_CA:
+    if tls and _TLS_CA:
         extra.update(ssl=True, ssl_ca_certs=_TLS_CA, ssl_cert_reqs="required",
                      ssl_check_hostname=True)
     if once:
@@ -77,13 +78,10 @@ def speaks_plain_text(host: str, port: int, timeout: float) -> bool:
     """Whether host:port answers a plain-text client (a server deployed before TLS): its PING
     gets PONG or NOAUTH."""
     try:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        redis.Redis(host=host, port=port, socket_timeout=timeout, socket_connect_timeout=timeout,
-                    retry=Retry(NoBackoff(), 0)).ping()
+        client(host, port, None, timeout, once=True, tls=False).ping()
         return True
+    except RedisProblem:
+        raise
     except Exception as exc:  # redis-py's tree; NOAUTH means it answered
         return _error_kind(exc) == "auth"
 

@@ -292,3 +292,15 @@ def test_a_failed_tls_handshake_is_told_apart_from_a_dead_server():
     assert _error_kind(ConnectionError("Error 111 connecting to 10.0.1.1:6379. Connection "
                                        "refused.")) == "down"
     assert _error_kind(ConnectionError("invalid username-password pair")) == "auth"
+
+
+def test_the_plain_text_probe_ignores_use_tls():
+    import redis as redis_py
+    from baton_redis import client, use_tls
+
+    try:
+        use_tls("/etc/ssl/baton/ca.crt")
+        pool = client("10.0.1.1", 6379, None, 1.0, once=True, tls=False).connection_pool
+        assert pool.connection_class is redis_py.Connection
+    finally:
+        use_tls("")
