@@ -264,6 +264,11 @@ def baton_failover_report(plan: Mapping[str, Any], marks: Mapping[str, float],
         }
     return {
         "run_id": outcome.get("run_id"),
+        # What clients saw, apart from the run's own length (write_pause), and the run's wall
+        # time up to the report.
+        "write_pause": write_pause(plan, marks, outcome),
+        "wall_seconds": round(float(outcome.get("reported_at") or 0) - start, 3)
+        if outcome.get("reported_at") else None,
         # The timeline the target's promotion began: failback.yml matches its reconciliation
         # of the old region's data to this report by it.
         "promoted_timeline": outcome.get("promoted_timeline"),
@@ -282,6 +287,32 @@ def baton_failover_report(plan: Mapping[str, Any], marks: Mapping[str, float],
         "dns_primary": outcome.get("dns_primary"),
         "timeline": timeline, "plan": plan["steps"],
     }
+
+
+def write_pause(plan: Mapping[str, Any], marks: Mapping[str, float],
+                outcome: Mapping[str, Any]) -> dict[str, Any] | None:
+    """How long clients could not write (pure): {"seconds", "from", "to", "basis"}, or None
+    when nothing held them (a run that found the move done).
+
+    - The old primary answered (a switchover, a failover from a live primary): from the moment
+      PgBouncer began to hold the queries to the moment it let them through on every host.
+    - It did not (region loss): from the last transaction the target replayed from it - the
+      fault, at the latest, so the figure is an upper bound - to the first write accepted
+      through the failover name.
+    """
+    held, resumed = marks.get("clients held"), marks.get("PgBouncers repointed and resumed")
+    if plan.get("old_answers") and held and resumed:
+        begin, end = float(held), float(resumed)
+        basis = "PgBouncer held the queries (paused on every reachable host until resumed)"
+    elif not plan.get("old_answers") and outcome.get("promoted") \
+            and outcome.get("last_replayed_at") and outcome.get("write_accepted_at"):
+        begin, end = float(outcome["last_replayed_at"]), float(outcome["write_accepted_at"])
+        basis = ("from the last transaction the target replayed from the old primary (the "
+                 "fault, at the latest) to the first write accepted through the failover name")
+    else:
+        return None
+    return {"seconds": round(max(0.0, end - begin), 3), "from": _iso(begin), "to": _iso(end),
+            "basis": basis}
 
 
 def _iso(at: Any) -> str | None:
@@ -350,6 +381,7 @@ def baton_failover_summary(report: Mapping[str, Any]) -> list[str]:
         f"RTO: {rto if rto is not None else 'unknown'} s (start of the run to the first write "
         "accepted through the failover name)",
         loss_sentence(report),
+        pause_sentence(report.get("write_pause")),
         "changed: " + (", ".join(report["actions_taken"]) or "nothing"),
     ]
     if report["not_following"]:
@@ -365,6 +397,13 @@ def baton_failover_summary(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def pause_sentence(pause: Mapping[str, Any] | None) -> str:
+    """What clients saw, in one line."""
+    if not pause:
+        return "clients' writes were not held (nothing moved)"
+    return f"clients could not write for {pause['seconds']:.1f} s: {pause['basis']}"
+
+
 def baton_failover_metrics(report: Mapping[str, Any], now: float) -> str:
     """The run as Prometheus metrics (the contract in roles/prometheus/README.md)."""
     from prometheus_client import CollectorRegistry, Gauge, generate_latest
@@ -376,6 +415,9 @@ def baton_failover_metrics(report: Mapping[str, Any], now: float) -> str:
           registry=registry).labels(*values).set(now)
     Gauge("baton_failover_last_duration_seconds", "RTO of the last move: start of the run to "
           "the first accepted write", registry=registry).set(report["rto_seconds"] or 0)
+    Gauge("baton_failover_last_write_pause_seconds", "How long clients could not write in the "
+          "last move (PgBouncer's hold, or the fault to the first write)",
+          registry=registry).set((report.get("write_pause") or {}).get("seconds") or 0)
     window = report.get("data_loss_window") or {}
     Gauge("baton_failover_last_data_loss_bytes", "WAL bytes the last move lost (a lower bound "
           "when baton_failover_last_data_loss_known is 0)", registry=registry).set(

@@ -229,29 +229,43 @@ _PREREQUISITE_RCODES = (dns.rcode.NXRRSET, dns.rcode.YXRRSET, dns.rcode.NXDOMAIN
 def update(server: Server, zone: dns.name.Name, desired: Record, action: str,
            expected: tuple[str, ...] | None, key: Key, timeout: float) -> None:
     """Send one signed update (with the compare-and-swap prerequisite when `expected`)."""
+    update_many(server, zone, [(desired, action, expected)], key, timeout)
+
+
+def update_many(server: Server, zone: dns.name.Name,
+                changes: list[tuple[Record, str, tuple[str, ...] | None]], key: Key,
+                timeout: float) -> None:
+    """Send one signed update for several record sets, each change (desired, action,
+    expected) with its compare-and-swap prerequisite when `expected`: the server applies all
+    of them or none (RFC 2136 3.2), and bumps the zone's serial once (one NOTIFY, one
+    transfer)."""
     message = dns.update.UpdateMessage(zone, keyring=key.keyring(),
                                        keyalgorithm=key.algorithm)
-    if expected is not None:
+    for desired, _action, expected in changes:
+        if expected is None:
+            continue
         if expected:
             # Value-dependent "RRset exists" (RFC 2136 2.4.2): prerequisite TTLs are zero.
             message.present(desired.name, dns.rdataset.from_text_list(
                 dns.rdataclass.IN, desired.rdtype, 0, list(expected)))
         else:
             message.absent(desired.name, desired.rdtype)
-    if action == "delete":
-        message.delete(desired.name, desired.rdtype)
-    else:
-        message.replace(desired.name, dns.rdataset.from_text_list(
-            dns.rdataclass.IN, desired.rdtype, desired.ttl, list(desired.values)))
+    for desired, action, _expected in changes:
+        if action == "delete":
+            message.delete(desired.name, desired.rdtype)
+        else:
+            message.replace(desired.name, dns.rdataset.from_text_list(
+                dns.rdataclass.IN, desired.rdtype, desired.ttl, list(desired.values)))
     response = _exchange(message, server, timeout, tcp=True)
     rcode = response.rcode()
     if rcode == dns.rcode.NOERROR:
         return
+    names = ", ".join(f"{d.name} {d.rdtype}" for d, _a, _e in changes)
     if rcode in _PREREQUISITE_RCODES:
         raise CompareAndSwapFailed(
-            f"{server} refused the update ({dns.rcode.to_text(rcode)}): {desired.name} "
-            f"{desired.rdtype} changed between the read and the update (another run?); "
-            "nothing was changed: assess again before retrying")
+            f"{server} refused the update ({dns.rcode.to_text(rcode)}): {names} changed "
+            "between the read and the update (another run?); nothing was changed: assess "
+            "again before retrying")
     text = _UPDATE_RCODES.get(rcode, dns.rcode.to_text(rcode) + ": check the server's log")
     raise DnsError(f"{server} " + text.format(zone=zone))
 

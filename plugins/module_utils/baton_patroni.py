@@ -244,6 +244,15 @@ def apply_cluster(addresses: list[str], port: int, auth: tuple[str, str], body: 
                          f"{'; '.join(errors)}")
 
 
+def leader_first(addresses: list[str], members: list[dict[str, Any]]) -> list[str]:
+    """The addresses with the cluster's leader (primary or standby leader) first: Patroni
+    acts on a PATCH /config at once only on the member that took it (it wakes its own loop),
+    and the leader is the one that promotes or demotes; the others see it a loop later."""
+    leaders = {m.get("host") for m in members
+               if m.get("role") in ("leader", "primary", "master", "standby_leader")}
+    return sorted(addresses, key=lambda address: address not in leaders)
+
+
 def wait_cluster(addresses: list[str], port: int, want: str, deadline: float,
                  timeout: float, streaming: bool = False) -> dict[str, Any]:
     """Poll /cluster until `reached`; returns the last read; raises PatroniProblem at the
@@ -262,7 +271,7 @@ def wait_cluster(addresses: list[str], port: int, want: str, deadline: float,
             raise PatroniProblem(f"the cluster did not become {want} in time ({seen}): look at "
                                  "`patronictl list` and the Patroni log on its members, then "
                                  "re-run")
-        time.sleep(1)
+        time.sleep(0.25)
 
 
 def member_positions(addresses: list[str], port: int, timeout: float) -> dict[str, Any]:

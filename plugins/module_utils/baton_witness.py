@@ -399,6 +399,17 @@ class Witness:
                      for other, revision in (also or {}).items()]
         return self._txn(compares, {"request_put": put})
 
+    def put_unless_moved(self, key: str, value: str, lease: int,
+                         unchanged: dict[str, int]) -> bool:
+        """Writes the key only while every key of `unchanged` still has the mod_revision given
+        (0: still absent), in one transaction; whether it did."""
+        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        return self._txn([{"target": "MOD", "key": _b64(other), "result": "EQUAL",
+                           "mod_revision": str(int(revision))}
+                          for other, revision in unchanged.items()], {"request_put": put})
+
     def delete(self, key: str, expect_mod_revision: int | None = None) -> bool:
         """Deletes the key (only if its mod_revision is expect_mod_revision, when given);
         whether a key was deleted."""

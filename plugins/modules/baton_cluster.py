@@ -144,6 +144,7 @@ from ansible.module_utils.baton_patroni import (  # noqa: E402
     PatroniProblem,
     apply_cluster,
     cluster_role,
+    leader_first,
     lsn_to_int,
     member_positions,
     plan_cluster,
@@ -248,9 +249,9 @@ def main() -> None:
                                      f"not {p['wait_for_lsn']}, within {p['wait_timeout']:g} s: "
                                      "it is not promoted (that would lose data); check its "
                                      "replication and re-run", **result)
-            time.sleep(0.5)
+            time.sleep(0.2)
     try:
-        apply_cluster(members, port, auth, body, t)
+        apply_cluster(leader_first(members, before["members"]), port, auth, body, t)
         after = wait_cluster(members, port, p["state"], deadline, t, p["streaming"])
     except PatroniProblem as exc:
         module.fail_json(msg=f"{region}: {exc}", **result)

@@ -1,5 +1,5 @@
 #!/usr/bin/python
-"""Ansible module: one DNS record set, changed by a TSIG-signed RFC 2136 update, verified."""
+"""Ansible module: DNS record sets, changed by one TSIG-signed RFC 2136 update, verified."""
 
 from __future__ import annotations
 
@@ -27,9 +27,17 @@ options:
     required: true
   name:
     description: The record's name, relative to O(zone) (C(db)), absolute with a trailing dot,
-      or C(@) for the zone's apex.
+      or C(@) for the zone's apex. Give O(name) or O(records).
     type: str
-    required: true
+  records:
+    description:
+      - Several record sets of the same O(type) and O(ttl), changed in one update (all or
+        none, one new serial, so one NOTIFY and one transfer for the secondaries), then verified
+        together. Each item has C(name), C(values) and optionally C(expected_values), as the
+        options of the same names.
+      - With O(state=present) only.
+    type: list
+    elements: dict
   type:
     description: The record type.
     type: str
@@ -37,7 +45,7 @@ options:
     default: A
   values:
     description: The values the record set must hold (all of them; order does not matter).
-      Required, and not empty, when O(state=present).
+      Required, and not empty, when O(state=present) (without O(records)).
     type: list
     elements: str
   ttl:
@@ -153,13 +161,20 @@ action:
   returned: success
   type: dict
   sample: {action: replace, reason: "set db.baton.internal. A to 10.231.2.11 (TTL 10)"}
+changes:
+  description: With O(records), per record set its absolute name, C(before), C(after) and
+    C(action), in the order given.
+  returned: with O(records)
+  type: list
+  elements: dict
 update_sent:
   description: Whether an update was sent (never in check mode).
   returned: success
   type: bool
 servers:
   description: Per verified server, the values and TTL it answered last (and an error when it
-    did not answer) and the zone's serial once it served the new values.
+    did not answer) and the zone's serial once it served the new values. With O(records), that
+    per record set (by absolute name).
   returned: when an update was sent
   type: dict
   sample: {"10.231.2.11": {values: [10.231.2.11], serial: 2026112503}}
@@ -187,6 +202,7 @@ try:
         parse_server,
         read,
         update,
+        update_many,
         wait_until_served,
     )
 except ImportError:  # dnspython missing on the host that runs the module
@@ -197,11 +213,17 @@ else:
     HAS_DNSPYTHON = True
 
 
+RECORD_SPEC = {"name": {"type": "str", "required": True},
+               "values": {"type": "list", "elements": "str", "required": True},
+               "expected_values": {"type": "list", "elements": "str"}}
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "zone": {"type": "str", "required": True},
-            "name": {"type": "str", "required": True},
+            "name": {"type": "str"},
+            "records": {"type": "list", "elements": "dict", "options": RECORD_SPEC},
             "type": {"type": "str", "choices": list(RDTYPES), "default": "A"},
             "values": {"type": "list", "elements": "str"},
             "ttl": {"type": "int", "default": 60},
@@ -217,12 +239,17 @@ def main() -> None:
             "wait_timeout": {"type": "float", "default": 15.0},
             "timeout": {"type": "float", "default": 3.0},
         },
-        required_if=[("state", "present", ("values",))],
+        required_one_of=[("name", "records")],
+        mutually_exclusive=[("name", "records"), ("values", "records"),
+                            ("expected_values", "records")],
+        required_if=[("state", "present", ("values", "records"), True)],
         supports_check_mode=True,
     )
     if not HAS_DNSPYTHON:
         module.fail_json(msg=missing_required_lib("dnspython"))
     p = module.params
+    if p["records"] is not None:
+        several(module)
     result: dict = {"changed": False}
     try:
         zone = dns.name.from_text(p["zone"])
@@ -274,6 +301,72 @@ def main() -> None:
         result["elapsed"] = round(time.monotonic() - started, 3)
     except DnsError as exc:  # changed stays False unless the update was applied
         module.fail_json(msg=f"{p['name']}: {exc}", **result)
+    module.exit_json(**result)
+
+
+def several(module: AnsibleModule) -> None:
+    """O(records): every record set read, decided, sent in one update, verified."""
+    p = module.params
+    result: dict = {"changed": False, "update_sent": False}
+    if p["state"] != "present":
+        module.fail_json(msg="records: state=absent is for one record set (name): delete each "
+                             "with its own task")
+    try:
+        zone = dns.name.from_text(p["zone"])
+        primary = parse_server(p["server"], p["port"])
+        verify = [parse_server(s, p["port"]) for s in p["verify_servers"]] or [primary]
+        changes, wanted = [], []
+        result["changes"] = []
+        for item in p["records"]:
+            if not item["values"]:
+                module.fail_json(msg=f"records: {item['name']}: values is empty: give the "
+                                     "values the record must hold")
+            name = absolute_name(item["name"], zone)
+            desired = Record(name, p["type"], canonical(item["values"], p["type"], zone),
+                             p["ttl"])
+            expected = (None if item["expected_values"] is None
+                        else canonical(item["expected_values"], p["type"], zone))
+            current = read(primary, zone, name, p["type"], p["timeout"])
+            decision = decide(current, desired, "present", expected)
+            result["changes"].append({
+                "record": name.to_text(), "before": list(current.values),
+                "after": list(desired.values if decision.action != "none" else current.values),
+                "action": {"action": decision.action, "reason": decision.reason}})
+            wanted.append(desired if decision.action != "none" else current)
+            if decision.action != "none":
+                changes.append((desired, decision.action, expected))
+        if changes and module._diff:
+            result["diff"] = {"before": "".join(f"{c['record']} {c['before']}\n"
+                                                for c in result["changes"]),
+                              "after": "".join(f"{c['record']} {c['after']}\n"
+                                               for c in result["changes"])}
+        if module.check_mode:
+            result["changed"] = bool(changes)
+            module.exit_json(**result)
+        started = time.monotonic()
+        if changes:
+            update_many(primary, zone, changes, Key(p["key_name"], p["key_secret"],
+                                                    p["key_algorithm"]), p["timeout"])
+            result.update(changed=True, update_sent=True)
+            for desired, _action, _expected in changes:
+                held = read(primary, zone, desired.name, p["type"], p["timeout"])
+                if held.values != desired.values:
+                    module.fail_json(msg=f"{desired.name}: {primary} answered NOERROR but "
+                                         f"holds {', '.join(held.values) or 'nothing'}: it "
+                                         "ignored the change; check the record's type and the "
+                                         "names around it", **result)
+        if p["verify_servers"] or changes:
+            # One serial carries every change: the secondaries serve all of them at once, so
+            # the later waits end at their first query.
+            deadline = time.monotonic() + p["wait_timeout"]
+            result["servers"] = {}
+            for record in wanted:
+                left = max(1.0, deadline - time.monotonic())
+                result["servers"][record.name.to_text()] = wait_until_served(
+                    verify, zone, record, "present", left, p["timeout"])
+        result["elapsed"] = round(time.monotonic() - started, 3)
+    except DnsError as exc:  # changed stays False unless the update was applied
+        module.fail_json(msg=f"records: {exc}", **result)
     module.exit_json(**result)
 
 

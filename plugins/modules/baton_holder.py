@@ -47,10 +47,11 @@ options:
     default: 15
   settle:
     description: With O(wait_released), seconds to wait after moving the baton before the
-      liveness keys are read (two agent loops), so that a lease an agent was granting at the
-      moment of the move is seen.
+      liveness keys are read. Not needed with Baton's agents, which write a liveness key only
+      in a transaction that checks the holder key is the one they read (a key cannot appear
+      after the move); for agents that do not.
     type: float
-    default: 2
+    default: 0
   lock_run_id:
     description:
       - The run that must hold the failover lock (C(/baton/lock)) for the baton to move. The
@@ -130,7 +131,7 @@ def main() -> None:
             "expect_region": {"type": "str"},
             "wait_released": {"type": "str"},
             "wait_timeout": {"type": "float", "default": 15.0},
-            "settle": {"type": "float", "default": 2.0},
+            "settle": {"type": "float", "default": 0.0},
             "by": {"type": "str", "default": ""},
             "lock_run_id": {"type": "str", "default": ""},
             "timeout": {"type": "float", "default": 3.0},
@@ -205,7 +206,7 @@ def main() -> None:
             # fence when they cannot renew); their liveness keys go when they release their
             # leases or when the leases expire.
             started = time.monotonic()
-            if result["changed"] and not module.check_mode:
+            if result["changed"] and not module.check_mode and p["settle"] > 0:
                 time.sleep(p["settle"])
             prefix = alive_prefix(p["wait_released"])
             alive = [e.key for e in witness.get_prefix(prefix)]
@@ -217,7 +218,7 @@ def main() -> None:
                             f"({', '.join(alive)}): the region is not known to be fenced, so "
                             f"{p['region']} is not promoted; check baton-agent there "
                             "(journalctl -u baton-agent), then re-run", alive=alive, **result)
-                time.sleep(0.5)
+                time.sleep(0.2)
                 alive = [e.key for e in witness.get_prefix(prefix)]
             result.update(alive=alive, waited=round(time.monotonic() - started, 3))
     except WitnessError as exc:

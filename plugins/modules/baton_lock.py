@@ -91,6 +91,13 @@ holder:
   description: The lock record after the task (or the one that refused us).
   returned: always
   type: dict
+baton:
+  description: Who holds the baton (the witness's holder record, C(region) and C(epoch) among
+    its keys; null when there is none yet), read once the lock is this run's, so that a run
+    need not ask again (nobody moves the baton without the lock).
+  returned: when O(state=present) and the lock is this run's
+  type: dict
+  sample: {region: us-east, epoch: 3}
 """
 
 import getpass  # noqa: E402
@@ -107,13 +114,26 @@ from typing import Any  # noqa: E402
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.baton_witness import (  # noqa: E402
     CLIENT_SPEC,
+    HOLDER,
     LOCK,
     Witness,
     WitnessError,
     lock_decision,
+    parse_holder,
     proc_stat,
     process_alive,
 )
+
+
+def read_baton(module: AnsibleModule, witness: Witness) -> dict[str, Any] | None:
+    """The baton's holder record; fails the task, in one sentence, when it is not one."""
+    entry = witness.get(HOLDER)
+    try:
+        return parse_holder(entry.value if entry else None)
+    except ValueError as exc:
+        module.fail_json(msg=f"{exc}: restore it (etcdctl put, JSON with region and epoch) from "
+                             "the last report before moving the baton")
+    return None
 
 
 def _stat(pid: int) -> tuple[int, str, int] | None:
@@ -227,7 +247,8 @@ def main() -> None:
             module.fail_json(msg=message, decision=decision, holder=existing)
         if decision == "already_mine" or module.check_mode:
             module.exit_json(changed=decision != "already_mine", decision=decision,
-                             message=message, holder=existing if existing else me)
+                             message=message, holder=existing if existing else me,
+                             baton=read_baton(module, witness))
         # No ansible-playbook above this module (run some other way): nothing the keeper could
         # watch, so no keeper and the lease of old, an hour.
         kept = pid != os.getpid()
@@ -249,7 +270,12 @@ def main() -> None:
         module.fail_json(msg=f"the witness does not answer ({exc}): the failover lock cannot be "
                              "taken; check the witness members (systemctl status baton-witness) "
                              "or run site.yml to deploy it")
-    module.exit_json(changed=True, decision=decision, message=message, holder=me)
+    try:
+        baton = read_baton(module, witness)
+    except WitnessError as exc:
+        module.fail_json(msg=f"the witness does not answer ({exc}) right after this run took the "
+                             "failover lock: check the witness members, then re-run")
+    module.exit_json(changed=True, decision=decision, message=message, holder=me, baton=baton)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,12 @@ options:
     description: Address of the Sentinel to manage.
     type: str
     default: 127.0.0.1
+  sentinel_hosts:
+    description: Several Sentinels (C(address) or C(address:port)) to bring to the same state
+      at once, in parallel, instead of O(sentinel_host). Their results are in RV(sentinels);
+      one that fails fails the task, naming it, after the others were done.
+    type: list
+    elements: str
   sentinel_port:
     description: Port of the Sentinel.
     type: int
@@ -102,16 +108,23 @@ EXAMPLES = r"""
 RETURN = r"""
 monitor:
   description: The monitor as SENTINEL MASTERS reports it after the run (null when absent).
-  returned: always
+  returned: without O(sentinel_hosts)
   type: dict
   sample: {name: baton, ip: 10.231.1.11, port: "6379", quorum: "2", flags: master}
+sentinels:
+  description: With O(sentinel_hosts), per Sentinel C(address:port) its C(changed),
+    C(commands), C(monitor) (and C(failed), C(msg) when it failed).
+  returned: with O(sentinel_hosts)
+  type: dict
 commands:
   description: The Sentinel commands sent (or, in check mode, that would be sent); passwords
     are shown as ********.
-  returned: always
+  returned: without O(sentinel_hosts)
   type: list
   elements: str
 """
+
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.baton_redis import (  # noqa: E402
@@ -132,6 +145,59 @@ def shown(monitor: dict | None) -> dict | None:
     return None if monitor is None else {k: monitor.get(k) for k in SHOWN if k in monitor}
 
 
+class Refused(Exception):
+    """One Sentinel's failure, in one sentence, with the commands sent so far."""
+
+    def __init__(self, msg: str, commands: list[str] | None = None) -> None:
+        super().__init__(msg)
+        self.commands = commands or []
+
+
+def converge(p: dict, host: str, port: int, check_mode: bool) -> dict:
+    """One Sentinel: reads SENTINEL MASTERS, sends what is missing; its result."""
+    where = f"Sentinel at {host}:{port}"
+    try:
+        sentinel = client(host, port, p["sentinel_password"], p["timeout"])
+        before = masters_by_name(sentinel.execute_command("SENTINEL", "MASTERS"))
+    except RedisProblem as exc:
+        raise Refused(str(exc)) from exc
+    except Exception as exc:
+        raise Refused(f"{where} did not answer SENTINEL MASTERS ({exc}): check that "
+                      "redis-sentinel runs and redis_sentinel_password") from exc
+    current = before.get(p["name"])
+    if p["state"] == "present" and current is None:
+        master = node_state(p["master_host"], p["master_port"],
+                            p["redis_password"] or p["auth_pass"], p["timeout"])
+        if master["role"] != "master":
+            why = (f"reports itself {master['role']} of {master['master']}"
+                   if master["answered"] else f"did not answer ({master['error']})")
+            raise Refused(
+                f"{where}: will not watch {p['master_host']}:{p['master_port']} as master "
+                f"{p['name']}: it {why}, and Sentinel would fail it over; check the "
+                "region's replication first")
+    commands = monitor_commands(
+        p["name"], current, p["state"], p["master_host"], p["master_port"], p["auth_pass"],
+        {option: p[option] for option in MONITOR_SETTINGS}, auth_user=p["auth_user"])
+    secrets = {p["auth_pass"], p["sentinel_password"], p["redis_password"]} - {None, ""}
+    shown_commands = [" ".join("********" if w in secrets else w for w in c) for c in commands]
+    after = current
+    if commands and not check_mode:
+        for command, text in zip(commands, shown_commands, strict=True):
+            try:
+                sentinel.execute_command(*command)
+            except Exception as exc:
+                raise Refused(f"{where} refused '{text}' ({exc}): the commands before it were "
+                              "applied, none after; re-run once fixed", shown_commands) from exc
+        after = masters_by_name(sentinel.execute_command("SENTINEL", "MASTERS")).get(p["name"])
+    return {"changed": bool(commands), "commands": shown_commands, "monitor": shown(after),
+            "before": shown(current)}
+
+
+def address(text: str, default_port: int) -> tuple[str, int]:
+    host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+    return host, int(port) if port else default_port
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -147,6 +213,7 @@ def main() -> None:
             "failover_timeout": {"type": "int"},
             "parallel_syncs": {"type": "int"},
             "sentinel_host": {"type": "str", "default": "127.0.0.1"},
+            "sentinel_hosts": {"type": "list", "elements": "str"},
             "sentinel_port": {"type": "int", "default": 26379},
             "sentinel_password": {"type": "str", "no_log": True},
             "timeout": {"type": "float", "default": 3.0},
@@ -157,46 +224,35 @@ def main() -> None:
     )
     p = module.params
     use_tls(p["tls_ca_file"])
-    where = f"Sentinel at {p['sentinel_host']}:{p['sentinel_port']}"
-    try:
-        sentinel = client(p["sentinel_host"], p["sentinel_port"], p["sentinel_password"],
-                          p["timeout"])
-        before = masters_by_name(sentinel.execute_command("SENTINEL", "MASTERS"))
-    except RedisProblem as exc:
-        module.fail_json(msg=str(exc))
-    except Exception as exc:
-        module.fail_json(msg=f"{where} did not answer SENTINEL MASTERS ({exc}): check that "
-                             "redis-sentinel runs and redis_sentinel_password")
-    current = before.get(p["name"])
-    if p["state"] == "present" and current is None:
-        master = node_state(p["master_host"], p["master_port"],
-                            p["redis_password"] or p["auth_pass"], p["timeout"])
-        if master["role"] != "master":
-            why = (f"reports itself {master['role']} of {master['master']}"
-                   if master["answered"] else f"did not answer ({master['error']})")
-            module.fail_json(
-                msg=f"{where}: will not watch {p['master_host']}:{p['master_port']} as master "
-                    f"{p['name']}: it {why}, and Sentinel would fail it over; check the "
-                    "region's replication first")
-    commands = monitor_commands(
-        p["name"], current, p["state"], p["master_host"], p["master_port"], p["auth_pass"],
-        {option: p[option] for option in MONITOR_SETTINGS}, auth_user=p["auth_user"])
+    if p["sentinel_hosts"] is None:
+        try:
+            one = converge(p, p["sentinel_host"], p["sentinel_port"], module.check_mode)
+        except Refused as exc:
+            module.fail_json(msg=str(exc), **({"commands": exc.commands} if exc.commands else {}))
+        module.exit_json(changed=one["changed"], commands=one["commands"],
+                         monitor=one["monitor"],
+                         diff={"before": {"monitor": one["before"]},
+                               "after": {"monitor": one["monitor"],
+                                         "commands": one["commands"]}})
+    # Several Sentinels at once, each as above.
+    targets = [address(text, p["sentinel_port"]) for text in p["sentinel_hosts"]]
+    results: dict[str, dict] = {}
+    failures: list[str] = []
 
-    secrets = {p["auth_pass"], p["sentinel_password"], p["redis_password"]} - {None, ""}
-    shown_commands = [" ".join("********" if w in secrets else w for w in c) for c in commands]
-    after = current
-    if commands and not module.check_mode:
-        for command, text in zip(commands, shown_commands, strict=True):
-            try:
-                sentinel.execute_command(*command)
-            except Exception as exc:
-                module.fail_json(msg=f"{where} refused '{text}' ({exc}): the commands before it "
-                                     "were applied, none after; re-run once fixed",
-                                 commands=shown_commands)
-        after = masters_by_name(sentinel.execute_command("SENTINEL", "MASTERS")).get(p["name"])
-    module.exit_json(changed=bool(commands), commands=shown_commands, monitor=shown(after),
-                     diff={"before": {"monitor": shown(current)},
-                           "after": {"monitor": shown(after), "commands": shown_commands}})
+    def one_sentinel(target: tuple[str, int]) -> None:
+        key = f"{target[0]}:{target[1]}"
+        try:
+            results[key] = converge(p, target[0], target[1], module.check_mode)
+        except Refused as exc:
+            failures.append(str(exc))
+            results[key] = {"failed": True, "msg": str(exc), "commands": exc.commands}
+
+    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+        list(pool.map(one_sentinel, targets))
+    changed = any(r.get("changed") or r.get("commands") for r in results.values())
+    if failures:
+        module.fail_json(msg="; ".join(sorted(failures)), changed=changed, sentinels=results)
+    module.exit_json(changed=changed, sentinels=results)
 
 
 if __name__ == "__main__":

@@ -733,6 +733,33 @@ def test_baton_dns_compare_and_swap_that_no_longer_holds_fails_and_changes_nothi
     assert not baton_dns(name="cas-probe", values=["mine"], expected_values=[held])["changed"]
 
 
+def test_baton_dns_moves_several_records_in_one_update_all_or_none(lab):
+    """A move's db and redis: one update, one serial, both verified on every server; a
+    compare-and-swap that fails on one of them changes neither."""
+    a, b = f"a-{time.time_ns()}", f"b-{time.time_ns()}"
+    first = baton_dns(records=[{"name": "multi-a", "values": [a]},
+                               {"name": "multi-b", "values": [b]}])
+    assert first["changed"] and first["update_sent"], first
+    serials = {server: {answer.get("serial") for answer in (
+        first["servers"][f"multi-{x}.{ZONE}."][MINI[server]] for x in "ab")} for server in MINI}
+    assert all(len(found) == 1 for found in serials.values()), serials  # one serial for both
+    for server in MINI:
+        assert dns_answer(server, "multi-a", "TXT") == [f'"{a}"'], server
+        assert dns_answer(server, "multi-b", "TXT") == [f'"{b}"'], server
+    lost = baton_dns(records=[{"name": "multi-a", "values": ["new-a"], "expected_values": [a]},
+                              {"name": "multi-b", "values": ["new-b"],
+                               "expected_values": ["stale"]}])
+    assert lost.get("failed") and not lost["changed"], lost
+    assert dns_answer("global-1", "multi-a", "TXT") == [f'"{a}"']
+    won = baton_dns(records=[{"name": "multi-a", "values": ["new-a"], "expected_values": [a]},
+                             {"name": "multi-b", "values": ["new-b"], "expected_values": [b]}])
+    assert won["changed"] and [c["action"]["action"] for c in won["changes"]] == [
+        "replace", "replace"], won
+    again = baton_dns(records=[{"name": "multi-a", "values": ["new-a"], "expected_values": [a]},
+                               {"name": "multi-b", "values": ["new-b"], "expected_values": [b]}])
+    assert not again["changed"] and not again["update_sent"], again
+
+
 def test_baton_dns_names_a_wrong_secret_or_key(lab):
     wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmc="
     bad_secret = baton_dns(name="module-probe", values=["x"], key_secret=wrong)

@@ -15,7 +15,7 @@ from baton_failover import (
     baton_lsn_int,
     baton_redis_chain,
 )
-from baton_patroni import plan_cluster, reached, standby_source
+from baton_patroni import leader_first, plan_cluster, reached, standby_source
 from test_assess_verdicts import node, unreachable
 
 MiB = 1 << 20
@@ -338,3 +338,46 @@ def test_a_failover_from_a_silent_primary_without_a_recent_position_is_refused_u
     forced = baton_failover_plan(assessment(lab(east="down")), HOLDER_EAST, "us-west",
                                  "failover", MiB, force=True)
     assert forced["refuse"] is None
+
+
+def test_the_patch_goes_to_the_leader_first_which_acts_on_it_at_once():
+    members = [{"host": "10.0.0.1", "role": "replica"}, {"host": "10.0.0.3", "role": "leader"},
+               {"host": "10.0.0.2", "role": "replica"}]
+    assert leader_first(["10.0.0.1", "10.0.0.2", "10.0.0.3"], members) == [
+        "10.0.0.3", "10.0.0.1", "10.0.0.2"]
+    standby = [{"host": "10.0.0.2", "role": "standby_leader"}]
+    assert leader_first(["10.0.0.1", "10.0.0.2"], standby) == ["10.0.0.2", "10.0.0.1"]
+    assert leader_first(["10.0.0.1", "10.0.0.2"], []) == ["10.0.0.1", "10.0.0.2"]
+
+
+def test_the_report_states_the_clients_write_pause_apart_from_the_rto_and_the_wall_time():
+    """A switchover: PgBouncer's hold, not the run's length (which includes the assessment,
+    while clients still write)."""
+    plan = baton_failover_plan(assessment(lab()), HOLDER_EAST, "us-west", "switchover", MiB)
+    marks = {"start": 1000.0, "assessed": 1002.0, "clients held": 1003.0,
+             "target promoted": 1005.5, "PgBouncers repointed and resumed": 1006.25,
+             "writes accepted through db": 1012.0}
+    report = baton_failover_report(plan, marks, {
+        "epoch": 2, "write_accepted_at": 1012.0, "reference_position": 0x5000000,
+        "promoted_position": "0/5000000", "promoted": True, "reported_at": 1013.5})
+    assert report["write_pause"]["seconds"] == 3.25
+    assert report["write_pause"]["from"] == "1970-01-01T00:16:43.000+00:00"
+    assert report["rto_seconds"] == 12.0 and report["wall_seconds"] == 13.5
+    summary = baton_failover_summary(report)
+    assert summary[3].startswith("clients could not write for 3.2 s: PgBouncer held")
+    assert "baton_failover_last_write_pause_seconds 3.25" in baton_failover_metrics(report, 1.0)
+
+
+def test_after_a_region_loss_the_write_pause_runs_from_the_last_replayed_write_to_the_first_new():
+    plan = baton_failover_plan(assessment(lab(east="down"), last_known=0x5000100),
+                               HOLDER_EAST, "us-west", "failover", MiB, True)
+    report = baton_failover_report(plan, {"start": 1000.0, "clients held": 1003.0,
+                                          "PgBouncers repointed and resumed": 1005.0}, {
+        "epoch": 2, "promoted": True, "promoted_position": "0/5000000",
+        "reference_position": 0x5000100, "reference_source": "last known",
+        "last_replayed_at": 995.5, "write_accepted_at": 1008.0})
+    assert report["write_pause"]["seconds"] == 12.5
+    assert report["write_pause"]["basis"].startswith("from the last transaction the target")
+    nothing = baton_failover_plan(assessment(lab()), {"region": "us-west", "epoch": 2},
+                                  "us-west", "failover", MiB)
+    assert baton_failover_report(nothing, {"start": 1.0}, {})["write_pause"] is None

@@ -164,6 +164,18 @@ def test_create_is_a_txn_on_create_revision_zero_and_says_whether_it_wrote(etcd)
         "success": [{"request_put": {"key": b64(HOLDER), "value": b64("x")}}]}
 
 
+def test_put_unless_moved_writes_only_while_the_other_key_is_unchanged(etcd):
+    etcd.reply("/v3/kv/txn", (200, {"header": HEADER, "succeeded": True}),
+               (200, {"header": HEADER}))
+    witness = Witness([etcd.endpoint])
+    assert witness.put_unless_moved("/baton/alive/a/n", "v", 7, {HOLDER: 41}) is True
+    assert witness.put_unless_moved("/baton/alive/a/n", "v", 7, {HOLDER: 41}) is False
+    assert etcd.requests[0][1] == {
+        "compare": [{"target": "MOD", "key": b64(HOLDER), "result": "EQUAL", "mod_revision": "41"}],
+        "success": [{"request_put": {"key": b64("/baton/alive/a/n"), "value": b64("v"),
+                                     "lease": "7"}}]}
+
+
 def test_swap_is_a_compare_and_swap_on_mod_revision(etcd):
     etcd.reply("/v3/kv/txn", (200, {"header": HEADER}))
     assert Witness([etcd.endpoint]).swap(HOLDER, "y", expect_mod_revision=7, lease=5) is False
@@ -701,6 +713,8 @@ class FakeWitness:
     def __init__(self, holder: dict[str, Any] | None, fail: bool = False) -> None:
         self.holder, self.fail, self.calls = holder, fail, []
         self.leases: set[int] = set()
+        self.revision = 41  # the holder key's mod_revision
+        self.moved_meanwhile = False  # the baton moves between the agent's read and its write
 
     def _maybe_fail(self) -> None:
         if self.fail:
@@ -711,7 +725,7 @@ class FakeWitness:
         self._maybe_fail()
         if self.holder is None:
             return None
-        return type("E", (), {"value": json.dumps(self.holder)})()
+        return type("E", (), {"value": json.dumps(self.holder), "mod_revision": self.revision})()
 
     def grant(self, ttl: int) -> int:
         self.calls.append(("grant", ttl))
@@ -721,6 +735,11 @@ class FakeWitness:
     def put(self, key: str, value: str, lease: int = 0) -> int:
         self.calls.append(("put", key, lease))
         return 1
+
+    def put_unless_moved(self, key: str, value: str, lease: int,
+                         unchanged: dict[str, int]) -> bool:
+        self.calls.append(("put_unless_moved", key, lease, unchanged))
+        return not self.moved_meanwhile and unchanged == {HOLDER: self.revision}
 
     def keepalive(self, lease: int) -> int:
         self.calls.append(("keepalive", lease))
@@ -761,7 +780,8 @@ def test_agent_process_takes_a_lease_writes_its_alive_key_and_metrics(agent_modu
     witness = FakeWitness({"region": "us-east", "epoch": 3})
     agent = make_agent(agent_module, tmp_path, witness)
     assert agent.step() == ["grant"]
-    assert ("put", "/baton/alive/us-east/us-east-1", 77) in witness.calls
+    assert ("put_unless_moved", "/baton/alive/us-east/us-east-1", 77, {HOLDER: 41}) \
+        in witness.calls
     assert agent.state["lease"] == 77 and agent.state["holder_epoch"] == 3
     assert agent.step() == ["keepalive"]
     metrics = (tmp_path / "metrics/baton_agent.prom").read_text()
@@ -769,6 +789,18 @@ def test_agent_process_takes_a_lease_writes_its_alive_key_and_metrics(agent_modu
     assert 'baton_agent_holder_epoch{region="us-east",node="us-east-1"} 3' in metrics
     saved = json.loads((tmp_path / "run/state.json").read_text())
     assert saved["lease"] == 77
+
+
+def test_agent_takes_no_lease_when_the_baton_moved_between_its_read_and_its_write(
+        agent_module, tmp_path):
+    # The controller reads the old region's liveness keys right after the move: a key
+    # written after it (by a loop that read the holder before it) must not exist.
+    witness = FakeWitness({"region": "us-east", "epoch": 3})
+    witness.moved_meanwhile = True
+    agent = make_agent(agent_module, tmp_path, witness)
+    assert agent.step() == ["grant"]
+    assert ("revoke", 77) in witness.calls
+    assert agent.state["lease"] is None
 
 
 class FakeStop:

@@ -535,6 +535,7 @@ class Agent:
         self.last_renewal_wall = 0.0
         self.holder: dict[str, Any] | None = None
         self.witness_error = ""
+        self.holder_revision = 0  # mod_revision of the holder key this loop read
         self.last_summary = ""
         self.started = time.monotonic()
         self.loops = 0
@@ -627,6 +628,7 @@ class Agent:
         try:
             entry = self.witness.get(HOLDER)
             holder = parse_holder(entry.value if entry else None)
+            self.holder_revision = entry.mod_revision if entry else 0
             witness_ok = True
             self.witness_error = ""
         except WitnessError as exc:
@@ -655,6 +657,7 @@ class Agent:
                               and not fenced and not held)
         writable = self.writable() if matters else None
         return {"witness_ok": witness_ok, "holder": holder, "writable": writable,
+                "holder_revision": self.holder_revision if witness_ok else None,
                 "fenced": fenced, "agent_age": time.monotonic() - self.started,
                 "holding_for": now - self.holding_since if self.holding else 0.0,
                 "holder_seen": self.seen_epoch}
@@ -741,10 +744,19 @@ class Agent:
             return
         record = {"node": cfg["node"], "region": cfg["region"], "epoch": holder["epoch"],
                   "renewed_at": utc_iso(sent_wall)}
+        # Only while the holder key is the one this loop read: a liveness key written after
+        # the baton moved would be one the controller may not see when it waits for this
+        # region's keys to go (it reads them right after the move, without waiting a loop).
         try:
-            self.witness.put(alive_key(cfg["region"], cfg["node"]), json.dumps(record), lease)
+            written = self.witness.put_unless_moved(
+                alive_key(cfg["region"], cfg["node"]), json.dumps(record), lease,
+                {HOLDER: observed["holder_revision"]})
         except WitnessError as exc:
             self.log(f"cannot write {alive_key(cfg['region'], cfg['node'])}: {exc}")
+            self._revoke(lease)
+            return
+        if not written:
+            self.log("the baton moved while this node was taking its lease: no lease taken")
             self._revoke(lease)
             return
         self.state.update(lease=lease, last_renewal=sent, holder_epoch=holder["epoch"])
