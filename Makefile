@@ -105,7 +105,7 @@ test-lifecycle: venv ## One lifecycle scenario on the lab that is up: SCENARIO=p
 
 bench: deps ## Benchmarks; each prints its figures (replaces any lab that is up)
 	$(BIN)/python bench/lab_timings.py
-	$(LABCTL) up --size full
+	$(LABCTL) up --size bench
 	ansible-playbook site.yml
 	$(BIN)/python bench/inregion_failover.py
 	$(BIN)/python bench/sentinel_failover.py

@@ -1,36 +1,45 @@
 #!/usr/bin/env python3
-"""Cross-region moves of the baton, measured on the lab that is up (mini or full, deployed
-with site.yml, us-east holding the baton):
+"""Cross-region moves of the baton, measured on the lab that is up (deployed with site.yml,
+us-east holding the baton); `make bench` brings up the bench lab (three nodes in us-east and
+us-west) for it:
 
-    make lab-up && make site                    # once
+    make lab-up LAB=bench && make site          # once
     .venv/bin/python bench/failover_timing.py [--runs 3]
 
-Per run, in this order:
-- switchover.yml us-east -> us-west under a continuous writer (one client writing through
-  us-west's PgBouncer every 20 ms): its longest gap between two acknowledged writes, its client
-  errors, and writes it was told succeeded but that the new primary does not hold (must be 0);
-- the re-run of that switchover (changed=0): wall time;
+Clients write the way applications do: through db.<zone>, resolved on the lab's name servers
+at every (re)connection, one INSERT every 20 ms. Per run, in this order:
+- switchover.yml us-east -> us-west under that writer: the longest gap between two
+  acknowledged writes, client errors, acknowledged writes the new primary does not hold (must
+  be 0), the write pause the report states, the run's wall time; its profile (the first run's,
+  BATON_PROFILE) is printed once;
+- the same switchover again, which must change nothing: its wall time;
 - switchover.yml back to us-east (same measures);
-- unplanned: every us-east container stopped, failover.yml -e target=us-west: the RTO the
-  report states (start of the run to the first write accepted through db.baton.internal) and
-  the run's wall time; then us-east started again, failback.yml, switchover.yml home;
-- where the primary region has two nodes or more (the full lab), Patroni's in-region
-  `patronictl switchover` under the same writer, for comparison.
-Prints each run and the medians.
+- unplanned: health.yml (a recent position), then every us-east container stopped and
+  failover.yml -e target=us-west started at once: the first write accepted through db.<zone>
+  after the stop, the report's RTO and write pause, the wall time; the re-run (changes
+  nothing); then us-east started again, failback.yml, switchover.yml home;
+- where us-east has two nodes or more, Patroni's in-region `patronictl switchover` under the
+  same writer, for comparison.
+Prints each run, the medians, and the ratio the hot path is held to (switchover gap / Patroni's
+in-region switchover gap).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
+import dns.resolver
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,53 +47,80 @@ BIN = Path(sys.executable).parent
 ENV = dict(os.environ, CONTAINERS_CONF=str(ROOT / "lab/containers.conf"),
            ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), PATH=f"{BIN}:{os.environ['PATH']}")
 APP = {"user": "app", "password": "lab-app-not-secret", "connect_timeout": 2}  # lab throwaway
+ZONE = "baton.internal"
 
 
-def run(*cmd: str, timeout: float = 900) -> tuple[int, str, float]:
+def run(*cmd: str, timeout: float = 900, env: dict | None = None) -> tuple[int, str, float]:
     started = time.monotonic()
     with open(os.devnull) as devnull:
-        proc = subprocess.run(list(cmd), cwd=ROOT, env=ENV, stdin=devnull, text=True,
+        proc = subprocess.run(list(cmd), cwd=ROOT, env=env or ENV, stdin=devnull, text=True,
                               capture_output=True, timeout=timeout, check=False)
     return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started
 
 
-def playbook(*args: str) -> tuple[str, float]:
-    code, out, took = run(str(BIN / "ansible-playbook"), *args)
+def playbook(*args: str, profile: str | None = None) -> tuple[str, float]:
+    env = dict(ENV, BATON_PROFILE=profile) if profile else ENV
+    code, out, took = run(str(BIN / "ansible-playbook"), *args, env=env)
     if code != 0:
         sys.exit(f"bench: ansible-playbook {' '.join(args)} failed:\n{out[-3000:]}")
     return out, took
 
 
-class Writer:
-    """Writes numbered rows through one PgBouncer; remembers acknowledged ids, errors, gaps."""
+def changed_nothing(out: str) -> bool:
+    """Whether every host of the run's recap says changed=0."""
+    counts = re.findall(r"^\S+\s+: ok=\d+\s+changed=(\d+)", out, re.M)
+    return bool(counts) and all(c == "0" for c in counts)
 
-    def __init__(self, address: str):
-        self.address, self.acked, self.errors, self.gap = address, [], 0, 0.0
+
+def resolve(name: str, servers: list[str]) -> str:
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers, resolver.timeout, resolver.lifetime = servers, 1.0, 2.0 * len(servers)
+    resolver.cache = None
+    return resolver.resolve(name, "A")[0].to_text()
+
+
+class Writer:
+    """Writes numbered rows through db.<zone> (or one fixed address); remembers the
+    acknowledged ids with their times, the errors, the longest gap."""
+
+    def __init__(self, name_servers: list[str], address: str | None = None):
+        self.name_servers, self.address = name_servers, address
+        self.acked: list[tuple[float, int]] = []
+        self.errors = 0
         self.stop = threading.Event()
-        with psycopg.connect(host=address, port=6432, dbname="app", autocommit=True,
+        with psycopg.connect(host=self.target(), port=6432, dbname="app", autocommit=True,
                              **APP) as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS baton_bench_writer (id bigint PRIMARY KEY)")
             self.next = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM baton_bench_writer"
                                      ).fetchone()[0]
         self.thread = threading.Thread(target=self.loop, daemon=True)
 
+    def target(self) -> str:
+        return self.address or resolve(f"db.{ZONE}", self.name_servers)
+
     def loop(self) -> None:
-        conn, last = None, time.monotonic()
+        conn = None
         while not self.stop.is_set():
             try:
-                conn = conn or psycopg.connect(host=self.address, port=6432, dbname="app",
-                                               autocommit=True, **APP)
+                conn = conn or psycopg.connect(host=self.target(), port=6432, dbname="app",
+                                               autocommit=True, tcp_user_timeout=3000, **APP)
                 conn.execute("INSERT INTO baton_bench_writer VALUES (%s)", (self.next,))
-                self.acked.append(self.next)
-                now = time.monotonic()
-                self.gap, last = max(self.gap, now - last), now
-            except psycopg.Error:
+                self.acked.append((time.time(), self.next))
+            except (psycopg.Error, dns.exception.DNSException, OSError):
                 self.errors += 1
                 if conn is not None:
                     conn.close()
                 conn = None
             self.next += 1
             time.sleep(0.02)
+
+    @property
+    def gap(self) -> float:
+        times = [t for t, _ in self.acked]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+    def first_after(self, moment: float) -> float | None:
+        return next((t - moment for t, _ in self.acked if t > moment), None)
 
     def __enter__(self) -> Writer:
         self.thread.start()
@@ -94,38 +130,42 @@ class Writer:
         self.stop.set()
         self.thread.join(30)
 
-    def lost(self, primary: str) -> int:
-        with psycopg.connect(host=primary, port=6432, dbname="app", autocommit=True,
+    def lost(self) -> int:
+        with psycopg.connect(host=self.target(), port=6432, dbname="app", autocommit=True,
                              **APP) as conn:
             stored = {r[0] for r in conn.execute("SELECT id FROM baton_bench_writer")}
-        return sum(1 for i in self.acked if i not in stored)
+        return sum(1 for _t, i in self.acked if i not in stored)
 
 
 def inventory() -> dict[str, list[str]]:
-    """Region -> its hosts' addresses, as the lab tool reports them."""
+    """Site -> its hosts' addresses, as the lab tool reports them."""
     code, out, _ = run(sys.executable, str(ROOT / "lab/labctl.py"), "status", "--json")
     if code != 0:
         sys.exit(f"bench: the lab does not answer: {out[-500:]}")
-    regions: dict[str, list[str]] = {}
+    sites: dict[str, list[str]] = {}
     for host in json.loads(out)["hosts"]:
-        if host["region"]:
-            regions.setdefault(host["site"], []).append(host["address"])
-    return regions
+        sites.setdefault(host["site"], []).append(host["address"])
+    return sites
 
 
-def switchover(target: str, writer_at: str, primary_after: str) -> dict[str, float]:
-    with Writer(writer_at) as writer:
+def report(kind: str) -> dict:
+    return json.loads((ROOT / f"reports/{kind}-latest.json").read_text())
+
+
+def switchover(target: str, servers: list[str], profile: str | None) -> dict[str, float]:
+    with Writer(servers) as writer:
         time.sleep(1)
-        _out, took = playbook("switchover.yml", "-e", f"target={target}")
+        _out, took = playbook("switchover.yml", "-e", f"target={target}", profile=profile)
         time.sleep(1)
-    return {"gap": writer.gap, "errors": writer.errors, "lost": writer.lost(primary_after),
-            "wall": took}
+    pause = (report("switchover").get("write_pause") or {}).get("seconds")
+    return {"gap": writer.gap, "errors": writer.errors, "lost": writer.lost(), "wall": took,
+            "pause": pause}
 
 
-def patroni_switchover(region_nodes: list[str]) -> dict[str, float] | None:
+def patroni_switchover(region_nodes: list[str], servers: list[str]) -> dict[str, float] | None:
     if len(region_nodes) < 2:
         return None
-    with Writer(region_nodes[0]) as writer:
+    with Writer(servers) as writer:
         time.sleep(1)
         code, out, took = run("podman", "exec", "baton-us-east-1", "patronictl", "-c",
                               "/etc/patroni/patroni.yml", "switchover", "--force")
@@ -135,52 +175,79 @@ def patroni_switchover(region_nodes: list[str]) -> dict[str, float] | None:
     return {"gap": writer.gap, "errors": writer.errors, "wall": took}
 
 
+def print_profile(path: str) -> None:
+    data = json.loads(Path(path).read_text())
+    print(f"\nprofile of the first switchover ({data['seconds']:.1f} s; tasks over 0.1 s):")
+    for row in data["tasks"]:
+        if row.get("seconds", 0) >= 0.1:
+            print(f"  {row['at']:7.2f} {row['seconds']:6.2f}  {row['task']}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    regions = inventory()
-    east, west = regions["us-east"][0], regions["us-west"][0]
+    sites = inventory()
+    servers = [sites["global"][0]] + [sites[r][0] for r in ("us-east", "us-west", "eu-west")]
     rows: dict[str, list[float]] = {}
+    profile = os.path.join(tempfile.mkdtemp(prefix="baton-bench-"), "switchover.json")
 
     def keep(name: str, value: float | None) -> None:
         if value is not None:
             rows.setdefault(name, []).append(round(float(value), 3))
 
     for n in range(1, args.runs + 1):
-        there = switchover("us-west", west, west)
-        _out, rerun = playbook("switchover.yml", "-e", "target=us-west")
-        back = switchover("us-east", west, east)
+        there = switchover("us-west", servers, profile if n == 1 else None)
+        out, rerun = playbook("switchover.yml", "-e", "target=us-west")
+        keep("switchover re-run: changed nothing (1 = yes)", int(changed_nothing(out)))
+        keep("switchover re-run: wall s", rerun)
+        back = switchover("us-east", servers, None)
         for name, m in (("switchover", there), ("switchover back", back)):
-            keep(f"{name}: longest gap s", m["gap"])
+            keep(f"{name}: longest client gap s", m["gap"])
+            keep(f"{name}: write pause in the report s", m["pause"])
             keep(f"{name}: client errors", m["errors"])
             keep(f"{name}: acknowledged writes lost", m["lost"])
             keep(f"{name}: wall s", m["wall"])
-        keep("switchover re-run (changed=0): wall s", rerun)
-        run(sys.executable, str(ROOT / "lab/labctl.py"), "stop-region", "us-east")
-        _out, took = playbook("failover.yml", "-e", "target=us-west")
-        report = json.loads((ROOT / "reports/failover-latest.json").read_text())
-        keep("unplanned failover: RTO s (report)", report["rto_seconds"])
-        keep("unplanned failover: wall s", took)
-        keep("unplanned failover: data lost bytes", report["data_lost_bytes"])
-        _out, rerun = playbook("failover.yml", "-e", "target=us-west")
-        keep("failover re-run (changed=0): wall s", rerun)
+        playbook("health.yml")
+        alive = [s for s in servers if s not in sites["us-east"]]
+        with Writer(alive) as writer:
+            time.sleep(1)
+            run(sys.executable, str(ROOT / "lab/labctl.py"), "stop-region", "us-east")
+            stopped = time.time()
+            _out, took = playbook("failover.yml", "-e", "target=us-west")
+            time.sleep(1)
+        done = report("failover")
+        keep("region loss: first write through db after the stop s",
+             writer.first_after(stopped))
+        keep("region loss: write pause in the report s",
+             (done.get("write_pause") or {}).get("seconds"))
+        keep("region loss: RTO in the report s", done["rto_seconds"])
+        keep("region loss: wall s", took)
+        out, rerun = playbook("failover.yml", "-e", "target=us-west")
+        keep("failover re-run: changed nothing (1 = yes)", int(changed_nothing(out)))
+        keep("failover re-run: wall s", rerun)
         run(sys.executable, str(ROOT / "lab/labctl.py"), "start-region", "us-east")
         time.sleep(10)
         _out, took = playbook("failback.yml")
         keep("failback: wall s", took)
         playbook("switchover.yml", "-e", "target=us-east")
-        inregion = patroni_switchover(regions["us-east"])
+        inregion = patroni_switchover(sites["us-east"], servers)
         if inregion:
-            keep("patronictl switchover (in-region): longest gap s", inregion["gap"])
+            keep("patronictl switchover (in-region): longest client gap s", inregion["gap"])
             keep("patronictl switchover (in-region): client errors", inregion["errors"])
         print(f"run {n}: " + ", ".join(f"{k} {v[-1]}" for k, v in rows.items()), flush=True)
+        if n == 1:
+            print_profile(profile)
     print("\nmedians of", args.runs, "runs:")
     for name, values in rows.items():
-        print(f"  {name:55s} {statistics.median(values):10.3f}   {values}")
-    if not regions["us-east"][1:]:
-        print("  patronictl switchover (in-region): n/a on the mini lab (one node per region); "
-              "run on the full lab for it")
+        print(f"  {name:58s} {statistics.median(values):9.3f}   {values}")
+    inregion_gaps = rows.get("patronictl switchover (in-region): longest client gap s")
+    if inregion_gaps:
+        ratio = statistics.median(rows["switchover: longest client gap s"]) / statistics.median(
+            inregion_gaps)
+        print(f"  switchover gap / Patroni's in-region switchover gap: {ratio:.2f} (held to 2.0)")
+    else:
+        print("  patronictl switchover (in-region): n/a (one node in us-east); use the bench lab")
     return 0
 
 

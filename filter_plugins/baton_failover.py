@@ -291,24 +291,36 @@ def baton_failover_report(plan: Mapping[str, Any], marks: Mapping[str, float],
 
 def write_pause(plan: Mapping[str, Any], marks: Mapping[str, float],
                 outcome: Mapping[str, Any]) -> dict[str, Any] | None:
-    """How long clients could not write (pure): {"seconds", "from", "to", "basis"}, or None
-    when nothing held them (a run that found the move done).
+    """How long clients could not write, at most (pure): {"seconds", "from", "to", "basis"},
+    or None when nothing held them (a run that found the move done).
 
     - The old primary answered (a switchover, a failover from a live primary): from the moment
       PgBouncer began to hold the queries to the moment it let them through on every host.
-    - It did not (region loss): from the last transaction the target replayed from it - the
-      fault, at the latest, so the figure is an upper bound - to the first write accepted
-      through the failover name.
+    - It did not (region loss): from the fault to the first write accepted through the
+      failover name. The fault is not seen; its earliest possible moment is the later of the
+      last transaction the target replayed from the old primary and the old region's last
+      lease renewal on the witness (its leases vanished one lease TTL after it), so the figure
+      is an upper bound (by about one agent loop when the database was idle).
     """
     held, resumed = marks.get("clients held"), marks.get("PgBouncers repointed and resumed")
     if plan.get("old_answers") and held and resumed:
         begin, end = float(held), float(resumed)
         basis = "PgBouncer held the queries (paused on every reachable host until resumed)"
     elif not plan.get("old_answers") and outcome.get("promoted") \
-            and outcome.get("last_replayed_at") and outcome.get("write_accepted_at"):
-        begin, end = float(outcome["last_replayed_at"]), float(outcome["write_accepted_at"])
-        basis = ("from the last transaction the target replayed from the old primary (the "
-                 "fault, at the latest) to the first write accepted through the failover name")
+            and outcome.get("write_accepted_at"):
+        end = float(outcome["write_accepted_at"])
+        seen = []
+        if outcome.get("last_replayed_at"):
+            seen.append(float(outcome["last_replayed_at"]))
+        released = marks.get("old region fenced, baton moved")
+        if released and outcome.get("lease_ttl"):
+            seen.append(float(released) - float(outcome["lease_ttl"]))
+        if not seen:
+            return None
+        begin = max(seen)
+        basis = ("from the old primary's last sign of life (its last transaction the target "
+                 "replayed, or its region's last lease renewal on the witness) to the first "
+                 "write accepted through the failover name")
     else:
         return None
     return {"seconds": round(max(0.0, end - begin), 3), "from": _iso(begin), "to": _iso(end),
@@ -401,7 +413,7 @@ def pause_sentence(pause: Mapping[str, Any] | None) -> str:
     """What clients saw, in one line."""
     if not pause:
         return "clients' writes were not held (nothing moved)"
-    return f"clients could not write for {pause['seconds']:.1f} s: {pause['basis']}"
+    return f"clients could not write for {pause['seconds']:.1f} s at most: {pause['basis']}"
 
 
 def baton_failover_metrics(report: Mapping[str, Any], now: float) -> str:

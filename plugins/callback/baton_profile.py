@@ -67,7 +67,7 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_handler_task_start(self, task) -> None:
         self._open(task, "handler")
 
-    def _count(self, result) -> None:
+    def _count(self, result, *_args, **_kwargs) -> None:
         if self.current is not None:
             self.current["hosts"] += 1
 

@@ -1081,7 +1081,8 @@ def test_unknown_region_is_one_sentence_and_exit_2(lab):
 def test_unknown_lab_size_is_one_sentence_and_nonzero_through_make(lab):
     proc = sh("make", "--no-print-directory", "lab-up", "LAB=huge")
     assert proc.returncode != 0
-    assert "lab: error: unknown lab size 'huge': use LAB=full or LAB=ha or LAB=mini" in proc.stderr
+    assert ("lab: error: unknown lab size 'huge': use LAB=bench or LAB=full or LAB=ha or "
+            "LAB=mini") in proc.stderr
 
 
 LAB_REGIONS = ["us-east", "us-west", "eu-west"]

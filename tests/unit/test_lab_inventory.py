@@ -68,8 +68,8 @@ def test_environment_size_wins_over_state_file_and_default():
 def test_unknown_size_names_its_origin_and_the_valid_sizes():
     with pytest.raises(LabTopologyError) as err:
         resolve_size(SIZES, "huge", None, "mini")
-    assert str(err.value) == ("unknown lab size 'huge' (from BATON_LAB_SIZE): use one of full, "
-                              "ha, mini")
+    assert str(err.value) == ("unknown lab size 'huge' (from BATON_LAB_SIZE): use one of "
+                              "bench, full, ha, mini")
 
 
 def test_two_sites_on_one_subnet_are_refused():

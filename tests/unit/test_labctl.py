@@ -9,7 +9,8 @@ import pytest
 def test_unknown_lab_size_is_one_sentence_with_the_valid_sizes():
     with pytest.raises(labctl.LabError) as err:
         labctl.check_size("huge")
-    assert str(err.value) == "unknown lab size 'huge': use LAB=full or LAB=ha or LAB=mini"
+    assert str(err.value) == ("unknown lab size 'huge': use LAB=bench or LAB=full or LAB=ha "
+                              "or LAB=mini")
 
 
 def test_unknown_region_lists_the_lab_regions():
@@ -45,7 +46,8 @@ def test_inventory_json_unsafe_wrappers_are_unwrapped():
 def test_cli_exits_2_with_one_sentence_for_an_unknown_size(capsys):
     assert labctl.main(["up", "--size", "huge"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["lab: error: unknown lab size 'huge': use LAB=full or LAB=ha or LAB=mini"]
+    assert err == ["lab: error: unknown lab size 'huge': use LAB=bench or LAB=full or LAB=ha "
+                   "or LAB=mini"]
 
 
 def test_the_containers_get_the_common_roles_network_kernel_settings_only():
