@@ -275,13 +275,19 @@ def wait_cluster(addresses: list[str], port: int, want: str, deadline: float,
 
 
 def member_positions(addresses: list[str], port: int, timeout: float) -> dict[str, Any]:
-    """/patroni of every member that answers: role, WAL positions (for catch-up checks)."""
-    out = {}
-    for address in addresses:
+    """/patroni of every member that answers (asked in parallel): role, WAL positions (for
+    catch-up checks)."""
+    def one(address: str) -> tuple[str, Any]:
         try:
             _status, data = rest("GET", url(address, port, "/patroni"), timeout)
         except OSError:
-            continue
+            return address, None
+        return address, data
+
+    with ThreadPoolExecutor(max_workers=max(1, len(addresses))) as pool:
+        answers = list(pool.map(one, addresses))
+    out = {}
+    for address, data in answers:
         if isinstance(data, dict) and data.get("role"):
             xlog = data.get("xlog", {})
             out[address] = {"role": data.get("role"), "state": data.get("state"),
@@ -290,3 +296,100 @@ def member_positions(addresses: list[str], port: int, timeout: float) -> dict[st
                             "received": as_lsn(xlog.get("received_location")),
                             "replayed": as_lsn(xlog.get("replayed_location"))}
     return out
+
+
+# --- a region's cluster taken to a state (baton_cluster, baton_handover) -----------------------
+
+class ClusterStop(PatroniProblem):
+    """A converge_cluster that stopped: one sentence, and what it had found (for the task's
+    result)."""
+
+    def __init__(self, msg: str, result: dict[str, Any] | None = None) -> None:
+        super().__init__(msg)
+        self.result = result or {}
+
+
+def leader_position(positions: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(address, WAL position) of the member that leads: its location as a primary, else the
+    furthest of what it received and replayed."""
+    for address, p in positions.items():
+        if p["role"] in ("primary", "master", "leader", "standby_leader"):
+            if p.get("location"):
+                return address, p["location"]
+            known = [x for x in (p.get("received"), p.get("replayed")) if x]
+            return address, max(known, key=lsn_to_int) if known else None
+    return None, None
+
+
+def described(read: dict[str, Any]) -> dict[str, Any]:
+    return {"role": cluster_role(read["members"]),
+            "standby_cluster": read["config"].get("standby_cluster"),
+            "members": [{k: m.get(k) for k in ("name", "role", "state", "host", "timeline",
+                                                 "lag")} for m in read["members"]]}
+
+
+def converge_cluster(region: str, members: list[str], state: str, *, port: int = 8008,
+                     timeout: float = 3.0, auth: tuple[str, str],
+                     source_hosts: list[str] | None = None, source_port: int = 5000,
+                     slot: str | None = None, wait_for_lsn: str | None = None,
+                     streaming: bool = False, wait_timeout: float = 120.0,
+                     check_mode: bool = False) -> dict[str, Any]:
+    """Takes a region's cluster to `state` ('primary', or 'standby' of source_hosts through
+    slot) and waits for the outcome; the result baton_cluster returns. Raises ClusterStop."""
+    try:
+        wanted_lsn = lsn_to_int(wait_for_lsn)
+    except ValueError as exc:
+        raise ClusterStop(f"wait_for_lsn '{wait_for_lsn}' is not a WAL position: write it as "
+                          "PostgreSQL does, e.g. 0/3000060") from exc
+    source = (standby_source(source_hosts or [], source_port, slot or "")
+              if state == "standby" else None)
+    answer_by = time.monotonic() + (wait_timeout if streaming else 0)
+    while True:
+        try:
+            before = read_cluster(members, port, timeout)
+            break
+        except PatroniProblem as exc:
+            if time.monotonic() >= answer_by:
+                verb = "promoted" if state == "primary" else "demoted or repointed"
+                raise ClusterStop(f"{region}: {exc}: the region must answer to be {verb}") from exc
+            time.sleep(1)
+    body, reason = plan_cluster(before["config"], before["members"], state, source)
+    _addr, position_before = leader_position(member_positions(members, port, timeout))
+    kind = ("none" if body is None else "promote" if state == "primary"
+            else "repoint" if before["config"].get("standby_cluster") else "demote")
+    result: dict[str, Any] = {"changed": body is not None,
+                              "action": {"action": kind, "reason": f"{region}: {reason}"},
+                              "before": described(before), "position_before": position_before}
+    if check_mode:
+        return result
+    started = time.monotonic()
+    deadline = started + wait_timeout
+    if body is None:
+        if not reached(before["members"], state, streaming):
+            try:
+                wait_cluster(members, port, state, deadline, timeout, streaming)
+            except PatroniProblem as exc:
+                raise ClusterStop(f"{region}: {exc}", result) from exc
+        _addr, result["leader_position"] = leader_position(member_positions(members, port,
+                                                                            timeout))
+        return result
+    if wanted_lsn is not None:
+        while True:
+            _addr, received = leader_position(member_positions(members, port, timeout))
+            if received and lsn_to_int(received) >= wanted_lsn:
+                break
+            if time.monotonic() >= deadline:
+                raise ClusterStop(f"{region}: the standby leader received WAL up to {received}, "
+                                  f"not {wait_for_lsn}, within {wait_timeout:g} s: it is not "
+                                  "promoted (that would lose data); check its replication and "
+                                  "re-run", result)
+            time.sleep(0.1)
+    try:
+        apply_cluster(leader_first(members, before["members"]), port, auth, body, timeout)
+        after = wait_cluster(members, port, state, deadline, timeout, streaming)
+    except PatroniProblem as exc:
+        raise ClusterStop(f"{region}: {exc}", result) from exc
+    result["after"] = described(after)
+    _addr, result["leader_position"] = leader_position(member_positions(members, port, timeout))
+    result["elapsed"] = round(time.monotonic() - started, 3)
+    return result

@@ -763,3 +763,88 @@ def _age(started: Any, now: float) -> str:
     if seconds < 7200:
         return f", {seconds // 60} min ago"
     return f", {seconds // 3600} h ago"
+
+
+# --- moving the baton (baton_holder, baton_handover) --------------------------------------------
+
+class BatonStop(Exception):
+    """A move of the baton that stopped: one sentence, and what was found (for the result)."""
+
+    def __init__(self, msg: str, result: dict[str, Any] | None = None) -> None:
+        super().__init__(msg)
+        self.result = result or {}
+
+
+def move_holder(witness: Witness, region: str, *, expect_region: str | None = None,
+                lock_run_id: str = "", by: str = "", check_mode: bool = False
+                ) -> dict[str, Any]:
+    """Gives the baton to `region` (a compare-and-swap that bumps the epoch; with lock_run_id,
+    in the same transaction as "this run still holds the failover lock"); a baton that region
+    holds already is left as it is. {"changed", "before", "after"}; raises BatonStop."""
+    from datetime import UTC, datetime
+
+    entry = witness.get(HOLDER)
+    try:
+        before = json.loads(entry.value) if entry else None
+        int(before.get("epoch", 0)) if before else 0
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise BatonStop(f"the witness's {HOLDER} holds '{entry.value if entry else ''}', not a "
+                        "baton record: restore it (etcdctl put, JSON with region and epoch) "
+                        "from the last report before moving the baton") from exc
+    result: dict[str, Any] = {"changed": False, "before": before, "after": before}
+    if before is None:
+        raise BatonStop("the witness has no baton holder yet: run site.yml first (it writes "
+                        "the initial primary region)", result)
+    if before.get("region") == region:
+        return result
+    if expect_region and before.get("region") != expect_region:
+        raise BatonStop(f"the baton is held by {before.get('region')} (epoch "
+                        f"{before.get('epoch')}), not {expect_region} as this run expected: "
+                        "another run moved it; run health.yml and decide again", result)
+    after = {"region": region, "epoch": int(before.get("epoch", 0)) + 1,
+             "since": datetime.now(UTC).isoformat(), "by": by, "from": before.get("region")}
+    result.update(changed=True, after=after)
+    also: dict[str, int] = {}
+    if lock_run_id:
+        lock = witness.get(LOCK)
+        holder_of_lock = (decode_record(lock.value) or {}).get("run_id") if lock else None
+        if lock is None or holder_of_lock != lock_run_id:
+            raise BatonStop(f"this run ({lock_run_id}) no longer holds the failover lock (now "
+                            f"{holder_of_lock or 'nobody'}): the baton was not moved; see what "
+                            "the other run did (its report, health.yml), then re-run", result)
+        also[LOCK] = lock.mod_revision
+    if not check_mode and not witness.swap(HOLDER, json.dumps(after), entry.mod_revision,
+                                           also=also):
+        now = witness.get(HOLDER)
+        lock_now = witness.get(LOCK) if also else None
+        if also and (lock_now is None or lock_now.mod_revision != also[LOCK]):
+            raise BatonStop("the failover lock changed hands while this run was moving the "
+                            "baton: the baton was not moved; see what the other run did (its "
+                            "report, health.yml), then re-run", result)
+        raise BatonStop(f"the baton moved while this run was deciding (now "
+                        f"{now.value if now else 'gone'}): run health.yml and decide again",
+                        result)
+    return result
+
+
+def wait_released(witness: Witness, old: str, region: str, wait_timeout: float, *,
+                  settle: float = 0.0, moved: bool = True, check_mode: bool = False,
+                  poll: float = 0.1) -> dict[str, Any]:
+    """Waits until every liveness key of the old region is gone from the witness: its agents
+    saw the new holder and fenced or let go (or, cut off, fenced before their leases expired).
+    {"alive", "waited"}; raises BatonStop at wait_timeout."""
+    started = time.monotonic()
+    if moved and not check_mode and settle > 0:
+        time.sleep(settle)
+    prefix = alive_prefix(old)
+    alive = [e.key for e in witness.get_prefix(prefix)]
+    while alive and not check_mode:
+        if time.monotonic() - started >= wait_timeout:
+            raise BatonStop(f"{old}'s fence agents still hold leases on the witness "
+                            f"{wait_timeout:g} s after the baton moved ({', '.join(alive)}): the "
+                            f"region is not known to be fenced, so {region} is not promoted; "
+                            "check baton-agent there (journalctl -u baton-agent), then re-run",
+                            {"alive": alive})
+        time.sleep(poll)
+        alive = [e.key for e in witness.get_prefix(prefix)]
+    return {"alive": alive, "waited": round(time.monotonic() - started, 3)}

@@ -137,42 +137,12 @@ elapsed:
   type: float
 """
 
-import time  # noqa: E402
-
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.baton_patroni import (  # noqa: E402
-    PatroniProblem,
-    apply_cluster,
-    cluster_role,
-    leader_first,
-    lsn_to_int,
-    member_positions,
-    plan_cluster,
-    reached,
-    read_cluster,
-    standby_source,
+    ClusterStop,
+    converge_cluster,
     use_ca,
-    wait_cluster,
 )
-
-
-def leader_position(positions: dict) -> tuple[str | None, str | None]:
-    """(address, WAL position) of the member that leads: its location as a primary, else the
-    furthest of what it received and replayed."""
-    for address, p in positions.items():
-        if p["role"] in ("primary", "master", "leader", "standby_leader"):
-            if p.get("location"):
-                return address, p["location"]
-            known = [x for x in (p.get("received"), p.get("replayed")) if x]
-            return address, max(known, key=lsn_to_int) if known else None
-    return None, None
-
-
-def described(read: dict) -> dict:
-    return {"role": cluster_role(read["members"]),
-            "standby_cluster": read["config"].get("standby_cluster"),
-            "members": [{k: m.get(k) for k in ("name", "role", "state", "host", "timeline",
-                                                 "lag")} for m in read["members"]]}
 
 
 def main() -> None:
@@ -198,66 +168,15 @@ def main() -> None:
     )
     p = module.params
     use_ca(p["restapi_ca_file"])
-    region, members, port, t = p["region"], p["members"], p["port"], p["timeout"]
-    auth = (p["restapi_username"], p["restapi_password"])
     try:
-        wanted_lsn = lsn_to_int(p["wait_for_lsn"])
-    except ValueError:
-        module.fail_json(msg=f"wait_for_lsn '{p['wait_for_lsn']}' is not a WAL position: write "
-                             "it as PostgreSQL does, e.g. 0/3000060")
-    source = (standby_source(p["source_hosts"], p["source_port"], p["slot"])
-              if p["state"] == "standby" else None)
-    answer_by = time.monotonic() + (p["wait_timeout"] if p["streaming"] else 0)
-    while True:
-        try:
-            before = read_cluster(members, port, t)
-            break
-        except PatroniProblem as exc:
-            # A reprotected region's Patroni was just started: give it the wait to answer.
-            if time.monotonic() >= answer_by:
-                verb = "promoted" if p["state"] == "primary" else "demoted or repointed"
-                module.fail_json(msg=f"{region}: {exc}: the region must answer to be {verb}")
-            time.sleep(1)
-    body, reason = plan_cluster(before["config"], before["members"], p["state"], source)
-    _addr, position_before = leader_position(member_positions(members, port, t))
-    kind = ("none" if body is None else "promote" if p["state"] == "primary"
-            else "repoint" if before["config"].get("standby_cluster") else "demote")
-    result = {"changed": body is not None,
-              "action": {"action": kind, "reason": f"{region}: {reason}"},
-              "before": described(before), "position_before": position_before}
-    if module.check_mode:
-        module.exit_json(**result)
-    started = time.monotonic()
-    deadline = started + p["wait_timeout"]
-    if body is None:
-        # Nothing to send; the outcome may still be on its way (a re-run after a killed one).
-        if not reached(before["members"], p["state"], p["streaming"]):
-            try:
-                wait_cluster(members, port, p["state"], deadline, t, p["streaming"])
-            except PatroniProblem as exc:
-                module.fail_json(msg=f"{region}: {exc}", **result)
-        _addr, result["leader_position"] = leader_position(member_positions(members, port, t))
-        module.exit_json(**result)
-
-    if wanted_lsn is not None:
-        while True:
-            _addr, received = leader_position(member_positions(members, port, t))
-            if received and lsn_to_int(received) >= wanted_lsn:
-                break
-            if time.monotonic() >= deadline:
-                module.fail_json(msg=f"{region}: the standby leader received WAL up to {received}, "
-                                     f"not {p['wait_for_lsn']}, within {p['wait_timeout']:g} s: "
-                                     "it is not promoted (that would lose data); check its "
-                                     "replication and re-run", **result)
-            time.sleep(0.2)
-    try:
-        apply_cluster(leader_first(members, before["members"]), port, auth, body, t)
-        after = wait_cluster(members, port, p["state"], deadline, t, p["streaming"])
-    except PatroniProblem as exc:
-        module.fail_json(msg=f"{region}: {exc}", **result)
-    result["after"] = described(after)
-    _addr, result["leader_position"] = leader_position(member_positions(members, port, t))
-    result["elapsed"] = round(time.monotonic() - started, 3)
+        result = converge_cluster(
+            p["region"], p["members"], p["state"], port=p["port"], timeout=p["timeout"],
+            auth=(p["restapi_username"], p["restapi_password"]),
+            source_hosts=p["source_hosts"], source_port=p["source_port"], slot=p["slot"],
+            wait_for_lsn=p["wait_for_lsn"], streaming=p["streaming"],
+            wait_timeout=p["wait_timeout"], check_mode=module.check_mode)
+    except ClusterStop as exc:
+        module.fail_json(msg=str(exc), **exc.result)
     module.exit_json(**result)
 
 

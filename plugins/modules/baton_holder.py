@@ -106,18 +106,17 @@ waited:
 """
 
 import json  # noqa: E402
-import time  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.baton_witness import (  # noqa: E402
     CLIENT_SPEC,
     HOLDER,
-    LOCK,
+    BatonStop,
     Witness,
     WitnessError,
-    alive_prefix,
-    decode_record,
+    move_holder,
+    wait_released,
 )
 
 
@@ -165,62 +164,17 @@ def main() -> None:
                 result.update(changed=created, after=after if created else
                               (json.loads(now.value) if now else None))
             module.exit_json(**result)
-        if before is None:
-            module.fail_json(msg="the witness has no baton holder yet: run site.yml first (it "
-                                 "writes the initial primary region)", **result)
-        if before.get("region") != p["region"]:
-            if p["expect_region"] and before.get("region") != p["expect_region"]:
-                module.fail_json(msg=f"the baton is held by {before.get('region')} (epoch "
-                                     f"{before.get('epoch')}), not {p['expect_region']} as this "
-                                     "run expected: another run moved it; run health.yml and "
-                                     "decide again", **result)
-            after = {"region": p["region"], "epoch": int(before.get("epoch", 0)) + 1,
-                     "since": datetime.now(UTC).isoformat(), "by": p["by"],
-                     "from": before.get("region")}
-            result.update(changed=True, after=after)
-            also: dict[str, int] = {}
-            if p["lock_run_id"]:
-                lock = witness.get(LOCK)
-                holder_of_lock = (decode_record(lock.value) or {}).get("run_id") if lock else None
-                if holder_of_lock != p["lock_run_id"]:
-                    module.fail_json(msg=f"this run ({p['lock_run_id']}) no longer holds the "
-                                         "failover lock (now "
-                                         f"{holder_of_lock or 'nobody'}): the baton was not "
-                                         "moved; see what the other run did (its report, "
-                                         "health.yml), then re-run", **result)
-                also[LOCK] = lock.mod_revision
-            if not module.check_mode and not witness.swap(HOLDER, json.dumps(after),
-                                                          entry.mod_revision, also=also):
-                now = witness.get(HOLDER)
-                lock_now = witness.get(LOCK) if also else None
-                if also and (lock_now is None or lock_now.mod_revision != also[LOCK]):
-                    module.fail_json(msg="the failover lock changed hands while this run was "
-                                         "moving the baton: the baton was not moved; see what "
-                                         "the other run did (its report, health.yml), then "
-                                         "re-run", **result)
-                module.fail_json(msg="the baton moved while this run was deciding (now "
-                                     f"{now.value if now else 'gone'}): run health.yml and "
-                                     "decide again", **result)
-        if p["wait_released"] and p["wait_released"] != p["region"]:
-            # The old region's agents see the new holder and fence themselves (or, cut off,
-            # fence when they cannot renew); their liveness keys go when they release their
-            # leases or when the leases expire.
-            started = time.monotonic()
-            if result["changed"] and not module.check_mode and p["settle"] > 0:
-                time.sleep(p["settle"])
-            prefix = alive_prefix(p["wait_released"])
-            alive = [e.key for e in witness.get_prefix(prefix)]
-            while alive and not module.check_mode:
-                if time.monotonic() - started >= p["wait_timeout"]:
-                    module.fail_json(
-                        msg=f"{p['wait_released']}'s fence agents still hold leases on the "
-                            f"witness {p['wait_timeout']:g} s after the baton moved "
-                            f"({', '.join(alive)}): the region is not known to be fenced, so "
-                            f"{p['region']} is not promoted; check baton-agent there "
-                            "(journalctl -u baton-agent), then re-run", alive=alive, **result)
-                time.sleep(0.2)
-                alive = [e.key for e in witness.get_prefix(prefix)]
-            result.update(alive=alive, waited=round(time.monotonic() - started, 3))
+        try:
+            result = move_holder(witness, p["region"], expect_region=p["expect_region"],
+                                 lock_run_id=p["lock_run_id"], by=p["by"],
+                                 check_mode=module.check_mode)
+            if p["wait_released"] and p["wait_released"] != p["region"]:
+                result.update(wait_released(witness, p["wait_released"], p["region"],
+                                            p["wait_timeout"], settle=p["settle"],
+                                            moved=result["changed"],
+                                            check_mode=module.check_mode))
+        except BatonStop as exc:
+            module.fail_json(msg=str(exc), **{**result, **exc.result})
     except WitnessError as exc:
         module.fail_json(msg=f"the witness does not answer ({exc}): without a quorum of its "
                              "members the baton cannot move safely; check the witness members "

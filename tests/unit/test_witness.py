@@ -1350,3 +1350,63 @@ def test_the_fence_keeps_the_watchdog_fed_while_patroni_takes_its_time_to_stop(
                        lambda: pings.append(1))
     assert stop.waits == 4 and len(pings) >= 4
     assert "systemctl stop patroni: ok" in logged
+
+
+# --- moving the baton (baton_holder and baton_handover share it) -------------------------------
+
+class KV:
+    """An in-memory witness: keys with mod revisions, swap as etcd's transaction does it."""
+
+    def __init__(self, **keys: str) -> None:
+        self.revision = 10
+        self.keys: dict[str, tuple[str, int]] = {}
+        for key, value in keys.items():
+            self.set(key, value)
+
+    def set(self, key: str, value: str) -> None:
+        self.revision += 1
+        self.keys[key] = (value, self.revision)
+
+    def get(self, key: str) -> Any:
+        if key not in self.keys:
+            return None
+        value, revision = self.keys[key]
+        return types.SimpleNamespace(key=key, value=value, mod_revision=revision)
+
+    def get_prefix(self, prefix: str) -> list[Any]:
+        return [self.get(k) for k in sorted(self.keys) if k.startswith(prefix)]
+
+    def swap(self, key: str, value: str, expect: int, also: dict[str, int] | None = None) -> bool:
+        checks = {key: expect, **(also or {})}
+        if any((self.keys.get(k) or (None, 0))[1] != rev for k, rev in checks.items()):
+            return False
+        self.set(key, value)
+        return True
+
+
+def test_moving_the_baton_bumps_the_epoch_only_while_this_run_holds_the_lock():
+    from baton_witness import BatonStop, move_holder
+
+    kv = KV(**{HOLDER: json.dumps({"region": "us-east", "epoch": 4}),
+               LOCK: json.dumps({"run_id": "run-1"})})
+    moved = move_holder(kv, "us-west", expect_region="us-east", lock_run_id="run-1", by="run-1")
+    assert moved["changed"] and moved["after"]["epoch"] == 5
+    assert json.loads(kv.get(HOLDER).value)["region"] == "us-west"
+    again = move_holder(kv, "us-west", expect_region="us-east", lock_run_id="run-1")
+    assert not again["changed"]  # a re-run finds the baton there
+    with pytest.raises(BatonStop, match="held by us-west .*not us-east as this run expected"):
+        move_holder(kv, "eu-west", expect_region="us-east", lock_run_id="run-1")
+    kv.set(LOCK, json.dumps({"run_id": "run-2"}))
+    with pytest.raises(BatonStop, match=r"this run \(run-1\) no longer holds the failover lock"):
+        move_holder(kv, "eu-west", expect_region="us-west", lock_run_id="run-1")
+    assert json.loads(kv.get(HOLDER).value)["region"] == "us-west"
+
+
+def test_the_handover_waits_for_the_old_regions_leases_and_names_them_at_the_deadline():
+    from baton_witness import BatonStop, alive_key, wait_released
+
+    kv = KV(**{alive_key("us-east", "us-east-1"): "{}"})
+    with pytest.raises(BatonStop, match=r"us-east's fence agents still hold leases .*us-east-1"):
+        wait_released(kv, "us-east", "us-west", 0.3, poll=0.05)
+    threading.Timer(0.2, lambda: kv.keys.clear()).start()
+    assert wait_released(kv, "us-east", "us-west", 5, poll=0.05)["alive"] == []
