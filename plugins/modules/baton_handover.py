@@ -13,9 +13,9 @@ description:
   - With O(demote), the old region's cluster becomes a standby cluster of the target's
     read-write endpoints (as M(baton_cluster) C(state=standby)); its leader's final WAL
     position is kept.
-  - The baton goes to O(target) on the witness (as M(baton_holder)): a compare-and-swap that
+  - The baton goes to O(target) on the witness (as M(baton_holder)), by a compare-and-swap that
     bumps the epoch, in the same transaction as "this run still holds the failover lock". Then
-    it waits until every liveness key of O(old) has gone: its fence agents saw the new holder
+    it waits until every liveness key of O(old) has gone. Its fence agents saw the new holder
     and let go (their PostgreSQL is a standby, or they fenced it), or, cut off, fenced
     themselves before their leases expired.
   - The target's cluster becomes the primary cluster (as M(baton_cluster) C(state=primary));
