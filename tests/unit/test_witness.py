@@ -791,6 +791,20 @@ def test_agent_process_takes_a_lease_writes_its_alive_key_and_metrics(agent_modu
     assert saved["lease"] == 77
 
 
+def test_a_holder_node_unfenced_by_an_operator_takes_its_lease_instead_of_fencing_again(
+        agent_module, tmp_path, monkeypatch):
+    witness = FakeWitness({"region": "us-east", "epoch": 3})
+    agent = make_agent(agent_module, tmp_path, witness)
+    Path(agent.cfg["marker"]).write_text("{}")
+    clock = [1000.0]
+    monkeypatch.setattr(agent_module.time, "monotonic", lambda: clock[0])
+    assert agent.step() == ["stay_fenced"]
+    clock[0] += 60  # fenced for a minute while its region holds the baton
+    assert agent.step() == ["stay_fenced"]
+    Path(agent.cfg["marker"]).unlink()  # baton_agent.py unfence
+    assert agent.step() == ["grant"]
+
+
 def test_agent_takes_no_lease_when_the_baton_moved_between_its_read_and_its_write(
         agent_module, tmp_path):
     # The controller reads the old region's liveness keys right after the move: a key

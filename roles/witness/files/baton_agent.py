@@ -639,8 +639,10 @@ class Agent:
         if holder is not None:
             self.seen_epoch = int(holder["epoch"])
         now = time.monotonic()
+        # Not while fenced: a node an operator unfences gets fence_after from then to take its
+        # lease (counted from before, it would fence again at once).
         mine = (holder["region"], holder["epoch"]) if holder is not None \
-            and holder["region"] == self.cfg["region"] else None
+            and holder["region"] == self.cfg["region"] and not fenced else None
         if mine != self.holding:
             self.holding, self.holding_since = mine, now
         # Asked only when it matters: another region holds the baton, or it came back at a
