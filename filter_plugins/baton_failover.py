@@ -294,8 +294,10 @@ def write_pause(plan: Mapping[str, Any], marks: Mapping[str, float],
     """How long clients could not write, at most (pure): {"seconds", "from", "to", "basis"},
     or None when nothing held them (a run that found the move done).
 
-    - The old primary answered (a switchover, a failover from a live primary): from the moment
-      PgBouncer began to hold the queries to the moment it let them through on every host.
+    - The old primary answered (a switchover, a failover from a live primary): the longest a
+      PgBouncer held the queries, from its PAUSE to its RESUME (outcome's pgbouncer_holds:
+      [{paused_at, resumed_at}] per host); without those, from the moment the run began to hold
+      them to the moment it let them through on every host.
     - It did not (region loss): from the fault to the first write accepted through the
       failover name. The fault is not seen; its earliest possible moment is the later of the
       last transaction the target replayed from the old primary and the old region's last
@@ -303,7 +305,14 @@ def write_pause(plan: Mapping[str, Any], marks: Mapping[str, float],
       is an upper bound (by about one agent loop when the database was idle).
     """
     held, resumed = marks.get("clients held"), marks.get("PgBouncers repointed and resumed")
-    if plan.get("old_answers") and held and resumed:
+    holds = [(float(h["paused_at"]), float(h["resumed_at"]))
+             for h in outcome.get("pgbouncer_holds") or [] if h.get("paused_at")
+             and h.get("resumed_at")]
+    if plan.get("old_answers") and holds:
+        begin, end = max(holds, key=lambda pair: pair[1] - pair[0])
+        basis = ("PgBouncer held the queries (the longest hold of a host, from its PAUSE to its "
+                 "RESUME)")
+    elif plan.get("old_answers") and held and resumed:
         begin, end = float(held), float(resumed)
         basis = "PgBouncer held the queries (paused on every reachable host until resumed)"
     elif not plan.get("old_answers") and outcome.get("promoted") \
@@ -480,10 +489,42 @@ def baton_endpoints_first(endpoints: list[str], addresses: list[str]) -> list[st
     return first + [e for e in endpoints if e not in first]
 
 
+def baton_bouncers_to_release(assessment: Mapping[str, Any], hosts: list[str],
+                              target_addresses: list[str], held: list[str]) -> list[str]:
+    """The hosts whose PgBouncer the run must point at the target and let through (pure): the
+    ones it held, and every other whose `app` the assessment did not see pointing at the
+    target, unpaused and enabled (or did not see at all). A re-run that finds every PgBouncer
+    done skips them all."""
+    wanted = ",".join(target_addresses)
+    seen: dict[str, Any] = {}
+    for region in (assessment.get("regions") or {}).values():
+        seen.update(((region or {}).get("facts") or {}).get("pgbouncer") or {})
+    done = {host for host, probe in seen.items()
+            if probe.get("ok") and probe.get("host") == wanted and not probe.get("paused")
+            and not probe.get("disabled")}
+    return [h for h in hosts if h in held or h not in done]
+
+
+def baton_pgbouncer_holds(hosts: list[str], hostvars: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per host the run held, when its PgBouncer got PAUSE and when RESUME (the results the
+    hold and release plays registered as __fo_paused and __fo_bouncer); hosts missing either
+    are left out."""
+    out = []
+    for host in hosts:
+        found = hostvars.get(host) or {}
+        paused, released = found.get("__fo_paused") or {}, found.get("__fo_bouncer") or {}
+        if paused.get("paused_at") and released.get("resumed_at"):
+            out.append({"host": host, "paused_at": paused["paused_at"],
+                        "resumed_at": released["resumed_at"]})
+    return out
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
+            "baton_bouncers_to_release": baton_bouncers_to_release,
             "baton_endpoints_first": baton_endpoints_first,
+            "baton_pgbouncer_holds": baton_pgbouncer_holds,
             "baton_failover_plan": baton_failover_plan,
             "baton_lsn": baton_lsn,
             "baton_lsn_int": baton_lsn_int,

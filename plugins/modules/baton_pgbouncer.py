@@ -88,9 +88,18 @@ killed:
   description: Whether a PAUSE had to be followed by KILL.
   returned: always
   type: bool
+paused_at:
+  description: Unix time at which PAUSE was sent (from then on the database's clients wait).
+  returned: when the task sent PAUSE
+  type: float
+resumed_at:
+  description: Unix time at which RESUME had been applied (the clients' queries flow again).
+  returned: when the task sent RESUME
+  type: float
 """
 
 import os  # noqa: E402
+import time  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.baton_pgbouncer import (  # noqa: E402
@@ -162,8 +171,12 @@ def main() -> None:
                 os.chmod(p["config"] + ".baton-tmp", st.st_mode & 0o7777)
                 os.replace(p["config"] + ".baton-tmp", p["config"])
             timeout = p["pause_timeout"] if command.startswith("PAUSE") else 15
+            if command.startswith("PAUSE"):
+                result["paused_at"] = time.time()
             try:
                 console(p, command, timeout)
+                if command.startswith("RESUME"):
+                    result["resumed_at"] = time.time()
             except TimeoutError:
                 if not command.startswith("PAUSE"):
                     raise

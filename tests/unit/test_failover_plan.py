@@ -6,6 +6,7 @@ cluster plan, PgBouncer's repoint, Redis's role changes). No server needed."""
 import pytest
 from baton_assess import global_view, primary_position, region_summary, region_verdict
 from baton_failover import (
+    baton_bouncers_to_release,
     baton_endpoints_first,
     baton_failover_metrics,
     baton_failover_plan,
@@ -13,6 +14,7 @@ from baton_failover import (
     baton_failover_summary,
     baton_lsn,
     baton_lsn_int,
+    baton_pgbouncer_holds,
     baton_redis_chain,
 )
 from baton_patroni import leader_first, plan_cluster, reached, standby_source
@@ -386,3 +388,37 @@ def test_after_a_region_loss_the_write_pause_runs_from_the_last_sign_of_life_to_
     nothing = baton_failover_plan(assessment(lab()), {"region": "us-west", "epoch": 2},
                                   "us-west", "failover", MiB)
     assert baton_failover_report(nothing, {"start": 1.0}, {})["write_pause"] is None
+
+
+def test_a_rerun_releases_only_the_pgbouncers_not_seen_done():
+    def probe(host: str, paused: bool = False, disabled: bool = False, ok: bool = True) -> dict:
+        return {"ok": ok, "host": host, "paused": paused, "disabled": disabled}
+
+    target = ["10.0.2.11", "10.0.2.12"]
+    assessment = {"regions": {
+        "us-west": {"facts": {"pgbouncer": {"w1": probe("10.0.2.11,10.0.2.12"),
+                                            "w2": probe("10.0.2.11,10.0.2.12", paused=True)}}},
+        "us-east": {"facts": {"pgbouncer": {"e1": probe("10.0.1.11"),
+                                            "e2": probe("10.0.2.11,10.0.2.12", disabled=True),
+                                            "e3": probe("", ok=False)}}},
+        "eu-west": {"facts": {"pgbouncer": {"x1": probe("10.0.2.11,10.0.2.12")}}}}}
+    hosts = ["w1", "w2", "e1", "e2", "e3", "x1", "unseen"]
+    assert baton_bouncers_to_release(assessment, hosts, target, []) == [
+        "w2", "e1", "e2", "e3", "unseen"]
+    # Every host the run held is released, whatever the assessment saw before.
+    assert baton_bouncers_to_release(assessment, hosts, target, hosts) == hosts
+
+
+def test_the_write_pause_of_a_switchover_is_the_longest_hold_of_one_pgbouncer():
+    hostvars = {"a": {"__fo_paused": {"paused_at": 1003.0}, "__fo_bouncer": {"resumed_at": 1006.5}},
+                "b": {"__fo_paused": {"paused_at": 1003.5}, "__fo_bouncer": {"resumed_at": 1008.0}},
+                "c": {"__fo_paused": {"changed": False}, "__fo_bouncer": {"resumed_at": 1009.0}}}
+    holds = baton_pgbouncer_holds(["a", "b", "c", "gone"], hostvars)
+    assert [h["host"] for h in holds] == ["a", "b"]
+    plan = baton_failover_plan(assessment(lab()), HOLDER_EAST, "us-west", "switchover", MiB)
+    report = baton_failover_report(plan, {"start": 1000.0, "clients held": 1002.0,
+                                          "PgBouncers repointed and resumed": 1009.5},
+                                   {"epoch": 2, "pgbouncer_holds": holds, "promoted": True,
+                                    "promoted_position": "0/5000000"})
+    assert report["write_pause"]["seconds"] == 4.5  # b: 1003.5 -> 1008.0
+    assert "the longest hold of a host" in report["write_pause"]["basis"]

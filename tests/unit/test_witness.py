@@ -1408,7 +1408,7 @@ def test_moving_the_baton_bumps_the_epoch_only_while_this_run_holds_the_lock():
     assert json.loads(kv.get(HOLDER).value)["region"] == "us-west"
     again = move_holder(kv, "us-west", expect_region="us-east", lock_run_id="run-1")
     assert not again["changed"]  # a re-run finds the baton there
-    with pytest.raises(BatonStop, match="held by us-west .*not us-east as this run expected"):
+    with pytest.raises(BatonStop, match=r"held by us-west .*not us-east as this run expected"):
         move_holder(kv, "eu-west", expect_region="us-east", lock_run_id="run-1")
     kv.set(LOCK, json.dumps({"run_id": "run-2"}))
     with pytest.raises(BatonStop, match=r"this run \(run-1\) no longer holds the failover lock"):
