@@ -505,6 +505,45 @@ def baton_bouncers_to_release(assessment: Mapping[str, Any], hosts: list[str],
     return [h for h in hosts if h in held or h not in done]
 
 
+def baton_redis_in_place(chain: list[dict[str, Any]], assessment: Mapping[str, Any],
+                         regions: Mapping[str, list[str]], target: str,
+                         hostvars: Hostvars) -> bool:
+    """Whether the assessment saw Redis exactly as a move to `target` leaves it (pure): every
+    server of `chain` (baton_redis_chain) answering in its role - the master unfenced, each
+    replica following its source with its link up, the target's servers unfenced - the
+    target's Sentinels watching the master and the other regions' watching nothing. Then a
+    re-run need not touch Redis or Sentinel."""
+    redis: dict[str, Any] = {}
+    sentinels: dict[str, Any] = {}
+    for region in (assessment.get("regions") or {}).values():
+        facts = (region or {}).get("facts") or {}
+        redis.update({p.get("address"): p for p in (facts.get("redis") or {}).values()
+                      if isinstance(p, dict)})
+        sentinels.update(facts.get("sentinel") or {})
+    master = ""
+    for server in chain:
+        at = f"{server['address']}:{server['port']}"
+        probe = redis.get(at) or {}
+        if not probe.get("ok") or (server["unfence"] and probe.get("fenced")):
+            return False
+        if not server["replicaof"]:
+            master = at
+            if probe.get("role") != "master" or probe.get("fenced"):
+                return False
+        elif (probe.get("role") != "slave" or probe.get("master") != server["replicaof"]
+              or probe.get("link") != "up"):
+            return False
+    addresses = {f"{hostvars[h]['baton_address']}:{hostvars[h].get('redis_port', 6379)}": h
+                 for hosts in regions.values() for h in hosts}
+    for server in chain:
+        host = addresses.get(f"{server['address']}:{server['port']}")
+        seen = sentinels.get(host) or {}
+        wanted = master if host in regions.get(target, []) else None
+        if not seen.get("ok") or seen.get("watching") != wanted:
+            return False
+    return bool(master)
+
+
 def baton_pgbouncer_holds(hosts: list[str], hostvars: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Per host the run held, when its PgBouncer got PAUSE and when RESUME (the results the
     hold and release plays registered as __fo_paused and __fo_bouncer); hosts missing either
@@ -525,6 +564,7 @@ class FilterModule:
             "baton_bouncers_to_release": baton_bouncers_to_release,
             "baton_endpoints_first": baton_endpoints_first,
             "baton_pgbouncer_holds": baton_pgbouncer_holds,
+            "baton_redis_in_place": baton_redis_in_place,
             "baton_failover_plan": baton_failover_plan,
             "baton_lsn": baton_lsn,
             "baton_lsn_int": baton_lsn_int,

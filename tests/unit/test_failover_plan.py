@@ -16,6 +16,7 @@ from baton_failover import (
     baton_lsn_int,
     baton_pgbouncer_holds,
     baton_redis_chain,
+    baton_redis_in_place,
 )
 from baton_patroni import leader_first, plan_cluster, reached, standby_source
 from test_assess_verdicts import node, unreachable
@@ -422,3 +423,34 @@ def test_the_write_pause_of_a_switchover_is_the_longest_hold_of_one_pgbouncer():
                                     "promoted_position": "0/5000000"})
     assert report["write_pause"]["seconds"] == 4.5  # b: 1003.5 -> 1008.0
     assert "the longest hold of a host" in report["write_pause"]["basis"]
+
+
+def test_redis_is_left_alone_on_a_rerun_only_when_the_assessment_saw_it_as_the_move_leaves_it():
+    hostvars = {h: {"baton_address": a} for h, a in (
+        ("w1", "10.0.2.11"), ("w2", "10.0.2.12"), ("u1", "10.0.3.11"))}
+    regions = {"us-west": ["w1", "w2"], "eu-west": ["u1"]}
+    chain = baton_redis_chain(regions, hostvars, "us-west")
+    master = "10.0.2.11:6379"
+
+    def seen(**changes) -> dict:
+        redis = {"w1": {"ok": True, "address": master, "role": "master", "fenced": False},
+                 "w2": {"ok": True, "address": "10.0.2.12:6379", "role": "slave",
+                        "master": master, "link": "up", "fenced": False},
+                 "u1": {"ok": True, "address": "10.0.3.11:6379", "role": "slave",
+                        "master": master, "link": "up", "fenced": True}}
+        sentinel = {"w1": {"ok": True, "watching": master}, "w2": {"ok": True, "watching": master},
+                    "u1": {"ok": True, "watching": None}}
+        for key, value in changes.items():
+            node, field = key.split("__")
+            (sentinel if field == "watching" else redis)[node][field] = value
+        return {"regions": {"us-west": {"facts": {"redis": {k: redis[k] for k in ("w1", "w2")},
+                                                  "sentinel": {k: sentinel[k]
+                                                               for k in ("w1", "w2")}}},
+                            "eu-west": {"facts": {"redis": {"u1": redis["u1"]},
+                                                  "sentinel": {"u1": sentinel["u1"]}}}}}
+
+    assert baton_redis_in_place(chain, seen(), regions, "us-west", hostvars)
+    for drift in ({"w1__fenced": True}, {"w2__link": "down"}, {"u1__master": "10.0.2.12:6379"},
+                  {"w1__role": "slave"}, {"u1__watching": master}, {"w2__watching": None},
+                  {"u1__ok": False}):
+        assert not baton_redis_in_place(chain, seen(**drift), regions, "us-west", hostvars), drift
