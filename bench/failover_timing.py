@@ -16,7 +16,8 @@ at every (re)connection, one INSERT every 20 ms. Per run, in this order:
 - switchover.yml back to us-east (same measures);
 - unplanned: health.yml (a recent position), then every us-east container stopped and
   failover.yml -e target=us-west started at once: the first write accepted through db.<zone>
-  after the stop, the report's RTO and write pause, the wall time; the re-run (changes
+  after the stop began, the writer's longest gap, the report's RTO and write pause (a range),
+  the wall time; the re-run (changes
   nothing); then us-east started again, failback.yml, switchover.yml home;
 - where us-east has two nodes or more, Patroni's in-region `patronictl switchover` under the
   same writer, for comparison.
@@ -212,15 +213,17 @@ def main() -> int:
         alive = [s for s in servers if s not in sites["us-east"]]
         with Writer(alive) as writer:
             time.sleep(1)
+            stopping = time.time()  # the stop of us-east's containers begins
             run(sys.executable, str(ROOT / "lab/labctl.py"), "stop-region", "us-east")
-            stopped = time.time()
             _out, took = playbook("failover.yml", "-e", "target=us-west")
             time.sleep(1)
         done = report("failover")
-        keep("region loss: first write through db after the stop s",
-             writer.first_after(stopped))
-        keep("region loss: write pause in the report s",
-             (done.get("write_pause") or {}).get("seconds"))
+        pause = done.get("write_pause") or {}
+        keep("region loss: first write through db after the stop began s",
+             writer.first_after(stopping))
+        keep("region loss: longest client gap s", writer.gap)
+        keep("region loss: write pause in the report, lower s", pause.get("at_least_seconds"))
+        keep("region loss: write pause in the report, upper s", pause.get("seconds"))
         keep("region loss: RTO in the report s", done["rto_seconds"])
         keep("region loss: wall s", took)
         out, rerun = playbook("failover.yml", "-e", "target=us-west")

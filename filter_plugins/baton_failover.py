@@ -299,10 +299,10 @@ def write_pause(plan: Mapping[str, Any], marks: Mapping[str, float],
       [{paused_at, resumed_at}] per host); without those, from the moment the run began to hold
       them to the moment it let them through on every host.
     - It did not (region loss): from the fault to the first write accepted through the
-      failover name. The fault is not seen; its earliest possible moment is the later of the
-      last transaction the target replayed from the old primary and the old region's last
-      lease renewal on the witness (its leases vanished one lease TTL after it), so the figure
-      is an upper bound (by about one agent loop when the database was idle).
+      failover name, as a range (at_least_seconds to seconds): the fault came after the old
+      primary's last transaction the target replayed, and about when the old region last
+      renewed its leases on the witness (they vanished one lease TTL later). An idle database
+      makes the upper figure large; a busy one makes the range narrow.
     """
     held, resumed = marks.get("clients held"), marks.get("PgBouncers repointed and resumed")
     holds = [(float(h["paused_at"]), float(h["resumed_at"]))
@@ -317,19 +317,25 @@ def write_pause(plan: Mapping[str, Any], marks: Mapping[str, float],
         basis = "PgBouncer held the queries (paused on every reachable host until resumed)"
     elif not plan.get("old_answers") and outcome.get("promoted") \
             and outcome.get("write_accepted_at"):
+        # The fault is not seen: it came after the old primary's last transaction the target
+        # replayed, and about when its region's last lease renewal was (its leases vanished
+        # one TTL later) - or earlier: a region's nodes do not all stop at once.
         end = float(outcome["write_accepted_at"])
-        seen = []
-        if outcome.get("last_replayed_at"):
-            seen.append(float(outcome["last_replayed_at"]))
+        replayed = float(outcome["last_replayed_at"]) if outcome.get("last_replayed_at") else None
         released = marks.get("old region fenced, baton moved")
-        if released and outcome.get("lease_ttl"):
-            seen.append(float(released) - float(outcome["lease_ttl"]))
-        if not seen:
+        renewed = (float(released) - float(outcome["lease_ttl"])
+                   if released and outcome.get("lease_ttl") else None)
+        known = [t for t in (replayed, renewed) if t is not None]
+        if not known:
             return None
-        begin = max(seen)
-        basis = ("from the old primary's last sign of life (its last transaction the target "
-                 "replayed, or its region's last lease renewal on the witness) to the first "
-                 "write accepted through the failover name")
+        begin = replayed if replayed is not None else renewed
+        return {"seconds": round(max(0.0, end - begin), 3),
+                "at_least_seconds": round(max(0.0, end - max(known)), 3),
+                "from": _iso(begin), "to": _iso(end),
+                "basis": "from the fault to the first write accepted through the failover "
+                         "name; the fault is not seen: it came after the old primary's last "
+                         "transaction the target replayed (the upper figure) and about when its "
+                         "region last renewed its leases on the witness (the lower one)"}
     else:
         return None
     return {"seconds": round(max(0.0, end - begin), 3), "from": _iso(begin), "to": _iso(end),
@@ -422,6 +428,9 @@ def pause_sentence(pause: Mapping[str, Any] | None) -> str:
     """What clients saw, in one line."""
     if not pause:
         return "clients' writes were not held (nothing moved)"
+    if pause.get("at_least_seconds") is not None:
+        return (f"clients could not write for {pause['at_least_seconds']:.1f} to "
+                f"{pause['seconds']:.1f} s: {pause['basis']}")
     return f"clients could not write for {pause['seconds']:.1f} s at most: {pause['basis']}"
 
 

@@ -371,21 +371,25 @@ def test_the_report_states_the_clients_write_pause_apart_from_the_rto_and_the_wa
     assert "baton_failover_last_write_pause_seconds 3.25" in baton_failover_metrics(report, 1.0)
 
 
-def test_after_a_region_loss_the_write_pause_runs_from_the_last_sign_of_life_to_the_first_write():
+def test_after_a_region_loss_the_write_pause_is_a_range_from_what_is_known_of_the_fault():
     plan = baton_failover_plan(assessment(lab(east="down"), last_known=0x5000100),
                                HOLDER_EAST, "us-west", "failover", MiB, True)
     outcome = {"epoch": 2, "promoted": True, "promoted_position": "0/5000000",
                "reference_position": 0x5000100, "reference_source": "last known",
-               "last_replayed_at": 995.5, "write_accepted_at": 1008.0, "lease_ttl": 10}
+               "last_replayed_at": 992.5, "write_accepted_at": 1008.0, "lease_ttl": 10}
     marks = {"start": 1000.0, "clients held": 1003.0, "old region fenced, baton moved": 1004.0,
              "PgBouncers repointed and resumed": 1005.0}
-    # A busy database: its last replayed transaction is the later sign of life.
-    report = baton_failover_report(plan, marks, outcome)
-    assert report["write_pause"]["seconds"] == 12.5
-    assert report["write_pause"]["basis"].startswith("from the old primary's last sign of life")
-    # An idle one: the region's leases, which vanished one TTL after its last renewal.
+    # A busy database: the last replayed transaction (992.5) came just before the region's
+    # last lease renewal (994): the fault lies between, clients waited 14 to 15.5 s.
+    pause = baton_failover_report(plan, marks, outcome)["write_pause"]
+    assert (pause["at_least_seconds"], pause["seconds"]) == (14.0, 15.5)
+    assert pause["from"] == "1970-01-01T00:16:32.500+00:00"
+    summary = baton_failover_summary(baton_failover_report(plan, marks, outcome))
+    assert summary[3].startswith("clients could not write for 14.0 to 15.5 s: from the fault")
+    # An idle database: the upper figure counts from its last transaction, long before.
     idle = baton_failover_report(plan, marks, {**outcome, "last_replayed_at": 900.0})
-    assert idle["write_pause"]["seconds"] == 14.0
+    assert (idle["write_pause"]["at_least_seconds"], idle["write_pause"]["seconds"]) == (
+        14.0, 108.0)
     nothing = baton_failover_plan(assessment(lab()), {"region": "us-west", "epoch": 2},
                                   "us-west", "failover", MiB)
     assert baton_failover_report(nothing, {"start": 1.0}, {})["write_pause"] is None
