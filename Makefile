@@ -118,7 +118,7 @@ bench: deps ## Benchmarks; each prints its figures (replaces any lab that is up)
 lab-image: deps ## Build the lab's base image (cached by content)
 	$(LABCTL) image
 
-lab-up: deps ## Start the lab: LAB=mini (default) or LAB=full
+lab-up: deps ## Start the lab: LAB=mini (default), full, ha or bench
 	$(LABCTL) up --size $(LAB)
 
 lab-down: venv ## Remove every lab container, network and firewall rule
