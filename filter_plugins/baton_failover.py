@@ -207,7 +207,7 @@ def baton_failover_steps(plan: Mapping[str, Any]) -> list[str]:
         head = [f"{target} already holds the baton and is the only writable region: nothing to "
                 "fence or promote; check that everything follows it"]
     else:
-        head = ["pause `app` on every reachable PgBouncer (clients wait)"]
+        head = ["pause `app` on every reachable PgBouncer at once (clients wait)"]
         if plan["old_answers"]:
             head.append(f"demote {old} to a standby cluster of {target}")
         head.append(f"move the baton on the witness from {old or 'nobody'} to {target} "
@@ -219,13 +219,16 @@ def baton_failover_steps(plan: Mapping[str, Any]) -> list[str]:
         if kind == "switchover":
             head.append(f"wait until {target} has received {old}'s final WAL position")
         head.append(f"promote {target}'s standby cluster; wait until it takes writes")
-    rest = [f"make {r} a standby cluster of {target}" for r in plan["others"]]
-    rest += [f"Redis: {target}'s first node takes writes, the others follow it; "
-             f"{target}'s Sentinels watch it, the others' stop",
-             f"PgBouncer: `app` to {target}'s read-write endpoints, resume, in every reachable "
-             "region",
-             f"DNS: db and redis to {target} (compare-and-swap), verified on every name server",
-             "report (JSON and summary), metrics, webhook"]
+    redis = (f"Redis: {target}'s first node takes writes, the others follow it; "
+             f"{target}'s Sentinels watch it, the others' stop")
+    dns = (f"DNS: db and redis to {target} in one update (compare-and-swap), verified on every "
+           "name server")
+    rest = [f"PgBouncer: `app` to {target}'s read-write endpoints, resume, on every reachable "
+            "host at once (clients write again)"]
+    rest += [redis, dns] if plan["old_answers"] else [dns, redis]
+    rest += ["a write through db"]
+    rest += [f"make {r} a standby cluster of {target}" for r in plan["others"]]
+    rest += ["report (JSON and summary), metrics, webhook"]
     if plan["not_following"]:
         rest.append(f"left for failback.yml: {', '.join(plan['not_following'])} (its Patroni "
                     "does not answer: down, cut off or fenced)")
