@@ -4,7 +4,7 @@ us-east holding the baton); `make bench` brings up the bench lab (three nodes in
 us-west) for it:
 
     make lab-up LAB=bench && make site          # once
-    .venv/bin/python bench/failover_timing.py [--runs 3]
+    .venv/bin/python bench/failover_timing.py [--runs 3] [--only switchover|region-loss]
 
 Clients write the way applications do: through db.<zone>, resolved on the lab's name servers
 at every (re)connection, one INSERT every 20 ms. Per run, in this order:
@@ -187,7 +187,10 @@ def print_profile(path: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", choices=["switchover", "region-loss"],
+                        help="measure one kind of move (with its re-run) instead of all")
     args = parser.parse_args()
+    planned, unplanned = args.only != "region-loss", args.only != "switchover"
     sites = inventory()
     servers = [sites["global"][0]] + [sites[r][0] for r in ("us-east", "us-west", "eu-west")]
     rows: dict[str, list[float]] = {}
@@ -199,50 +202,26 @@ def main() -> int:
 
     playbook("switchover.yml", "-e", "target=us-east")  # the starting point: us-east holds it
     for n in range(1, args.runs + 1):
-        there = switchover("us-west", servers, profile if n == 1 else None)
-        out, rerun = playbook("switchover.yml", "-e", "target=us-west")
-        keep("switchover re-run: changed nothing (1 = yes)", int(changed_nothing(out)))
-        keep("switchover re-run: wall s", rerun)
-        back = switchover("us-east", servers, None)
-        for name, m in (("switchover", there), ("switchover back", back)):
-            keep(f"{name}: longest client gap s", m["gap"])
-            keep(f"{name}: write pause in the report s", m["pause"])
-            keep(f"{name}: client errors", m["errors"])
-            keep(f"{name}: acknowledged writes lost", m["lost"])
-            keep(f"{name}: wall s", m["wall"])
-        playbook("health.yml")
-        alive = [s for s in servers if s not in sites["us-east"]]
-        with Writer(alive) as writer:
-            time.sleep(1)
-            stopping = time.time()  # the stop of us-east's containers begins
-            run(sys.executable, str(ROOT / "lab/labctl.py"), "stop-region", "us-east")
-            stopped = time.time()  # every container is down: the failover starts
-            _out, took = playbook("failover.yml", "-e", "target=us-west")
-            time.sleep(1)
-        done = report("failover")
-        pause = done.get("write_pause") or {}
-        first = writer.first_after(stopped)
-        keep("region loss: first write through db after the stop began s",
-             None if first is None else first + stopped - stopping)
-        keep("region loss: longest client gap s", writer.gap)
-        keep("region loss: write pause in the report, lower s", pause.get("at_least_seconds"))
-        keep("region loss: write pause in the report, upper s", pause.get("seconds"))
-        keep("region loss: RTO in the report s", done["rto_seconds"])
-        keep("region loss: wall s", took)
-        out, rerun = playbook("failover.yml", "-e", "target=us-west")
-        keep("failover re-run: changed nothing (1 = yes)", int(changed_nothing(out)))
-        keep("failover re-run: wall s", rerun)
-        run(sys.executable, str(ROOT / "lab/labctl.py"), "start-region", "us-east")
-        time.sleep(10)
-        _out, took = playbook("failback.yml")
-        keep("failback: wall s", took)
-        playbook("switchover.yml", "-e", "target=us-east")
-        inregion = patroni_switchover(sites["us-east"], servers)
+        if planned:
+            there = switchover("us-west", servers, profile if n == 1 else None)
+            out, rerun = playbook("switchover.yml", "-e", "target=us-west")
+            keep("switchover re-run: changed nothing (1 = yes)", int(changed_nothing(out)))
+            keep("switchover re-run: wall s", rerun)
+            back = switchover("us-east", servers, None)
+            for name, m in (("switchover", there), ("switchover back", back)):
+                keep(f"{name}: longest client gap s", m["gap"])
+                keep(f"{name}: write pause in the report s", m["pause"])
+                keep(f"{name}: client errors", m["errors"])
+                keep(f"{name}: acknowledged writes lost", m["lost"])
+                keep(f"{name}: wall s", m["wall"])
+        if unplanned:
+            region_loss(servers, sites, keep)
+        inregion = patroni_switchover(sites["us-east"], servers) if planned else None
         if inregion:
             keep("patronictl switchover (in-region): longest client gap s", inregion["gap"])
             keep("patronictl switchover (in-region): client errors", inregion["errors"])
         print(f"run {n}: " + ", ".join(f"{k} {v[-1]}" for k, v in rows.items()), flush=True)
-        if n == 1:
+        if n == 1 and planned:
             print_profile(profile)
     print("\nmedians of", args.runs, "runs:")
     for name, values in rows.items():
@@ -252,9 +231,41 @@ def main() -> int:
         ratio = statistics.median(rows["switchover: longest client gap s"]) / statistics.median(
             inregion_gaps)
         print(f"  switchover gap / Patroni's in-region switchover gap: {ratio:.2f} (held to 2.0)")
-    else:
+    elif planned:
         print("  patronictl switchover (in-region): n/a (one node in us-east); use the bench lab")
     return 0
+
+
+def region_loss(servers: list[str], sites: dict[str, list[str]], keep) -> None:
+    """us-east stopped under the writer, failover.yml to us-west at once, its re-run; then
+    us-east back, failback.yml, switchover.yml home."""
+    playbook("health.yml")
+    alive = [s for s in servers if s not in sites["us-east"]]
+    with Writer(alive) as writer:
+        time.sleep(1)
+        stopping = time.time()  # the stop of us-east's containers begins
+        run(sys.executable, str(ROOT / "lab/labctl.py"), "stop-region", "us-east")
+        stopped = time.time()  # every container is down: the failover starts
+        _out, took = playbook("failover.yml", "-e", "target=us-west")
+        time.sleep(1)
+    done = report("failover")
+    pause = done.get("write_pause") or {}
+    first = writer.first_after(stopped)
+    keep("region loss: first write through db after the stop began s",
+         None if first is None else first + stopped - stopping)
+    keep("region loss: longest client gap s", writer.gap)
+    keep("region loss: write pause in the report, lower s", pause.get("at_least_seconds"))
+    keep("region loss: write pause in the report, upper s", pause.get("seconds"))
+    keep("region loss: RTO in the report s", done["rto_seconds"])
+    keep("region loss: wall s", took)
+    out, rerun = playbook("failover.yml", "-e", "target=us-west")
+    keep("failover re-run: changed nothing (1 = yes)", int(changed_nothing(out)))
+    keep("failover re-run: wall s", rerun)
+    run(sys.executable, str(ROOT / "lab/labctl.py"), "start-region", "us-east")
+    time.sleep(10)
+    _out, took = playbook("failback.yml")
+    keep("failback: wall s", took)
+    playbook("switchover.yml", "-e", "target=us-east")
 
 
 if __name__ == "__main__":
