@@ -335,10 +335,12 @@ def write_pause(plan: Mapping[str, Any], marks: Mapping[str, float],
         return {"seconds": round(max(0.0, end - begin), 3),
                 "at_least_seconds": round(max(0.0, end - max(known)), 3),
                 "from": _iso(begin), "to": _iso(end),
-                "basis": "from the fault to the first write accepted through the failover "
-                         "name; the fault is not seen: it came after the old primary's last "
-                         "transaction the target replayed (the upper figure) and about when its "
-                         "region last renewed its leases on the witness (the lower one)"}
+                "basis": "from the fault, which is not seen (it came after the old "
+                         "primary's last transaction the target replayed - the upper figure - "
+                         "and about when its region last renewed its leases on the witness - "
+                         "the lower one), to the first write this run's probe got through the "
+                         "failover name (a client whose resolver answered sooner wrote up to "
+                         "the DNS verification earlier)"}
     else:
         return None
     return {"seconds": round(max(0.0, end - begin), 3), "from": _iso(begin), "to": _iso(end),
@@ -432,7 +434,7 @@ def pause_sentence(pause: Mapping[str, Any] | None) -> str:
     if not pause:
         return "clients' writes were not held (nothing moved)"
     if pause.get("at_least_seconds") is not None:
-        return (f"clients could not write for {pause['at_least_seconds']:.1f} to "
+        return (f"clients could not write for about {pause['at_least_seconds']:.1f} to "
                 f"{pause['seconds']:.1f} s: {pause['basis']}")
     return f"clients could not write for {pause['seconds']:.1f} s at most: {pause['basis']}"
 

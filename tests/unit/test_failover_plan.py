@@ -385,7 +385,8 @@ def test_after_a_region_loss_the_write_pause_is_a_range_from_what_is_known_of_th
     assert (pause["at_least_seconds"], pause["seconds"]) == (14.0, 15.5)
     assert pause["from"] == "1970-01-01T00:16:32.500+00:00"
     summary = baton_failover_summary(baton_failover_report(plan, marks, outcome))
-    assert summary[3].startswith("clients could not write for 14.0 to 15.5 s: from the fault")
+    assert summary[3].startswith("clients could not write for about 14.0 to 15.5 s: from the "
+                                 "fault")
     # An idle database: the upper figure counts from its last transaction, long before.
     idle = baton_failover_report(plan, marks, {**outcome, "last_replayed_at": 900.0})
     assert (idle["write_pause"]["at_least_seconds"], idle["write_pause"]["seconds"]) == (
