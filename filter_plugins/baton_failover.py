@@ -521,12 +521,14 @@ def baton_bouncers_to_release(assessment: Mapping[str, Any], hosts: list[str],
 
 def baton_redis_in_place(chain: list[dict[str, Any]], assessment: Mapping[str, Any],
                          regions: Mapping[str, list[str]], target: str,
-                         hostvars: Hostvars) -> bool:
+                         hostvars: Hostvars, settings: Mapping[str, Any] | None = None) -> bool:
     """Whether the assessment saw Redis exactly as a move to `target` leaves it (pure): every
     server of `chain` (baton_redis_chain) answering in its role - the master unfenced, each
     replica following its source with its link up, the target's servers unfenced - the
-    target's Sentinels watching the master and the other regions' watching nothing. Then a
-    re-run need not touch Redis or Sentinel."""
+    target's Sentinels watching the master with the monitor settings given (quorum,
+    down-after-milliseconds, failover-timeout, parallel-syncs) and their quorum reachable, the
+    other regions' watching nothing. Then a re-run need not touch Redis or Sentinel (replica
+    priorities are not read, and are left to site.yml)."""
     redis: dict[str, Any] = {}
     sentinels: dict[str, Any] = {}
     for region in (assessment.get("regions") or {}).values():
@@ -552,10 +554,26 @@ def baton_redis_in_place(chain: list[dict[str, Any]], assessment: Mapping[str, A
     for server in chain:
         host = addresses.get(f"{server['address']}:{server['port']}")
         seen = sentinels.get(host) or {}
-        wanted = master if host in regions.get(target, []) else None
-        if not seen.get("ok") or seen.get("watching") != wanted:
+        ours = host in regions.get(target, [])
+        if not seen.get("ok") or seen.get("watching") != (master if ours else None):
+            return False
+        if ours and (seen.get("quorum") is not True or any(
+                str((seen.get("settings") or {}).get(k)) != str(v)
+                for k, v in (settings or {}).items())):
             return False
     return bool(master)
+
+
+def baton_hosts_not_done(hosts: list[str], hostvars: Mapping[str, Any], name: str) -> list[str]:
+    """The hosts whose task result registered as `name` is missing, skipped, failed or
+    unreachable (a play over hosts, checked by the next controller play)."""
+    out = []
+    for host in hosts:
+        result = (hostvars.get(host) or {}).get(name)
+        if not isinstance(result, Mapping) or result.get("failed") or result.get("unreachable") \
+                or result.get("skipped"):
+            out.append(host)
+    return out
 
 
 def baton_pgbouncer_holds(hosts: list[str], hostvars: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -577,6 +595,7 @@ class FilterModule:
         return {
             "baton_bouncers_to_release": baton_bouncers_to_release,
             "baton_endpoints_first": baton_endpoints_first,
+            "baton_hosts_not_done": baton_hosts_not_done,
             "baton_pgbouncer_holds": baton_pgbouncer_holds,
             "baton_redis_in_place": baton_redis_in_place,
             "baton_failover_plan": baton_failover_plan,

@@ -197,12 +197,14 @@ def probe_sentinel(address: str, port: int, password: str, name: str,
         masters = client.execute_command("SENTINEL", "MASTERS")
         if isinstance(masters, dict):
             masters = list(masters.values())
-        watched = None
+        watched, settings = None, None
         for entry in masters or []:
             fields = entry if isinstance(entry, dict) else dict(zip(entry[::2], entry[1::2],
                                                                     strict=False))
             if fields.get("name") == name:
                 watched = f"{fields.get('ip')}:{fields.get('port')}"
+                settings = {k: str(fields.get(k)) for k in (
+                    "quorum", "down-after-milliseconds", "failover-timeout", "parallel-syncs")}
         quorum, quorum_msg = None, None
         if watched:
             try:
@@ -212,7 +214,8 @@ def probe_sentinel(address: str, port: int, password: str, name: str,
                 quorum, quorum_msg = False, str(exc)
     except Exception as exc:
         return {"ok": False, "error": _error(exc)}
-    return {"ok": True, "watching": watched, "quorum": quorum, "quorum_message": quorum_msg}
+    return {"ok": True, "watching": watched, "quorum": quorum, "quorum_message": quorum_msg,
+            "settings": settings}
 
 
 _SAMPLE = re.compile(r"^(?P<name>[A-Za-z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")

@@ -827,17 +827,36 @@ def move_holder(witness: Witness, region: str, *, expect_region: str | None = No
     return result
 
 
+def lock_still_held(witness: Witness, run_id: str, step: str) -> None:
+    """Raises BatonStop unless the failover lock is still this run's (before a step that
+    moves something)."""
+    lock = witness.get(LOCK)
+    holder_of_lock = (decode_record(lock.value) or {}).get("run_id") if lock else None
+    if holder_of_lock != run_id:
+        raise BatonStop(f"this run ({run_id}) no longer holds the failover lock (now "
+                        f"{holder_of_lock or 'nobody'}): it stops before it {step}; see what the "
+                        "other run did (its report, health.yml), then re-run")
+
+
 def wait_released(witness: Witness, old: str, region: str, wait_timeout: float, *,
                   settle: float = 0.0, moved: bool = True, check_mode: bool = False,
-                  poll: float = 0.1) -> dict[str, Any]:
+                  poll: float = 0.1, settle_unless_marked: float = 0.0) -> dict[str, Any]:
     """Waits until every liveness key of the old region is gone from the witness: its agents
     saw the new holder and fenced or let go (or, cut off, fenced before their leases expired).
+    With settle_unless_marked, first waits that long after a move unless every key it finds
+    was written by an agent that writes only while the holder key is unchanged (its record
+    says "txn"): an older agent could write one just after the move, unseen.
     {"alive", "waited"}; raises BatonStop at wait_timeout."""
     started = time.monotonic()
     if moved and not check_mode and settle > 0:
         time.sleep(settle)
     prefix = alive_prefix(old)
-    alive = [e.key for e in witness.get_prefix(prefix)]
+    entries = witness.get_prefix(prefix)
+    if moved and not check_mode and settle_unless_marked > 0 and (
+            not entries or not all((decode_record(e.value) or {}).get("txn") for e in entries)):
+        time.sleep(settle_unless_marked)
+        entries = witness.get_prefix(prefix)
+    alive = [e.key for e in entries]
     while alive and not check_mode:
         if time.monotonic() - started >= wait_timeout:
             raise BatonStop(f"{old}'s fence agents still hold leases on the witness "

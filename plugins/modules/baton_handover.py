@@ -92,9 +92,17 @@ options:
     type: float
     default: 15
   lock_run_id:
-    description: The run that must hold the failover lock for the baton to move.
+    description: The run that must hold the failover lock for the baton to move, and still
+      hold it before the promotion and after it (else the module stops there).
     type: str
     required: true
+  settle:
+    description: Seconds to wait after the move before the old region's liveness keys count,
+      unless every key found was written by an agent that writes one only while the holder key
+      is unchanged (an agent of an older release could write one just after the move). Two
+      agent loops.
+    type: float
+    default: 2
   by:
     description: Who moves the baton (recorded in the holder key).
     type: str
@@ -158,6 +166,7 @@ from ansible.module_utils.baton_witness import (  # noqa: E402
     BatonStop,
     Witness,
     WitnessError,
+    lock_still_held,
     move_holder,
     wait_released,
 )
@@ -184,6 +193,7 @@ def main() -> None:
             "client": CLIENT_SPEC,
             "promotion_wait": {"type": "float", "default": 15.0},
             "lock_run_id": {"type": "str", "required": True},
+            "settle": {"type": "float", "default": 2.0},
             "by": {"type": "str", "default": ""},
         },
         required_if=[("demote", True, ("old", "old_members", "slot"))],
@@ -209,15 +219,20 @@ def main() -> None:
         result["moved"] = move_holder(witness, p["target"], expect_region=p["old"] or None,
                                       lock_run_id=p["lock_run_id"], by=p["by"])
         if p["old"] and p["old"] != p["target"]:
-            result["moved"].update(wait_released(witness, p["old"], p["target"],
-                                                 p["promotion_wait"],
-                                                 moved=result["moved"]["changed"]))
+            result["moved"].update(wait_released(
+                witness, p["old"], p["target"], p["promotion_wait"],
+                moved=result["moved"]["changed"], settle_unless_marked=p["settle"]))
         result["marks"]["old region fenced, baton moved"] = time.time()
         step = "promote"
+        # The wait above may be long: a run that lost its lock meanwhile promotes nothing.
+        lock_still_held(witness, p["lock_run_id"], f"promotes {p['target']}")
         final = result["demote"].get("leader_position") if p["kind"] == "switchover" else None
         result["promote"] = converge_cluster(p["target"], p["target_members"], "primary",
                                              wait_for_lsn=final or None, **common)
         result["marks"]["target promoted"] = time.time()
+        # And none repoints the PgBouncers (the next play) after losing it.
+        lock_still_held(witness, p["lock_run_id"], "points the PgBouncers at "
+                        f"{p['target']}")
     except (ClusterStop, BatonStop) as exc:
         result[{"demote": "demote", "baton": "moved", "promote": "promote"}[step]].update(
             exc.result)
@@ -225,9 +240,11 @@ def main() -> None:
         result["changed"] = any(result[k].get("changed") for k in ("demote", "moved", "promote"))
         module.fail_json(msg=f"{step}: {exc}", **result)
     except WitnessError as exc:
-        module.fail_json(msg=f"the witness does not answer ({exc}): without a quorum of its "
-                             "members the baton cannot move safely; check the witness members "
-                             "(systemctl status baton-witness), then re-run", **result)
+        result["changed"] = any(result[k].get("changed") for k in ("demote", "moved", "promote"))
+        module.fail_json(msg=f"{step}: the witness does not answer ({exc}): without a quorum of "
+                             "its members the move cannot go on safely; check the witness "
+                             "members (systemctl status baton-witness), then re-run (it goes on "
+                             "from where this one stopped)", **result)
     result["changed"] = any(result[k].get("changed") for k in ("demote", "moved", "promote"))
     module.exit_json(**result)
 

@@ -47,11 +47,11 @@ options:
     default: 15
   settle:
     description: With O(wait_released), seconds to wait after moving the baton before the
-      liveness keys are read. Not needed with Baton's agents, which write a liveness key only
-      in a transaction that checks the holder key is the one they read (a key cannot appear
-      after the move); for agents that do not.
+      liveness keys count, unless every key found was written by an agent that writes one only
+      while the holder key is unchanged (Baton's agents; one of an older release could write a
+      key just after the move, unseen). Two agent loops.
     type: float
-    default: 0
+    default: 2
   lock_run_id:
     description:
       - The run that must hold the failover lock (C(/baton/lock)) for the baton to move. The
@@ -130,7 +130,7 @@ def main() -> None:
             "expect_region": {"type": "str"},
             "wait_released": {"type": "str"},
             "wait_timeout": {"type": "float", "default": 15.0},
-            "settle": {"type": "float", "default": 0.0},
+            "settle": {"type": "float", "default": 2.0},
             "by": {"type": "str", "default": ""},
             "lock_run_id": {"type": "str", "default": ""},
             "timeout": {"type": "float", "default": 3.0},
@@ -170,9 +170,9 @@ def main() -> None:
                                  check_mode=module.check_mode)
             if p["wait_released"] and p["wait_released"] != p["region"]:
                 result.update(wait_released(witness, p["wait_released"], p["region"],
-                                            p["wait_timeout"], settle=p["settle"],
-                                            moved=result["changed"],
-                                            check_mode=module.check_mode))
+                                            p["wait_timeout"], moved=result["changed"],
+                                            check_mode=module.check_mode,
+                                            settle_unless_marked=p["settle"]))
         except BatonStop as exc:
             module.fail_json(msg=str(exc), **{**result, **exc.result})
     except WitnessError as exc:

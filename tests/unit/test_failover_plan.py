@@ -443,19 +443,41 @@ def test_redis_is_left_alone_on_a_rerun_only_when_the_assessment_saw_it_as_the_m
                         "master": master, "link": "up", "fenced": False},
                  "u1": {"ok": True, "address": "10.0.3.11:6379", "role": "slave",
                         "master": master, "link": "up", "fenced": True}}
-        sentinel = {"w1": {"ok": True, "watching": master}, "w2": {"ok": True, "watching": master},
+        monitor = {"quorum": "2", "down-after-milliseconds": "5000"}
+        sentinel = {"w1": {"ok": True, "watching": master, "quorum": True,
+                           "settings": dict(monitor)},
+                    "w2": {"ok": True, "watching": master, "quorum": True,
+                           "settings": dict(monitor)},
                     "u1": {"ok": True, "watching": None}}
         for key, value in changes.items():
             node, field = key.split("__")
-            (sentinel if field == "watching" else redis)[node][field] = value
+            if field == "downafter":
+                sentinel[node]["settings"]["down-after-milliseconds"] = value
+            elif field in ("watching", "quorum"):
+                sentinel[node][field] = value
+            else:
+                redis[node][field] = value
         return {"regions": {"us-west": {"facts": {"redis": {k: redis[k] for k in ("w1", "w2")},
                                                   "sentinel": {k: sentinel[k]
                                                                for k in ("w1", "w2")}}},
                             "eu-west": {"facts": {"redis": {"u1": redis["u1"]},
                                                   "sentinel": {"u1": sentinel["u1"]}}}}}
 
-    assert baton_redis_in_place(chain, seen(), regions, "us-west", hostvars)
+    wanted = {"quorum": 2, "down-after-milliseconds": 5000}
+    assert baton_redis_in_place(chain, seen(), regions, "us-west", hostvars, wanted)
     for drift in ({"w1__fenced": True}, {"w2__link": "down"}, {"u1__master": "10.0.2.12:6379"},
                   {"w1__role": "slave"}, {"u1__watching": master}, {"w2__watching": None},
-                  {"u1__ok": False}):
-        assert not baton_redis_in_place(chain, seen(**drift), regions, "us-west", hostvars), drift
+                  {"u1__ok": False}, {"w2__quorum": False}, {"w1__downafter": "30000"}):
+        assert not baton_redis_in_place(chain, seen(**drift), regions, "us-west", hostvars,
+                                        wanted), drift
+
+
+def test_a_host_of_a_pgbouncer_play_counts_as_done_only_with_a_result_that_succeeded():
+    from baton_failover import baton_hosts_not_done
+
+    hostvars = {"ok": {"r": {"changed": True}}, "failed": {"r": {"failed": True}},
+                "unreachable": {"r": {"unreachable": True, "changed": False, "msg": "down"}},
+                "skipped": {"r": {"skipped": True}}, "none": {}}
+    assert baton_hosts_not_done(["ok", "failed", "unreachable", "skipped", "none", "gone"],
+                                hostvars, "r") == ["failed", "unreachable", "skipped", "none",
+                                                   "gone"]

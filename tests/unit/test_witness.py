@@ -1424,3 +1424,31 @@ def test_the_handover_waits_for_the_old_regions_leases_and_names_them_at_the_dea
         wait_released(kv, "us-east", "us-west", 0.3, poll=0.05)
     threading.Timer(0.2, lambda: kv.keys.clear()).start()
     assert wait_released(kv, "us-east", "us-west", 5, poll=0.05)["alive"] == []
+
+
+def test_the_handover_settles_only_for_liveness_records_of_agents_that_do_not_mark_them():
+    from baton_witness import alive_key, wait_released
+
+    marked = KV(**{alive_key("us-east", "n1"): json.dumps({"txn": True})})
+    started = time.monotonic()
+    threading.Timer(0.1, lambda: marked.keys.clear()).start()
+    wait_released(marked, "us-east", "us-west", 5, poll=0.05, settle_unless_marked=1.0)
+    assert time.monotonic() - started < 0.9  # every key marked: no settle
+    unmarked = KV(**{alive_key("us-east", "n1"): json.dumps({"node": "n1"})})
+    threading.Timer(0.1, lambda: unmarked.keys.clear()).start()
+    started = time.monotonic()
+    wait_released(unmarked, "us-east", "us-west", 5, poll=0.05, settle_unless_marked=0.5)
+    assert time.monotonic() - started >= 0.5
+
+
+def test_a_run_that_lost_the_lock_stops_before_the_promotion():
+    from baton_witness import BatonStop, lock_still_held
+
+    kv = KV(**{LOCK: json.dumps({"run_id": "run-1"})})
+    lock_still_held(kv, "run-1", "promotes us-west")
+    kv.set(LOCK, json.dumps({"run_id": "run-2"}))
+    with pytest.raises(BatonStop, match=r"now run-2\): it stops before it promotes us-west"):
+        lock_still_held(kv, "run-1", "promotes us-west")
+    kv.keys.clear()
+    with pytest.raises(BatonStop, match="now nobody"):
+        lock_still_held(kv, "run-1", "promotes us-west")

@@ -744,8 +744,10 @@ class Agent:
         except WitnessError as exc:
             self.log(f"cannot get a lease: {exc}")
             return
+        # "txn": written only while the holder key was unchanged (the controller waits a
+        # settle for records without it, which an agent of an older release wrote).
         record = {"node": cfg["node"], "region": cfg["region"], "epoch": holder["epoch"],
-                  "renewed_at": utc_iso(sent_wall)}
+                  "renewed_at": utc_iso(sent_wall), "txn": True}
         # Only while the holder key is the one this loop read: a liveness key written after
         # the baton moved would be one the controller may not see when it waits for this
         # region's keys to go (it reads them right after the move, without waiting a loop).
