@@ -19,13 +19,16 @@ description:
     O(min_replicas_to_write) back.
   - With O(wait_timeout), waits until the master accepts a write (a key under
     C(baton:probe:), expiring in a minute) and every replica's link to its master is up.
-  - A planned move (O(handover_from), the old region's servers, one of them its master) loses
+  - A planned move (O(handover_from), the servers outside the target region, one of them the
+    master) loses
     no acknowledged write and gives no client C(READONLY); with O(handover_required) it fails
     rather than move without a handover. The old master's writes are paused
     (C(CLIENT PAUSE WRITE) for O(pause_ms)), the new master (the first server) waits until it
     has the old master's replication offset, and is promoted. The old master's own entry is
     returned in RV(deferred), not applied - it stays a paused master, so its clients wait instead of
-    failing - until O(release_paused). The old master carries the key C(__baton__:handover) for
+    failing - until O(release_paused). A re-run that finds the new master promoted already and
+    an old one still a master (a run interrupted in between) pauses and defers that one the
+    same way. The old master carries the key C(__baton__:handover) for
     as long as the pause, and its fence agent leaves it alone meanwhile; were the run to die in
     between, the agent fences it once the key has expired.
   - O(release_paused) (once DNS names the new master) closes the normal client connections of
@@ -59,8 +62,10 @@ options:
     type: float
     default: 0
   handover_from:
-    description: C(host:port) of the master a planned move takes writes away from.
-    type: str
+    description: C(host:port) of the servers a planned move takes writes away from (the
+      one among them that is a master).
+    type: list
+    elements: str
   handover_timeout:
     description: Seconds the new master may take to reach the old master's offset; past it
       the pause is lifted, nothing is changed and the task fails.
@@ -155,10 +160,26 @@ def settled(entries: list[dict], password: str, timeout: float) -> list[str]:
     return waiting
 
 
+def pause_writes(old, new_at: str, pause_ms: int) -> None:
+    """Pauses the old master's writes for pause_ms, marking it for its fence agent. A pause an
+    interrupted run left (its mark still there) is renewed, not stacked behind: a write (the
+    mark) would wait for that pause to end."""
+    if old.get(HANDOVER_KEY) is None:
+        old.set(HANDOVER_KEY, new_at, px=pause_ms)
+    old.execute_command("CLIENT", "PAUSE", str(pause_ms), "WRITE")
+
+
 def hand_over(candidates: list[str], new: dict, p: dict) -> dict:
-    """Pauses the writes of the master among candidates (the old region's servers) and waits
-    until the new master has its offset. Returns what was done, or why nothing was and whether
-    a handover was still needed; raises RedisProblem (the pause lifted) when it cannot."""
+    """Pauses the writes of the master among candidates (the servers outside the target
+    region) and waits until the new master has its offset. Returns what was done, or why
+    nothing was and whether a handover was still needed; raises RedisProblem (the pause
+    lifted) when it cannot.
+
+    A re-run after a run was interrupted between the promotions of PostgreSQL and Redis, or
+    in the middle of Redis's handover, may find the new master promoted already and the old
+    one still a master (paused, or with clients): that one's writes are paused too, and it is
+    deferred like a handed-over master, so that its clients wait for DNS instead of meeting
+    READONLY."""
     new_at = f"{new['address']}:{new.get('port') or 6379}"
     successor = client(str(new["address"]), int(new.get("port") or 6379), p["password"],
                        p["timeout"], once=True)
@@ -167,17 +188,29 @@ def hand_over(candidates: list[str], new: dict, p: dict) -> dict:
     except Exception as exc:
         return {"done": False, "needed": True,
                 "why": f"{new_at} not read ({type(exc).__name__}: {exc})"}
-    if new_role["role"] == "master":
-        return {"done": False, "needed": False, "why": f"{new_at} is a master already"}
     masters = []
     for at in candidates:
+        if at == new_at:
+            continue
         host, port = at.rsplit(":", 1)
         try:
             server = client(host, int(port), p["password"], p["timeout"], once=True)
             if parse_role(server.execute_command("ROLE"))["role"] == "master":
                 masters.append((at, server))
-        except Exception:  # a server of the old region that is down holds no write
+        except Exception:  # a server that is down holds no write
             continue
+    if new_role["role"] == "master":
+        if not masters:
+            return {"done": False, "needed": False, "why": f"{new_at} is a master already"}
+        if len(masters) > 1:
+            return {"done": False, "needed": True,
+                    "why": f"{new_at} and {', '.join(at for at, _ in masters)} are all masters"}
+        old_at, old = masters[0]
+        pause_writes(old, new_at, p["pause_ms"])
+        return {"done": True, "from": old_at, "to": new_at, "offset": None,
+                "caught_up_seconds": 0.0,
+                "why": f"{new_at} was a master already and {old_at} still one: its writes "
+                       "wait until DNS names the new master"}
     if len(masters) != 1:
         return {"done": False, "needed": True,
                 "why": f"{len(masters)} masters among {', '.join(candidates)}"}
@@ -188,10 +221,9 @@ def hand_over(candidates: list[str], new: dict, p: dict) -> dict:
         return {"done": False, "needed": True,
                 "why": f"{new_at} does not stream from {old_at} (link {new_role['link']})"}
     started = time.monotonic()
-    # Tells the old master's fence agent that it is paused on purpose (it fences a master
-    # outside the holder region otherwise); it expires with the pause.
-    old.set(HANDOVER_KEY, new_at, px=p["pause_ms"])
-    old.execute_command("CLIENT", "PAUSE", str(p["pause_ms"]), "WRITE")
+    # The mark tells the old master's fence agent that it is paused on purpose (it fences a
+    # master outside the holder region otherwise); it expires with the pause.
+    pause_writes(old, new_at, p["pause_ms"])
     try:
         wanted = int(old.info("replication")["master_repl_offset"])
         deadline = started + p["handover_timeout"]

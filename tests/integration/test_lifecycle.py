@@ -1088,16 +1088,26 @@ def test_a_switchover_killed_after_the_baton_moved_is_finished_by_running_it_aga
     assert "holder_when_killed" in STATE.get("killed", {}), "the earlier step did not run"
     epoch = json.loads(witness().get("/baton/holder").value)["epoch"]
 
+    state = STATE["killed"]
+
     def kill_then_rerun():
+        # Killed once PostgreSQL took writes in HOME, before Redis moved: the re-run finds
+        # the baton and PostgreSQL moved (no "old" region any more) and the old Redis master
+        # still one, with clients; it must hand Redis over all the same.
         first = start_killable("switchover.yml", "-e", f"target={HOME}")
         try:
-            wait_until(lambda: holder_region() == HOME, 300, f"the baton moving to {HOME}")
+            wait_until(lambda: holder_region() == HOME
+                       and pg_accepts_write(MINI[NODE_OF[HOME]]), 300,
+                       f"the baton moving to {HOME} and its PostgreSQL taking writes")
         finally:
             kill(first)
+        state["old_redis_when_killed"] = redis_client(
+            MINI[NODE_OF["us-west"]]).execute_command("ROLE")[0]
         assert witness().get("/baton/lock") is not None, "the killed run left no lock"
         return playbook("switchover.yml", "-e", f"target={HOME}")
     figures, run = measure("interrupted", "switchover killed after the move, re-run", HOME,
                            kill_then_rerun, report_kind="switchover")
+    assert state["old_redis_when_killed"] == "master", "the run was killed too late for this test"
     assert run.returncode == 0, run.stdout[-3000:]
     assert json.loads(witness().get("/baton/holder").value)["epoch"] == epoch + 1
     assert witness().get("/baton/lock") is None
