@@ -46,7 +46,7 @@ $(error LAB_CONNECTION=$(LAB_CONNECTION) is not a lab connection: use podman (th
 endif
 
 .PHONY: help demo test test-unit lint test-molecule test-roles test-integration test-lifecycle \
-        bench venv deps \
+        bench ee-context venv deps \
         lab-up lab-down lab-status lab-image lab-stop-region lab-start-region lab-partition \
         lab-heal site health clean
 
@@ -112,6 +112,10 @@ bench: deps ## Benchmarks; each prints its figures (replaces any lab that is up)
 	$(BIN)/python bench/assess_timing.py
 	$(BIN)/python bench/failover_timing.py
 	$(LABCTL) down
+
+ee-context: venv ## The execution environment's build context (build/ee-context), for AWX
+	rm -rf build/ee-context
+	$(BIN)/ansible-builder create --file execution-environment.yml --context build/ee-context
 
 ## --- the lab -----------------------------------------------------------------------------
 

@@ -94,6 +94,26 @@ def playbook(name: str, *args: str, timeout: float = 900) -> subprocess.Complete
     return sh(str(BIN / "ansible-playbook"), *via, name, *args, timeout=timeout)
 
 
+def playbook_as_awx(name: str, survey: dict, timeout: float = 900) -> subprocess.CompletedProcess:
+    """A playbook run as an AWX job runs it: through ansible-runner (its event callback, no
+    prompt answered, the project's directory and ansible.cfg, the survey's answers as extra
+    variables with their survey types). The result carries `artifacts`, what the run gave
+    set_stats (an AWX job's artifacts)."""
+    import ansible_runner
+
+    env = {k: v for k, v in ENV.items() if k != "ANSIBLE_CONFIG"}  # the project's, by its cwd
+    with tempfile.TemporaryDirectory(prefix="baton-awx-job-") as job:
+        run = ansible_runner.run(private_data_dir=job, project_dir=str(ROOT), playbook=name,
+                                 inventory=str(ROOT / "inventories/lab"), extravars=survey,
+                                 envvars=env, quiet=True, timeout=int(timeout))
+        stdout = run.stdout.read()
+        stats = next((e["event_data"] for e in run.events if e["event"] == "playbook_on_stats"),
+                     {})
+    done = subprocess.CompletedProcess(["ansible-runner", name], run.rc, stdout, "")
+    done.artifacts = stats.get("artifact_data", {})
+    return done
+
+
 def ansible(pattern: str, *args: str, ssh: bool = False) -> subprocess.CompletedProcess:
     """An ad-hoc command (`ansible PATTERN ...`) through the default or the SSH inventory."""
     return sh(str(BIN / "ansible"), *(SSH_INVENTORY if ssh else ()), pattern, *args, timeout=300)

@@ -74,6 +74,7 @@ from test_lab import (
     labctl,
     member,
     playbook,
+    playbook_as_awx,
     prometheus_query,
     redis_pids,
     report,
@@ -275,14 +276,25 @@ def switch_over(scenario: str, target: str, *,
     return figures
 
 
-def lose_region_and_fail_over(scenario: str, lost: str, target: str) -> dict:
-    """Every container of `lost` stopped, then failover.yml to target, under the workload."""
+def lose_region_and_fail_over(scenario: str, lost: str, target: str, *,
+                              as_awx: bool = False) -> dict:
+    """Every container of `lost` stopped, then failover.yml to target, under the workload;
+    as_awx: run as an AWX job with the survey's answers (playbook_as_awx), whose artifacts
+    must hold the run's report."""
     def action():
         assert labctl("stop-region", lost).returncode == 0
+        if as_awx:
+            return playbook_as_awx("failover.yml", {"target": target, "max_data_loss": 16777216,
+                                                    "force": "false"})
         return playbook("failover.yml", "-e", f"target={target}")
     figures, run = measure(scenario, f"{lost} stopped, failover to {target}", target, action,
                            report_kind="failover")
     assert run.returncode == 0, run.stdout[-3000:]
+    if as_awx:
+        artifact = run.artifacts.get("baton_report", {})
+        assert artifact == report("failover"), (run.artifacts, run.stdout[-3000:])
+        assert artifact["target"] == target and artifact["actions_taken"], artifact
+        assert "WARNING" not in run.stdout, run.stdout[-3000:]
     return figures
 
 
@@ -385,7 +397,8 @@ def test_round_trip_failover_to_eu_west_with_us_west_and_the_global_site_stopped
     health()
     try:
         assert labctl("stop-region", "global").returncode == 0
-        figures = lose_region_and_fail_over("round trip", "us-west", "eu-west")
+        # As an AWX job template with its survey runs it (the report in the job's artifacts).
+        figures = lose_region_and_fail_over("round trip", "us-west", "eu-west", as_awx=True)
         assert_single_writer_in(figures, "postgres")
         state["failover"] = figures
         done = report("failover")
