@@ -80,6 +80,15 @@ def redis_handover_problem(assessment: Mapping[str, Any], old: str, target: str)
     if len(masters) != 1:
         return (f"{old} has {len(masters)} Redis masters ({', '.join(masters) or 'none answers'}),"
                 " not one")
+    # Another master taking writes outside the target would be a second writer the handover
+    # cannot pause (it stops there); a fenced one takes no write.
+    elsewhere = sorted(str(p.get("address")) for region in assessment["regions"]
+                       if region not in (old, target)
+                       for p in (_facts(assessment, region).get("redis") or {}).values()
+                       if p.get("ok") and p.get("role") == "master" and not p.get("fenced"))
+    if elsewhere:
+        return (f"{', '.join(elsewhere)} also take writes as Redis masters, outside {old}; fence "
+                "or re-chain them (failback.yml) first")
     streaming = [n for n, p in new_redis.items() if p.get("ok") and p.get("role") == "slave"
                  and p.get("master") == masters[0] and p.get("link") == "up"]
     if streaming:
@@ -225,7 +234,8 @@ def baton_failover_steps(plan: Mapping[str, Any]) -> list[str]:
            "name server")
     rest = [f"PgBouncer: `app` to {target}'s read-write endpoints, resume, on every reachable "
             "host at once (clients write again)"]
-    rest += [redis, dns] if plan["old_answers"] else [dns, redis]
+    # As the run orders them (__fo_lost_old): DNS first only when the old region is lost.
+    rest += [dns, redis] if old and not plan["old_answers"] else [redis, dns]
     rest += ["a write through db"]
     rest += [f"make {r} a standby cluster of {target}" for r in plan["others"]]
     rest += ["report (JSON and summary), metrics, webhook"]

@@ -19,18 +19,19 @@ description:
     O(min_replicas_to_write) back.
   - With O(wait_timeout), waits until the master accepts a write (a key under
     C(baton:probe:), expiring in a minute) and every replica's link to its master is up.
-  - A planned move (O(handover_from), the servers outside the target region, one of them the
-    master) loses
-    no acknowledged write and gives no client C(READONLY); with O(handover_required) it fails
-    rather than move without a handover. The old master's writes are paused
-    (C(CLIENT PAUSE WRITE) for O(pause_ms)), the new master (the first server) waits until it
-    has the old master's replication offset, and is promoted. The old master's own entry is
-    returned in RV(deferred), not applied - it stays a paused master, so its clients wait instead of
-    failing - until O(release_paused). A re-run that finds the new master promoted already and
-    an old one still a master (a run interrupted in between) pauses and defers that one the
-    same way. The old master carries the key C(__baton__:handover) for
-    as long as the pause, and its fence agent leaves it alone meanwhile; were the run to die in
-    between, the agent fences it once the key has expired.
+  - A planned move (O(handover_from), the servers outside the target region) loses no
+    acknowledged write and gives no client C(READONLY); with O(handover_required) it fails
+    rather than move without a handover. The old master - the one the new master (the first
+    server) streams from - has its writes paused (C(CLIENT PAUSE WRITE) for O(pause_ms)) and is
+    fenced (C(min-replicas-to-write) 1000000, which its fence agent leaves alone); the new
+    master waits until it has the old master's replication offset and is promoted. The old
+    master's own entry is returned in RV(deferred), not applied - it stays a paused master, so
+    its clients wait instead of failing - until O(release_paused). Were the run to die in
+    between, the pause ends and the fence refuses the writes. Another master outside the
+    target that takes writes stops the handover; a fenced one does not count.
+  - A re-run that finds the new master promoted already and an old one still a master (a run
+    interrupted in between) pauses, fences and defers that one the same way, and counts the
+    writes it took after the promotion (RV(handover) C(lost_bytes)).
   - O(release_paused) (once DNS names the new master) closes the normal client connections of
     those servers, applies O(servers) (the deferred entries, which follow the new master, their
     fence lifted), closes the connections again and ends the pause. Writes held by the pause
@@ -111,7 +112,8 @@ skipped:
   elements: str
 handover:
   description: Whether a planned handover paused the old master and the new one caught up
-    (C(done), C(from), C(offset), C(caught_up_seconds)), or why none was made (C(why)).
+    (C(done), C(from), C(offset), C(caught_up_seconds); C(lost_bytes) when a re-run found both
+    masters), or why none was made (C(why)).
   returned: always
   type: dict
 deferred:
@@ -126,10 +128,11 @@ released:
 """
 
 import time  # noqa: E402
+from typing import Any  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.baton_redis import (  # noqa: E402
-    HANDOVER_KEY,
+    REDIS_FENCE,
     RedisProblem,
     client,
     parse_role,
@@ -160,26 +163,58 @@ def settled(entries: list[dict], password: str, timeout: float) -> list[str]:
     return waiting
 
 
-def pause_writes(old, new_at: str, pause_ms: int) -> None:
-    """Pauses the old master's writes for pause_ms, marking it for its fence agent. A pause an
-    interrupted run left (its mark still there) is renewed, not stacked behind: a write (the
-    mark) would wait for that pause to end."""
-    if old.get(HANDOVER_KEY) is None:
-        old.set(HANDOVER_KEY, new_at, px=pause_ms)
+def hold_writes(old, pause_ms: int) -> str:
+    """Pauses the old master's writes for pause_ms, then fences it (min-replicas-to-write
+    REDIS_FENCE: CONFIG SET is not a write, the pause does not hold it), so that once the pause
+    ends - a run that died before the release - its writes are refused, not taken beside the
+    new master's. Its fence agent leaves a fenced master alone. Returns the fence value it
+    replaced (to put back if the handover gives up)."""
+    before = str(old.config_get("min-replicas-to-write").get("min-replicas-to-write") or "0")
     old.execute_command("CLIENT", "PAUSE", str(pause_ms), "WRITE")
+    old.config_set("min-replicas-to-write", REDIS_FENCE)
+    return before
+
+
+def give_back(old, before: str) -> None:
+    """Undoes hold_writes when the handover gives up: the fence it set, then the pause."""
+    old.config_set("min-replicas-to-write", before)
+    old.execute_command("CLIENT", "UNPAUSE")
+
+
+def masters_among(candidates: list[str], skip: str, p: dict) -> list[tuple[str, Any, bool]]:
+    """(address, client, fenced) of every candidate that answers as a master (skip excluded);
+    a server that does not answer holds no write."""
+    masters = []
+    for at in candidates:
+        if at == skip:
+            continue
+        host, port = at.rsplit(":", 1)
+        try:
+            server = client(host, int(port), p["password"], p["timeout"], once=True)
+            if parse_role(server.execute_command("ROLE"))["role"] != "master":
+                continue
+            fence = server.config_get("min-replicas-to-write").get("min-replicas-to-write")
+            masters.append((at, server, str(fence) == str(REDIS_FENCE)))
+        except Exception:
+            continue
+    return masters
 
 
 def hand_over(candidates: list[str], new: dict, p: dict) -> dict:
-    """Pauses the writes of the master among candidates (the servers outside the target
-    region) and waits until the new master has its offset. Returns what was done, or why
-    nothing was and whether a handover was still needed; raises RedisProblem (the pause
-    lifted) when it cannot.
+    """Pauses and fences the old master - the one the new master streams from, among
+    candidates (the servers outside the target region) - and waits until the new master has
+    its offset. Returns what was done, or why nothing was and whether a handover was still
+    needed; raises RedisProblem (the pause and the fence lifted) when it cannot.
+
+    A master outside the target that is fenced already takes no write: it is not counted as
+    a second writer (a region back from a loss, not yet failed back). Another one that takes
+    writes is: nothing is done.
 
     A re-run after a run was interrupted between the promotions of PostgreSQL and Redis, or
-    in the middle of Redis's handover, may find the new master promoted already and the old
-    one still a master (paused, or with clients): that one's writes are paused too, and it is
-    deferred like a handed-over master, so that its clients wait for DNS instead of meeting
-    READONLY."""
+    in the middle of Redis's handover, may find the new master promoted already and an old
+    one still a master: that one is paused and fenced too, and deferred like a handed-over
+    master (its clients wait for DNS instead of meeting READONLY); the writes it took after
+    the new master's promotion, which are lost, are counted (RV handover.lost_bytes)."""
     new_at = f"{new['address']}:{new.get('port') or 6379}"
     successor = client(str(new["address"]), int(new.get("port") or 6379), p["password"],
                        p["timeout"], once=True)
@@ -188,42 +223,45 @@ def hand_over(candidates: list[str], new: dict, p: dict) -> dict:
     except Exception as exc:
         return {"done": False, "needed": True,
                 "why": f"{new_at} not read ({type(exc).__name__}: {exc})"}
-    masters = []
-    for at in candidates:
-        if at == new_at:
-            continue
-        host, port = at.rsplit(":", 1)
-        try:
-            server = client(host, int(port), p["password"], p["timeout"], once=True)
-            if parse_role(server.execute_command("ROLE"))["role"] == "master":
-                masters.append((at, server))
-        except Exception:  # a server that is down holds no write
-            continue
+    masters = masters_among(candidates, new_at, p)
+    writable = [m for m in masters if not m[2]]
     if new_role["role"] == "master":
-        if not masters:
-            return {"done": False, "needed": False, "why": f"{new_at} is a master already"}
-        if len(masters) > 1:
+        if len(writable) > 1:
             return {"done": False, "needed": True,
-                    "why": f"{new_at} and {', '.join(at for at, _ in masters)} are all masters"}
-        old_at, old = masters[0]
-        pause_writes(old, new_at, p["pause_ms"])
+                    "why": f"{new_at} and {', '.join(at for at, _s, _f in writable)} are all "
+                           "masters taking writes"}
+        stale = writable or (masters if len(masters) == 1 else [])
+        if not stale:
+            return {"done": False, "needed": False, "why": f"{new_at} is a master already"}
+        old_at, old, _fenced = stale[0]
+        hold_writes(old, p["pause_ms"])
+        mine, theirs = successor.info("replication"), old.info("replication")
+        lost = 0
+        if theirs.get("master_replid") == mine.get("master_replid2"):
+            lost = max(0, int(theirs.get("master_repl_offset") or 0)
+                       - int(mine.get("second_repl_offset") or 0))
         return {"done": True, "from": old_at, "to": new_at, "offset": None,
-                "caught_up_seconds": 0.0,
-                "why": f"{new_at} was a master already and {old_at} still one: its writes "
-                       "wait until DNS names the new master"}
-    if len(masters) != 1:
+                "caught_up_seconds": 0.0, "lost_bytes": lost,
+                "why": f"{new_at} was a master already and {old_at} still one: it is held "
+                       f"until DNS names the new master (it took {lost} bytes of writes after "
+                       "the promotion, lost)"}
+    old_at = new_role.get("master") or ""
+    old = next((s for at, s, _f in masters if at == old_at), None)
+    if old is None:
         return {"done": False, "needed": True,
-                "why": f"{len(masters)} masters among {', '.join(candidates)}"}
-    old_at, old = masters[0]
+                "why": f"{new_at} follows {old_at or 'nothing'}, not a master among "
+                       f"{', '.join(candidates)}"}
+    others = [at for at, _s, fenced in writable if at != old_at]
+    if others:
+        return {"done": False, "needed": True,
+                "why": f"{', '.join(others)} take writes beside {old_at}"}
     same_stream = (old.info("replication").get("master_replid")
                    == successor.info("replication").get("master_replid"))
     if new_role["link"] != "up" or not same_stream:
         return {"done": False, "needed": True,
                 "why": f"{new_at} does not stream from {old_at} (link {new_role['link']})"}
     started = time.monotonic()
-    # The mark tells the old master's fence agent that it is paused on purpose (it fences a
-    # master outside the holder region otherwise); it expires with the pause.
-    pause_writes(old, new_at, p["pause_ms"])
+    before = hold_writes(old, p["pause_ms"])
     try:
         wanted = int(old.info("replication")["master_repl_offset"])
         deadline = started + p["handover_timeout"]
@@ -237,7 +275,7 @@ def hand_over(candidates: list[str], new: dict, p: dict) -> dict:
                                    "and writes go on there; check the link, then re-run")
             time.sleep(0.05)
     except Exception:
-        old.execute_command("CLIENT", "UNPAUSE")
+        give_back(old, before)
         raise
     return {"done": True, "from": old_at, "to": new_at, "offset": wanted,
             "caught_up_seconds": round(time.monotonic() - started, 3)}

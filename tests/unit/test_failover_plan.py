@@ -143,6 +143,20 @@ def test_a_switchover_is_refused_before_anything_moves_when_redis_cannot_be_hand
     assert plan["refuse"] is None
 
 
+def test_a_switchover_is_refused_while_a_third_regions_redis_takes_writes():
+    """The handover pauses the old master only: another master taking writes outside the
+    target would stop it after PostgreSQL moved. A fenced one takes no write."""
+    regions = lab()
+    regions["us-west"]["us-west-1"]["redis"] = {"ok": True, "role": "master", "offset": 1,
+                                                "address": "10.231.2.11:6379"}
+    plan = baton_failover_plan(assessment(regions), HOLDER_EAST, "eu-west", "switchover", MiB)
+    assert "10.231.2.11:6379 also take writes as Redis masters, outside us-east" \
+        in plan["refuse"]
+    regions["us-west"]["us-west-1"]["redis"]["fenced"] = True
+    plan = baton_failover_plan(assessment(regions), HOLDER_EAST, "eu-west", "switchover", MiB)
+    assert plan["refuse"] is None
+
+
 def test_an_unknown_data_loss_is_refused_unless_forced():
     regions = lab(east="down")
     regions["us-west"]["us-west-1"]["postgres"]["receive_lsn"] = None
