@@ -8,6 +8,10 @@ removes), a job template's `survey_spec`, a workflow node's `create_approval_tem
 `unified_job_templates` across the template kinds. Objects it was not given (organizations,
 credentials, notification templates) are seeded by the test: Baton refers to them by name.
 
+As AWX does, it lists a project's playbooks by AWX's own test (a line that starts a play
+with `hosts:`, or a top-level `include:`/`import_playbook:`) and refuses a job template whose
+playbook is not among them; a new project gets its first sync, finished at once.
+
 It keeps every object in memory and a log of every write, so a test can read what a run
 created and see that a second run wrote nothing.
 """
@@ -15,8 +19,10 @@ created and see that a second run wrote nothing.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -45,6 +51,25 @@ TYPES = {"inventories": "inventory", "inventory_sources": "inventory_source",
          "workflow_approval_templates": "workflow_approval_template"}
 
 
+# AWX's test for "this file could be a playbook" (awx/main/utils/ansible.py).
+PLAYBOOK_LINE = re.compile(r"^\s*?-?\s*?(?:hosts|include|import_playbook):\s*?.*?$")
+
+
+def playbooks_of(project_dir: Path) -> list[str]:
+    """The playbooks AWX would list for a project checked out at project_dir."""
+    found = []
+    for path in sorted(project_dir.rglob("*.y*ml")):
+        parts = path.relative_to(project_dir).parts
+        if path.suffix not in (".yml", ".yaml") or any(
+                p.startswith(".") or p in ("roles", "tasks", "group_vars", "host_vars")
+                for p in parts):
+            continue
+        with path.open(encoding="utf-8", errors="ignore") as lines:
+            if any(PLAYBOOK_LINE.match(line) for line in lines):
+                found.append("/".join(parts))
+    return found
+
+
 def type_of(kind: str) -> str:
     return TYPES.get(kind, kind[:-1])
 
@@ -52,7 +77,8 @@ def type_of(kind: str) -> str:
 class Controller:
     """The objects, by kind, and the writes made to them."""
 
-    def __init__(self) -> None:
+    def __init__(self, project_dir: Path) -> None:
+        self.playbooks = playbooks_of(project_dir)
         self.objects: dict[str, dict[int, dict[str, Any]]] = {}
         self.surveys: dict[int, dict[str, Any]] = {}
         self.links: dict[tuple[str, int, str], list[int]] = {}
@@ -120,8 +146,18 @@ class Controller:
                 items = [o for k in kinds for o in self.objects.get(k, {}).values()
                          if self.matches(o, query)]
                 return 200, self.listing(items)
+            if method in ("POST", "PATCH") and kind == "job_templates" \
+                    and "playbook" in body and body["playbook"] not in self.playbooks:
+                return 400, {"playbook": ["Playbook not found for project."]}
             if len(parts) == 1 and method == "POST":
                 self.writes.append(f"POST {path} {body.get('name', body.get('identifier'))}")
+                if kind == "projects":  # AWX starts its first sync at once; here it is done
+                    sync = self.add("project_updates", {"status": "successful"})
+                    body = {**body, "scm_revision": "",
+                            "summary_fields": {"current_update": {"id": sync["id"]}}}
+                    created = self.add(kind, body)
+                    created["summary_fields"] = body["summary_fields"]
+                    return 201, created
                 return 201, self.add(kind, body)
             oid = int(parts[1])
             obj = self.objects.get(kind, {}).get(oid)
@@ -176,8 +212,8 @@ class Controller:
 class Server:
     """The fake on 127.0.0.1 (a free port), in a thread: `with Server() as fake: fake.url`."""
 
-    def __init__(self) -> None:
-        self.controller = Controller()
+    def __init__(self, project_dir: Path) -> None:
+        self.controller = Controller(project_dir)
         controller = self.controller
 
         class Handler(BaseHTTPRequestHandler):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from awx_fake import TOKEN, Server
+from awx_fake import TOKEN, Server, playbooks_of
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -52,7 +52,7 @@ def recap(stdout: str) -> dict[str, int]:
 def controller(tmp_path_factory):
     """The fake after one run of the playbook, and that run's writes and a second run's."""
     tmp_path = tmp_path_factory.mktemp("awx")
-    with Server() as fake:
+    with Server(ROOT) as fake:
         for kind, names in SEED.items():
             for name in names:
                 fake.controller.add(kind, {"name": name, "organization": 1})
@@ -88,6 +88,20 @@ def test_every_playbook_has_a_job_template_and_the_moves_a_plan_in_check_mode(co
     assert project["scm_update_on_launch"] is False  # an outage must not wait on the repository
     source = c.named("inventory_sources", "Baton - inventories/example")
     assert source["source"] == "scm" and source["source_path"] == "inventories/example"
+    assert "credential" not in source  # AWX refuses a vault credential on a project source
+    for jt in c.objects["job_templates"].values():
+        assert json.loads(jt["extra_vars"]) == {
+            "baton_inventory_home": "/runner/project/inventories/example"}
+
+
+def test_awx_lists_every_playbook_a_job_template_names():
+    """AWX offers only files it takes for playbooks (a `hosts:` or top-level
+    `import_playbook:` line): the short import form in the entry playbooks is what makes
+    them appear."""
+    listed = playbooks_of(ROOT)
+    for name in ("site.yml", "health.yml", "failover.yml", "switchover.yml", "failback.yml",
+                 "awx/controller.yml"):
+        assert name in listed, f"AWX would not list {name}"
 
 
 def test_the_surveys_offer_the_inventorys_regions_and_guard_force_and_the_loss(controller):
@@ -146,7 +160,7 @@ def test_the_token_never_reaches_the_log(controller):
 
 
 def test_without_a_controller_it_says_what_is_missing(tmp_path):
-    with Server() as fake:
+    with Server(ROOT) as fake:
         run = run_controller_playbook(fake, tmp_path, env={"CONTROLLER_HOST": ""})
     assert run.returncode != 0
     assert "awx/controller.yml needs the controller" in " ".join(run.stdout.split())
