@@ -22,16 +22,17 @@ description:
   - A planned move (O(handover_from), the servers outside the target region) loses no
     acknowledged write and gives no client C(READONLY); with O(handover_required) it fails
     rather than move without a handover. The old master - the one the new master (the first
-    server) streams from - has its writes paused (C(CLIENT PAUSE WRITE) for O(pause_ms)) and is
-    fenced (C(min-replicas-to-write) 1000000, which its fence agent leaves alone); the new
-    master waits until it has the old master's replication offset and is promoted. The old
-    master's own entry is returned in RV(deferred), not applied - it stays a paused master, so
-    its clients wait instead of failing - until O(release_paused). Were the run to die in
-    between, the pause ends and the fence refuses the writes. Another master outside the
-    target that takes writes stops the handover; a fenced one does not count.
+    server) streams from - has its writes paused (C(CLIENT PAUSE WRITE) for O(pause_ms)); the
+    new master waits until it has the old master's replication offset and is promoted. The
+    old master's own entry is returned in RV(deferred), not applied - it stays a paused master,
+    so its clients wait instead of failing - until O(release_paused). It carries the key
+    C(__baton__:handover) for as long as the pause, and its fence agent leaves it alone
+    meanwhile; were the run to die in between, the agent fences it once the key has expired.
+    Another master outside the target that takes writes stops the handover; a fenced one does
+    not count.
   - A re-run that finds the new master promoted already and an old one still a master (a run
-    interrupted in between) pauses, fences and defers that one the same way, and counts the
-    writes it took after the promotion (RV(handover) C(lost_bytes)).
+    interrupted in between) pauses and defers that one the same way, and counts the writes it
+    took after the promotion (RV(handover) C(lost_bytes)).
   - O(release_paused) (once DNS names the new master) closes the normal client connections of
     those servers, applies O(servers) (the deferred entries, which follow the new master, their
     fence lifted), closes the connections again and ends the pause. Writes held by the pause
@@ -132,6 +133,7 @@ from typing import Any  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.baton_redis import (  # noqa: E402
+    HANDOVER_KEY,
     REDIS_FENCE,
     RedisProblem,
     client,
@@ -163,22 +165,16 @@ def settled(entries: list[dict], password: str, timeout: float) -> list[str]:
     return waiting
 
 
-def hold_writes(old, pause_ms: int) -> str:
-    """Pauses the old master's writes for pause_ms, then fences it (min-replicas-to-write
-    REDIS_FENCE: CONFIG SET is not a write, the pause does not hold it), so that once the pause
-    ends - a run that died before the release - its writes are refused, not taken beside the
-    new master's. Its fence agent leaves a fenced master alone. Returns the fence value it
-    replaced (to put back if the handover gives up)."""
-    before = str(old.config_get("min-replicas-to-write").get("min-replicas-to-write") or "0")
+def hold_writes(old, new_at: str, pause_ms: int, fenced: bool) -> None:
+    """Pauses the old master's writes for pause_ms. The key HANDOVER_KEY, expiring with the
+    pause, tells its fence agent that it is paused on purpose (the agent fences a master
+    outside the holder region otherwise). Not fenced here: Redis refuses a write with
+    NOREPLICAS before it would pause it, so the clients would fail instead of waiting. The
+    key is written only when missing (a write waits behind a pause an interrupted run left,
+    and that run's key is still there) and the server not fenced (it would refuse it)."""
+    if not fenced and old.get(HANDOVER_KEY) is None:
+        old.set(HANDOVER_KEY, new_at, px=pause_ms)
     old.execute_command("CLIENT", "PAUSE", str(pause_ms), "WRITE")
-    old.config_set("min-replicas-to-write", REDIS_FENCE)
-    return before
-
-
-def give_back(old, before: str) -> None:
-    """Undoes hold_writes when the handover gives up: the fence it set, then the pause."""
-    old.config_set("min-replicas-to-write", before)
-    old.execute_command("CLIENT", "UNPAUSE")
 
 
 def masters_among(candidates: list[str], skip: str, p: dict) -> list[tuple[str, Any, bool]]:
@@ -201,10 +197,10 @@ def masters_among(candidates: list[str], skip: str, p: dict) -> list[tuple[str, 
 
 
 def hand_over(candidates: list[str], new: dict, p: dict) -> dict:
-    """Pauses and fences the old master - the one the new master streams from, among
-    candidates (the servers outside the target region) - and waits until the new master has
-    its offset. Returns what was done, or why nothing was and whether a handover was still
-    needed; raises RedisProblem (the pause and the fence lifted) when it cannot.
+    """Pauses the old master - the one the new master streams from, among candidates (the
+    servers outside the target region) - and waits until the new master has its offset.
+    Returns what was done, or why nothing was and whether a handover was still needed; raises
+    RedisProblem (the pause lifted) when it cannot.
 
     A master outside the target that is fenced already takes no write: it is not counted as
     a second writer (a region back from a loss, not yet failed back). Another one that takes
@@ -212,7 +208,7 @@ def hand_over(candidates: list[str], new: dict, p: dict) -> dict:
 
     A re-run after a run was interrupted between the promotions of PostgreSQL and Redis, or
     in the middle of Redis's handover, may find the new master promoted already and an old
-    one still a master: that one is paused and fenced too, and deferred like a handed-over
+    one still a master: that one is paused too, and deferred like a handed-over
     master (its clients wait for DNS instead of meeting READONLY); the writes it took after
     the new master's promotion, which are lost, are counted (RV handover.lost_bytes)."""
     new_at = f"{new['address']}:{new.get('port') or 6379}"
@@ -233,8 +229,8 @@ def hand_over(candidates: list[str], new: dict, p: dict) -> dict:
         stale = writable or (masters if len(masters) == 1 else [])
         if not stale:
             return {"done": False, "needed": False, "why": f"{new_at} is a master already"}
-        old_at, old, _fenced = stale[0]
-        hold_writes(old, p["pause_ms"])
+        old_at, old, fenced = stale[0]
+        hold_writes(old, new_at, p["pause_ms"], fenced)
         mine, theirs = successor.info("replication"), old.info("replication")
         lost = 0
         if theirs.get("master_replid") == mine.get("master_replid2"):
@@ -246,7 +242,7 @@ def hand_over(candidates: list[str], new: dict, p: dict) -> dict:
                        f"until DNS names the new master (it took {lost} bytes of writes after "
                        "the promotion, lost)"}
     old_at = new_role.get("master") or ""
-    old = next((s for at, s, _f in masters if at == old_at), None)
+    old, fenced = next(((s, f) for at, s, f in masters if at == old_at), (None, False))
     if old is None:
         return {"done": False, "needed": True,
                 "why": f"{new_at} follows {old_at or 'nothing'}, not a master among "
@@ -261,7 +257,7 @@ def hand_over(candidates: list[str], new: dict, p: dict) -> dict:
         return {"done": False, "needed": True,
                 "why": f"{new_at} does not stream from {old_at} (link {new_role['link']})"}
     started = time.monotonic()
-    before = hold_writes(old, p["pause_ms"])
+    hold_writes(old, new_at, p["pause_ms"], fenced)
     try:
         wanted = int(old.info("replication")["master_repl_offset"])
         deadline = started + p["handover_timeout"]
@@ -275,7 +271,7 @@ def hand_over(candidates: list[str], new: dict, p: dict) -> dict:
                                    "and writes go on there; check the link, then re-run")
             time.sleep(0.05)
     except Exception:
-        give_back(old, before)
+        old.execute_command("CLIENT", "UNPAUSE")
         raise
     return {"done": True, "from": old_at, "to": new_at, "offset": wanted,
             "caught_up_seconds": round(time.monotonic() - started, 3)}
