@@ -247,7 +247,7 @@ def hand_over(candidates: list[str], new: dict, p: dict) -> dict:
         return {"done": False, "needed": True,
                 "why": f"{new_at} follows {old_at or 'nothing'}, not a master among "
                        f"{', '.join(candidates)}"}
-    others = [at for at, _s, fenced in writable if at != old_at]
+    others = [at for at, _s, _f in writable if at != old_at]
     if others:
         return {"done": False, "needed": True,
                 "why": f"{', '.join(others)} take writes beside {old_at}"}
