@@ -131,8 +131,8 @@ lab-down: venv ## Remove every lab container, network and firewall rule
 lab-status: venv ## Every lab host by site
 	$(LABCTL) status
 
-lab-stop-region: venv ## Stop every container of REGION (region loss)
-	$(LABCTL) stop-region "$(REGION)"
+lab-stop-region: venv ## Kill every container of REGION at once (region loss; GRACEFUL=1: shut down)
+	$(LABCTL) stop-region "$(REGION)" $(if $(GRACEFUL),--graceful)
 
 lab-start-region: venv ## Start REGION's containers again
 	$(LABCTL) start-region "$(REGION)"

@@ -7,7 +7,7 @@ per host at the address the inventory gives. Everything it creates carries the l
 `baton.lab=1`, so `down` removes exactly what `up` made.
 
     labctl.py up [--size mini|full]      labctl.py down        labctl.py status [--json]
-    labctl.py stop-region R              labctl.py start-region R      (R: a region or global)
+    labctl.py stop-region R [--graceful] labctl.py start-region R      (R: a region or global)
     labctl.py partition R                labctl.py heal [R]
     labctl.py image [--force]            labctl.py prereqs
 """
@@ -702,13 +702,23 @@ def up_topology() -> dict[str, Any]:
     return load_topology(size)
 
 
-def cmd_region(action: str, name: str) -> None:
+def cmd_region(action: str, name: str, graceful: bool = False) -> None:
     topo = up_topology()
     site = region_of(topo, name, any_site=True)  # the global site can be lost too
     names = [h["container"] for h in site["hosts"]]
-    if action == "stop":
+    if action == "stop" and graceful:
+        # A shutdown: systemd stops every service in order, for up to 10 s.
         run(["podman", "stop", "-t", "10", *names])
-        say(f"stopped region {name}: {' '.join(names)}")
+        say(f"stopped region {name} (shut down): {' '.join(names)}")
+    elif action == "stop":
+        # A region loss is a power or network loss: every process of every host dies at once
+        # (SIGKILL to each container's init), mid-write, with no lease renewed after it.
+        running = [n for n in names if out(
+            ["podman", "inspect", "--format", "{{.State.Running}}", n], check=False) == "true"]
+        if running:
+            run(["podman", "kill", "--signal", "KILL", *running])
+            run(["podman", "wait", *running])
+        say(f"stopped region {name} (killed): {' '.join(names)}")
     else:
         run(["podman", "start", *names])
         ensure_firewall(topo)
@@ -731,6 +741,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("stop-region", "start-region", "partition"):
         sub.add_parser(name).add_argument("region")
         # the region is checked against the inventory, which names the regions
+    sub.choices["stop-region"].add_argument(
+        "--graceful", action="store_true",
+        help="shut the hosts down (podman stop) instead of killing them at once")
     heal_p = sub.add_parser("heal", help="remove a region's partition (all when none named)")
     heal_p.add_argument("region", nargs="?")
     args = parser.parse_args(argv)
@@ -749,7 +762,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "prereqs":
             ensure_prereqs()
         elif args.cmd in ("stop-region", "start-region"):
-            cmd_region(args.cmd.split("-")[0], args.region)
+            cmd_region(args.cmd.split("-")[0], args.region,
+                       graceful=getattr(args, "graceful", False))
         elif args.cmd == "partition":
             partition(up_topology(), args.region)
         elif args.cmd == "heal":
