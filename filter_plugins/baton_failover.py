@@ -209,6 +209,32 @@ def baton_failover_plan(assessment: Mapping[str, Any], holder: Mapping[str, Any]
     return plan
 
 
+def baton_standby_slot(region: str) -> str:
+    """The replication slot through which `region`'s standby cluster follows the primary."""
+    return "baton_" + region.replace("-", "_")
+
+
+def baton_regions_to_repoint(plan: Mapping[str, Any], assessment: Mapping[str, Any],
+                             target_addresses: list[str], port: int) -> list[dict[str, str]]:
+    """Of the plan's other regions, those baton_cluster must make standby clusters of the
+    target, each with its slot ({region, slot}): every one but a region the assessment saw
+    as a running standby cluster following exactly the target's addresses, port and the
+    region's slot (a re-run leaves those alone). A region whose source was not read is
+    repointed (baton_cluster reads it again and changes nothing when it follows)."""
+    wanted_host = ",".join(str(a) for a in target_addresses)
+    todo = []
+    for region in plan.get("others") or []:
+        patroni = _facts(assessment, region).get("patroni") or {}
+        source = patroni.get("standby_source")
+        follows = (patroni.get("cluster_role") == "standby" and isinstance(source, Mapping)
+                   and str(source.get("host")) == wanted_host
+                   and str(source.get("port")) == str(port)
+                   and source.get("primary_slot_name") == baton_standby_slot(region))
+        if not follows:
+            todo.append({"region": region, "slot": baton_standby_slot(region)})
+    return todo
+
+
 def baton_failover_steps(plan: Mapping[str, Any]) -> list[str]:
     """The plan in words, as --check prints it."""
     target, old, kind = plan["target"], plan["old"], plan["kind"]
@@ -604,6 +630,7 @@ class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "baton_bouncers_to_release": baton_bouncers_to_release,
+            "baton_regions_to_repoint": baton_regions_to_repoint,
             "baton_endpoints_first": baton_endpoints_first,
             "baton_hosts_not_done": baton_hosts_not_done,
             "baton_pgbouncer_holds": baton_pgbouncer_holds,

@@ -83,7 +83,9 @@ def probe_patroni(address: str, port: int, timeout: float) -> Probe:
 
 
 def probe_cluster(address: str, port: int, timeout: float) -> Probe:
-    """GET /cluster: every member of the region's Patroni cluster as one member sees them."""
+    """GET /cluster: every member of the region's Patroni cluster as one member sees them;
+    then GET /config: what the cluster follows (its standby_cluster section, None for a
+    primary cluster; absent when /config did not answer)."""
     try:
         data = _patroni_json(address, port, "/cluster", timeout)
     except Exception as exc:
@@ -92,7 +94,17 @@ def probe_cluster(address: str, port: int, timeout: float) -> Probe:
                 "host": m.get("host"), "timeline": m.get("timeline"), "lag": m.get("lag"),
                 "pending_restart": bool(m.get("pending_restart", False))}
                for m in data.get("members", [])]
-    return {"ok": True, "members": members}
+    probe: Probe = {"ok": True, "members": members}
+    try:
+        config = _patroni_json(address, port, "/config", timeout)
+    except Exception:  # the members still count; the source stays unknown
+        return probe
+    if isinstance(config, dict):
+        source = config.get("standby_cluster") or None
+        probe["standby_source"] = ({k: source.get(k) for k in ("host", "port",
+                                                               "primary_slot_name")}
+                                   if isinstance(source, dict) else None)
+    return probe
 
 
 def probe_etcd(address: str, port: int, timeout: float) -> Probe:
@@ -340,6 +352,10 @@ def region_summary(region: str, nodes: dict[str, dict[str, Probe]]) -> dict[str,
                              else "standby" if leader_role == "standby_leader" else None),
             "timeline": patroni[leader].get("timeline") if leader else None,
             "members": cluster["members"] if cluster else [],
+            # What the cluster follows ({host, port, primary_slot_name}; None: nothing, a
+            # primary cluster); absent when no member's /config answered.
+            **({"standby_source": cluster["standby_source"]}
+               if cluster and "standby_source" in cluster else {}),
             "pending_restart": sorted(n for n, p in patroni.items() if p.get("pending_restart")),
         },
         "etcd": {"members": len(etcd), "healthy": etcd_healthy,

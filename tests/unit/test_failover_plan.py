@@ -17,6 +17,7 @@ from baton_failover import (
     baton_pgbouncer_holds,
     baton_redis_chain,
     baton_redis_in_place,
+    baton_regions_to_repoint,
 )
 from baton_patroni import leader_first, plan_cluster, reached, standby_source
 from test_assess_verdicts import node, unreachable
@@ -495,3 +496,43 @@ def test_a_host_of_a_pgbouncer_play_counts_as_done_only_with_a_result_that_succe
     assert baton_hosts_not_done(["ok", "failed", "unreachable", "skipped", "none", "gone"],
                                 hostvars, "r") == ["failed", "unreachable", "skipped", "none",
                                                    "gone"]
+
+
+def _following(source):
+    """The lab with us-west the primary region and eu-west's cluster following `source`
+    (its /config's standby_cluster; "unread" when /config did not answer)."""
+    regions = lab()
+    regions["us-east"] = {"us-east-1": node("us-east-1", "standby_leader", redis_role="slave")}
+    regions["us-west"] = {"us-west-1": node("us-west-1", "primary")}
+    if source != "unread":
+        regions["eu-west"]["eu-west-1"]["cluster"]["standby_source"] = source
+    return assessment(regions)
+
+
+def test_a_re_run_leaves_a_region_that_follows_the_target_alone():
+    follows = {"host": "10.231.2.11", "port": 5000, "primary_slot_name": "baton_eu_west"}
+    plan = {"others": ["eu-west"]}
+    assert baton_regions_to_repoint(plan, _following(follows), ["10.231.2.11"], 5000) == []
+
+
+@pytest.mark.parametrize("source", [
+    "unread",                                                     # /config did not answer
+    None,                                                         # a primary cluster
+    {"host": "10.231.1.11", "port": 5000, "primary_slot_name": "baton_eu_west"},  # old primary
+    {"host": "10.231.2.11", "port": 5001, "primary_slot_name": "baton_eu_west"},  # other port
+    {"host": "10.231.2.11", "port": 5000, "primary_slot_name": "baton_us_west"},  # other slot
+    {"host": "10.231.2.11,10.231.2.12", "port": 5000,                             # other hosts
+     "primary_slot_name": "baton_eu_west"},
+])
+def test_a_region_not_seen_following_the_target_exactly_is_repointed(source):
+    plan = {"others": ["eu-west"]}
+    assert baton_regions_to_repoint(plan, _following(source), ["10.231.2.11"], 5000) == [
+        {"region": "eu-west", "slot": "baton_eu_west"}]
+
+
+def test_a_region_following_the_target_without_a_standby_leader_is_repointed():
+    follows = {"host": "10.231.2.11", "port": 5000, "primary_slot_name": "baton_eu_west"}
+    regions = _following(follows)
+    regions["regions"]["eu-west"]["facts"]["patroni"]["cluster_role"] = None
+    assert baton_regions_to_repoint({"others": ["eu-west"]}, regions, ["10.231.2.11"],
+                                    5000) == [{"region": "eu-west", "slot": "baton_eu_west"}]
