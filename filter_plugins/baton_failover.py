@@ -337,11 +337,13 @@ def write_pause(plan: Mapping[str, Any], marks: Mapping[str, float],
       PgBouncer held the queries, from its PAUSE to its RESUME (outcome's pgbouncer_holds:
       [{paused_at, resumed_at}] per host); without those, from the moment the run began to hold
       them to the moment it let them through on every host.
-    - It did not (region loss): from the fault to the first write accepted through the
-      failover name, as a range (at_least_seconds to seconds): the fault came after the old
-      primary's last transaction the target replayed, and about when the old region last
-      renewed its leases on the witness (they vanished one lease TTL later). An idle database
-      makes the upper figure large; a busy one makes the range narrow.
+    - It did not (region loss): a range (at_least_seconds to seconds). The fault came after
+      the old primary's last transaction the target replayed, and about when the old region
+      last renewed its leases on the witness (they vanished one lease TTL later). No client
+      of the failover name wrote before the PgBouncers let the queries through (the lower
+      figure ends there), and one that resolves it afresh writes by the time this run's
+      probe does (the upper figure ends there, and starts from the replayed transaction). An
+      idle database makes the upper figure large.
     """
     held, resumed = marks.get("clients held"), marks.get("PgBouncers repointed and resumed")
     holds = [(float(h["paused_at"]), float(h["resumed_at"]))
@@ -368,15 +370,18 @@ def write_pause(plan: Mapping[str, Any], marks: Mapping[str, float],
         if not known:
             return None
         begin = replayed if replayed is not None else renewed
+        # Nothing went through the failover name before the PgBouncers let the queries go.
+        first_possible = min(end, float(resumed)) if resumed else end
         return {"seconds": round(max(0.0, end - begin), 3),
-                "at_least_seconds": round(max(0.0, end - max(known)), 3),
+                "at_least_seconds": round(max(0.0, first_possible - max(known)), 3),
                 "from": _iso(begin), "to": _iso(end),
                 "basis": "from the fault, which is not seen (it came after the old "
-                         "primary's last transaction the target replayed - the upper figure - "
-                         "and about when its region last renewed its leases on the witness - "
-                         "the lower one), to the first write this run's probe got through the "
-                         "failover name (a client whose resolver answered sooner wrote up to "
-                         "the DNS verification earlier)"}
+                         "primary's last transaction the target replayed, and about when its "
+                         "region last renewed its leases on the witness), to a client's first "
+                         "write through the failover name: not before the PgBouncers let the "
+                         "queries through (the lower figure, from the renewal), and by the "
+                         "time this run's probe wrote, resolving the name afresh (the upper "
+                         "figure, from the replayed transaction)"}
     else:
         return None
     return {"seconds": round(max(0.0, end - begin), 3), "from": _iso(begin), "to": _iso(end),

@@ -290,6 +290,11 @@ def lose_region_and_fail_over(scenario: str, lost: str, target: str, *,
     figures, run = measure(scenario, f"{lost} stopped, failover to {target}", target, action,
                            report_kind="failover")
     assert run.returncode == 0, run.stdout[-3000:]
+    # The report's lower figure for the clients' pause is no more than what they saw, give or
+    # take one agent interval (1 s: the last lease renewal may precede the fault by that much).
+    pause = report("failover")["write_pause"]
+    assert pause["at_least_seconds"] <= figures["postgres"]["longest_gap"] + 1.0, (
+        pause, figures["postgres"])
     if as_awx:
         artifact = run.artifacts.get("baton_report", {})
         assert artifact == report("failover"), (run.artifacts, run.stdout[-3000:])
