@@ -135,7 +135,7 @@ lab-status: venv ## Every lab host by site
 	$(LABCTL) status
 
 lab-stop-region: venv ## Kill every container of REGION at once (region loss; GRACEFUL=1: shut down)
-	$(LABCTL) stop-region "$(REGION)" $(if $(GRACEFUL),--graceful)
+	$(LABCTL) stop-region "$(REGION)" $(if $(filter 1,$(GRACEFUL)),--graceful)
 
 lab-start-region: venv ## Start REGION's containers again
 	$(LABCTL) start-region "$(REGION)"

@@ -218,15 +218,20 @@ def baton_regions_to_repoint(plan: Mapping[str, Any], assessment: Mapping[str, A
                              target_addresses: list[str], port: int) -> list[dict[str, str]]:
     """Of the plan's other regions, those baton_cluster must make standby clusters of the
     target, each with its slot ({region, slot}): every one but a region the assessment saw
-    as a running standby cluster following exactly the target's addresses, port and the
-    region's slot (a re-run leaves those alone). A region whose source was not read is
+    as a standby cluster whose leader runs, following exactly the target's addresses, port
+    and the region's slot (a re-run leaves those alone). A region whose source was not read is
     repointed (baton_cluster reads it again and changes nothing when it follows)."""
     wanted_host = ",".join(str(a) for a in target_addresses)
     todo = []
     for region in plan.get("others") or []:
         patroni = _facts(assessment, region).get("patroni") or {}
         source = patroni.get("standby_source")
-        follows = (patroni.get("cluster_role") == "standby" and isinstance(source, Mapping)
+        # A standby leader that runs (what baton_cluster waits for), following exactly that.
+        leads = any(m.get("role") == "standby_leader" and m.get("state") in ("running",
+                                                                             "streaming")
+                    for m in patroni.get("members") or [])
+        follows = (patroni.get("cluster_role") == "standby" and leads
+                   and isinstance(source, Mapping)
                    and str(source.get("host")) == wanted_host
                    and str(source.get("port")) == str(port)
                    and source.get("primary_slot_name") == baton_standby_slot(region))
@@ -370,8 +375,10 @@ def write_pause(plan: Mapping[str, Any], marks: Mapping[str, float],
         if not known:
             return None
         begin = replayed if replayed is not None else renewed
-        # Nothing went through the failover name before the PgBouncers let the queries go.
-        first_possible = min(end, float(resumed)) if resumed else end
+        # Nothing went through the failover name before a PgBouncer let the queries go: the
+        # first host's RESUME (baton_pgbouncer's own time), else the play's end.
+        first_resume = min((r for _p, r in holds), default=float(resumed) if resumed else None)
+        first_possible = min(end, first_resume) if first_resume is not None else end
         return {"seconds": round(max(0.0, end - begin), 3),
                 "at_least_seconds": round(max(0.0, first_possible - max(known)), 3),
                 "from": _iso(begin), "to": _iso(end),

@@ -713,11 +713,20 @@ def cmd_region(action: str, name: str, graceful: bool = False) -> None:
     elif action == "stop":
         # A region loss is a power or network loss: every process of every host dies at once
         # (SIGKILL to each container's init), mid-write, with no lease renewed after it.
-        running = [n for n in names if out(
-            ["podman", "inspect", "--format", "{{.State.Running}}", n], check=False) == "true"]
+        # One listing, then one kill: nothing delays the fault. A container that stopped in
+        # between is down already (kill's complaint about it changes nothing).
+        def running_now() -> list[str]:
+            up = set(out(["podman", "ps", "--filter", "status=running", "--format",
+                          "{{.Names}}"]).split())
+            return [n for n in names if n in up]
+
+        running = running_now()
         if running:
-            run(["podman", "kill", "--signal", "KILL", *running])
-            run(["podman", "wait", *running])
+            run(["podman", "kill", "--signal", "KILL", *running], check=False)
+            run(["podman", "wait", *running], check=False)
+        left = running_now()
+        if left:
+            raise LabError(f"region {name}: {' '.join(left)} still running after the kill")
         say(f"stopped region {name} (killed): {' '.join(names)}")
     else:
         run(["podman", "start", *names])

@@ -83,9 +83,7 @@ def probe_patroni(address: str, port: int, timeout: float) -> Probe:
 
 
 def probe_cluster(address: str, port: int, timeout: float) -> Probe:
-    """GET /cluster: every member of the region's Patroni cluster as one member sees them;
-    then GET /config: what the cluster follows (its standby_cluster section, None for a
-    primary cluster; absent when /config did not answer)."""
+    """GET /cluster: every member of the region's Patroni cluster as one member sees them."""
     try:
         data = _patroni_json(address, port, "/cluster", timeout)
     except Exception as exc:
@@ -94,17 +92,20 @@ def probe_cluster(address: str, port: int, timeout: float) -> Probe:
                 "host": m.get("host"), "timeline": m.get("timeline"), "lag": m.get("lag"),
                 "pending_restart": bool(m.get("pending_restart", False))}
                for m in data.get("members", [])]
-    probe: Probe = {"ok": True, "members": members}
+    return {"ok": True, "members": members}
+
+
+def probe_config(address: str, port: int, timeout: float) -> Probe:
+    """GET /config: what the region's cluster follows, its standby_cluster section
+    ({host, port, primary_slot_name}; None for a primary cluster)."""
     try:
-        config = _patroni_json(address, port, "/config", timeout)
-    except Exception:  # the members still count; the source stays unknown
-        return probe
-    if isinstance(config, dict):
-        source = config.get("standby_cluster") or None
-        probe["standby_source"] = ({k: source.get(k) for k in ("host", "port",
-                                                               "primary_slot_name")}
-                                   if isinstance(source, dict) else None)
-    return probe
+        data = _patroni_json(address, port, "/config", timeout)
+    except Exception as exc:
+        return {"ok": False, "error": _error(exc)}
+    source = data.get("standby_cluster") if isinstance(data, dict) else None
+    return {"ok": True, "standby_source": ({k: source.get(k) for k in
+                                            ("host", "port", "primary_slot_name")}
+                                           if isinstance(source, dict) else None)}
 
 
 def probe_etcd(address: str, port: int, timeout: float) -> Probe:
@@ -334,6 +335,7 @@ def region_summary(region: str, nodes: dict[str, dict[str, Probe]]) -> dict[str,
         return by_service.get(name, {})
 
     cluster = _first_ok(service("cluster"))
+    config = _first_ok(service("config"))
     patroni = {n: p for n, p in service("patroni").items() if p.get("ok")}
     leader = next((n for n, p in patroni.items()
                    if p.get("role") in ("primary", "master", "standby_leader")), None)
@@ -354,8 +356,7 @@ def region_summary(region: str, nodes: dict[str, dict[str, Probe]]) -> dict[str,
             "members": cluster["members"] if cluster else [],
             # What the cluster follows ({host, port, primary_slot_name}; None: nothing, a
             # primary cluster); absent when no member's /config answered.
-            **({"standby_source": cluster["standby_source"]}
-               if cluster and "standby_source" in cluster else {}),
+            **({"standby_source": config["standby_source"]} if config else {}),
             "pending_restart": sorted(n for n, p in patroni.items() if p.get("pending_restart")),
         },
         "etcd": {"members": len(etcd), "healthy": etcd_healthy,

@@ -213,6 +213,7 @@ from ansible.module_utils.baton_assess import (  # noqa: E402
     primary_position,
     probe_agent,
     probe_cluster,
+    probe_config,
     probe_dns,
     probe_endpoint,
     probe_etcd,
@@ -257,6 +258,7 @@ def node_jobs(p: dict, ports: dict[str, int], address: str, redis: bool) -> dict
     jobs = {
         "patroni": partial(probe_patroni, address, ports["patroni"], t),
         "cluster": partial(probe_cluster, address, ports["patroni"], t),
+        "config": partial(probe_config, address, ports["patroni"], t),
         "etcd": partial(probe_etcd, address, ports["etcd"], t),
         "postgres": partial(probe_postgres, address, ports["postgres"], user, secret, t),
         "pgbouncer": partial(probe_pgbouncer, address, ports["pgbouncer"], user, secret, t),

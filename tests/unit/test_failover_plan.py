@@ -408,6 +408,11 @@ def test_after_a_region_loss_the_write_pause_is_a_range_from_what_is_known_of_th
     idle = baton_failover_report(plan, marks, {**outcome, "last_replayed_at": 900.0})
     assert (idle["write_pause"]["at_least_seconds"], idle["write_pause"]["seconds"]) == (
         11.0, 108.0)
+    # The first host's own RESUME, when known, is earlier than the play's mark.
+    holds = [{"paused_at": 1003.1, "resumed_at": 1004.5}, {"paused_at": 1003.2,
+                                                          "resumed_at": 1004.9}]
+    early = baton_failover_report(plan, marks, {**outcome, "pgbouncer_holds": holds})
+    assert early["write_pause"]["at_least_seconds"] == 10.5
     # Without the release's mark, the lower figure ends at the probe's write too.
     unmarked = {k: v for k, v in marks.items() if k != "PgBouncers repointed and resumed"}
     assert baton_failover_report(plan, unmarked, outcome)["write_pause"][
@@ -511,7 +516,7 @@ def _following(source):
     regions["us-east"] = {"us-east-1": node("us-east-1", "standby_leader", redis_role="slave")}
     regions["us-west"] = {"us-west-1": node("us-west-1", "primary")}
     if source != "unread":
-        regions["eu-west"]["eu-west-1"]["cluster"]["standby_source"] = source
+        regions["eu-west"]["eu-west-1"]["config"] = {"ok": True, "standby_source": source}
     return assessment(regions)
 
 
@@ -534,6 +539,14 @@ def test_a_region_not_seen_following_the_target_exactly_is_repointed(source):
     plan = {"others": ["eu-west"]}
     assert baton_regions_to_repoint(plan, _following(source), ["10.231.2.11"], 5000) == [
         {"region": "eu-west", "slot": "baton_eu_west"}]
+
+
+def test_a_region_following_the_target_whose_standby_leader_is_stopped_is_repointed():
+    follows = {"host": "10.231.2.11", "port": 5000, "primary_slot_name": "baton_eu_west"}
+    regions = _following(follows)
+    regions["regions"]["eu-west"]["facts"]["patroni"]["members"][0]["state"] = "stopped"
+    assert baton_regions_to_repoint({"others": ["eu-west"]}, regions, ["10.231.2.11"],
+                                    5000) == [{"region": "eu-west", "slot": "baton_eu_west"}]
 
 
 def test_a_region_following_the_target_without_a_standby_leader_is_repointed():
