@@ -274,6 +274,37 @@ def wait_cluster(addresses: list[str], port: int, want: str, deadline: float,
         time.sleep(0.25)
 
 
+def wait_standby_answers(address: str, port: int, deadline: float,
+                         timeout: float) -> dict[str, Any]:
+    """Polls a standby cluster's leader's own /patroni until its PostgreSQL answers from
+    recovery; its positions then. /cluster shows a demoted leader as a running standby leader
+    at once (the role comes from the cluster's configuration, the state from its last report),
+    while Patroni is still shutting PostgreSQL down to start it again as a standby. Until it
+    answers, its final WAL position is not known, and its fence agent, asked to let go of its
+    lease, cannot tell a restarting standby from a silent primary. Raises PatroniProblem at the
+    deadline (monotonic clock)."""
+    seen = "no answer"
+    while True:
+        try:
+            _status, data = rest("GET", url(address, port, "/patroni"), timeout)
+        except OSError as exc:
+            data, seen = None, str(exc)
+        if isinstance(data, dict):
+            xlog = data.get("xlog") if isinstance(data.get("xlog"), dict) else {}
+            if data.get("role") in ("standby_leader", "replica") \
+                    and data.get("state") == "running" and "replayed_location" in xlog:
+                return {"role": data["role"], "state": "running",
+                        "timeline": data.get("timeline"), "location": None,
+                        "received": as_lsn(xlog.get("received_location")),
+                        "replayed": as_lsn(xlog.get("replayed_location"))}
+            seen = f"{data.get('role')}/{data.get('state')}"
+        if time.monotonic() >= deadline:
+            raise PatroniProblem(f"the standby leader at {address} did not answer from recovery "
+                                 f"in time (its Patroni says {seen}): look at the Patroni log "
+                                 "on it, then re-run")
+        time.sleep(0.1)
+
+
 def member_positions(addresses: list[str], port: int, timeout: float) -> dict[str, Any]:
     """/patroni of every member that answers (asked in parallel): role, WAL positions (for
     catch-up checks)."""
@@ -307,6 +338,23 @@ class ClusterStop(PatroniProblem):
     def __init__(self, msg: str, result: dict[str, Any] | None = None) -> None:
         super().__init__(msg)
         self.result = result or {}
+
+
+def standby_answers(read: dict[str, Any], addresses: list[str], state: str, port: int,
+                    deadline: float, timeout: float) -> str | None:
+    """For a standby cluster: waits until its leader's PostgreSQL answers from recovery
+    (wait_standby_answers) and returns the furthest WAL position it holds, which after a
+    demotion is the old primary's final one. None for a primary, or when no member of
+    `addresses` leads (nothing to wait for)."""
+    if state != "standby":
+        return None
+    leader = next((m.get("host") for m in read["members"]
+                   if m.get("role") == "standby_leader" and m.get("host") in addresses), None)
+    if leader is None:
+        return None
+    answered = wait_standby_answers(leader, port, deadline, timeout)
+    known = [x for x in (answered["received"], answered["replayed"]) if x]
+    return max(known, key=lsn_to_int) if known else None
 
 
 def leader_position(positions: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -365,13 +413,15 @@ def converge_cluster(region: str, members: list[str], state: str, *, port: int =
     started = time.monotonic()
     deadline = started + wait_timeout
     if body is None:
-        if not reached(before["members"], state, streaming):
-            try:
-                wait_cluster(members, port, state, deadline, timeout, streaming)
-            except PatroniProblem as exc:
-                raise ClusterStop(f"{region}: {exc}", result) from exc
-        _addr, result["leader_position"] = leader_position(member_positions(members, port,
-                                                                            timeout))
+        try:
+            after = before
+            if not reached(before["members"], state, streaming):
+                after = wait_cluster(members, port, state, deadline, timeout, streaming)
+            answered = standby_answers(after, members, state, port, deadline, timeout)
+        except PatroniProblem as exc:
+            raise ClusterStop(f"{region}: {exc}", result) from exc
+        result["leader_position"] = answered or leader_position(member_positions(
+            members, port, timeout))[1]
         return result
     if wanted_lsn is not None:
         while True:
@@ -387,9 +437,12 @@ def converge_cluster(region: str, members: list[str], state: str, *, port: int =
     try:
         apply_cluster(leader_first(members, before["members"]), port, auth, body, timeout)
         after = wait_cluster(members, port, state, deadline, timeout, streaming)
+        answered = standby_answers(after, members, state, port, deadline, timeout) \
+            if kind == "demote" else None
     except PatroniProblem as exc:
         raise ClusterStop(f"{region}: {exc}", result) from exc
     result["after"] = described(after)
-    _addr, result["leader_position"] = leader_position(member_positions(members, port, timeout))
+    result["leader_position"] = answered or leader_position(member_positions(
+        members, port, timeout))[1]
     result["elapsed"] = round(time.monotonic() - started, 3)
     return result
