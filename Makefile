@@ -97,7 +97,7 @@ test-roles: deps ## Molecule: every role's scenario (full sequence, idempotence 
 	$(MAKE) --no-print-directory test-molecule MOLECULE_IN_TEST="$(SCENARIOS)"
 
 test-integration: deps ## The lab tests: mini lab, lifecycle scenarios, lab-down, the ha lab
-	pytest -q -p no:cacheprovider -rxX --durations=25 tests/integration
+	pytest -q -p no:cacheprovider -rxX --durations=60 tests/integration
 
 test-lifecycle: venv ## One lifecycle scenario on the lab that is up: SCENARIO=partition (a -k)
 	BATON_REUSE_LAB=1 pytest -q -s -p no:cacheprovider -rxX tests/integration/test_lifecycle.py \

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -68,6 +69,12 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("-", "lifecycle steps, as the harness measured them")
         for row in lifecycle_rows(LIFECYCLE_LOG):
             terminalreporter.write_line(row)
+    played = getattr(sys.modules.get("test_lab"), "PLAYBOOK_SECONDS", {})
+    if played:
+        terminalreporter.write_sep("-", "playbook runs: count, total and longest (seconds)")
+        for name, runs in sorted(played.items(), key=lambda kv: -sum(kv[1])):
+            terminalreporter.write_line(f"{name:36} {len(runs):4} {sum(runs):8.0f} "
+                                        f"{max(runs):7.0f}")
     terminalreporter.write_sep("-", "lab time by file (minutes)")
     for name in sorted(_FILE_SECONDS, key=lambda n: ORDER.index(n) if n in ORDER else 99):
         terminalreporter.write_line(f"{name:24} {_FILE_SECONDS[name] / 60:6.1f}")

@@ -89,9 +89,21 @@ SSH_INVENTORY = ("-i", str(ROOT / "inventories/lab-ssh"), "--vault-password-file
 VIA_SSH: list[bool] = []  # non-empty while a test drives the lab over SSH
 
 
+# Wall seconds and runs per playbook (conftest.py prints them at the end of the run).
+PLAYBOOK_SECONDS: dict[str, list[float]] = {}
+
+
+def timed(name: str, started: float) -> None:
+    PLAYBOOK_SECONDS.setdefault(name, []).append(time.monotonic() - started)
+
+
 def playbook(name: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     via = SSH_INVENTORY if VIA_SSH else ()
-    return sh(str(BIN / "ansible-playbook"), *via, name, *args, timeout=timeout)
+    started = time.monotonic()
+    try:
+        return sh(str(BIN / "ansible-playbook"), *via, name, *args, timeout=timeout)
+    finally:
+        timed(name, started)
 
 
 def playbook_as_awx(name: str, survey: dict, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -102,6 +114,7 @@ def playbook_as_awx(name: str, survey: dict, timeout: float = 900) -> subprocess
     import ansible_runner
 
     env = {k: v for k, v in ENV.items() if k != "ANSIBLE_CONFIG"}  # the project's, by its cwd
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="baton-awx-job-") as job:
         run = ansible_runner.run(private_data_dir=job, project_dir=str(ROOT), playbook=name,
                                  inventory=str(ROOT / "inventories/lab"), extravars=survey,
@@ -109,6 +122,7 @@ def playbook_as_awx(name: str, survey: dict, timeout: float = 900) -> subprocess
         stdout = run.stdout.read()
         stats = next((e["event_data"] for e in run.events if e["event"] == "playbook_on_stats"),
                      {})
+    timed(f"{name} (as an AWX job)", started)
     done = subprocess.CompletedProcess(["ansible-runner", name], run.rc, stdout, "")
     done.artifacts = stats.get("artifact_data", {})
     return done
