@@ -62,7 +62,8 @@ demo: deps ## Fresh machine -> lab up, site.yml, and the health of every region
 	$(LABCTL) status
 
 test: deps ## The whole suite (what CI runs); ends with a table of where the time went
-	bash tests/stages.sh lint test-unit test-molecule test-integration
+	# lint and the unit tests need no lab: they run beside Molecule and the lab tests.
+	bash tests/stages.sh --alongside "lint test-unit" test-molecule test-integration
 
 ## --- pieces ------------------------------------------------------------------------------
 

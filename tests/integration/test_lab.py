@@ -58,9 +58,16 @@ LISTEN_PORT = 18080
 RECAP = re.compile(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
+# Commands run on the lab so far but health.yml (a read-only assessment): what lets a check
+# tell that nothing acted on the lab since the last health.yml (test_lifecycle.py's `home`).
+ACTIONS = [0]
+
+
 def sh(*cmd: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run cmd; its output goes to files, not pipes, so that a process it leaves behind cannot
     hold the run open, and a run that times out shows where it stopped."""
+    if "health.yml" not in cmd:
+        ACTIONS[0] += 1
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                 text=True, env=env or ENV, cwd=ROOT)
