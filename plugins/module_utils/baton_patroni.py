@@ -274,15 +274,21 @@ def wait_cluster(addresses: list[str], port: int, want: str, deadline: float,
         time.sleep(0.25)
 
 
+def furthest(received: str | None, replayed: str | None) -> str | None:
+    """The further of a standby's received and replayed WAL positions (None: neither known)."""
+    known = [x for x in (received, replayed) if x]
+    return max(known, key=lsn_to_int) if known else None
+
+
 def wait_standby_answers(address: str, port: int, deadline: float,
-                         timeout: float) -> dict[str, Any]:
+                         timeout: float) -> str | None:
     """Polls a standby cluster's leader's own /patroni until its PostgreSQL answers from
-    recovery; its positions then. /cluster shows a demoted leader as a running standby leader
-    at once (the role comes from the cluster's configuration, the state from its last report),
-    while Patroni is still shutting PostgreSQL down to start it again as a standby. Until it
-    answers, its final WAL position is not known, and its fence agent, asked to let go of its
-    lease, cannot tell a restarting standby from a silent primary. Raises PatroniProblem at the
-    deadline (monotonic clock)."""
+    recovery; the furthest WAL position it holds then. /cluster shows a demoted leader as a
+    running standby leader at once (the role comes from the cluster's configuration, the state
+    from its last report), while Patroni is still shutting PostgreSQL down to start it again as
+    a standby. Until it answers, its final WAL position is not known, and its fence agent,
+    asked to let go of its lease, cannot tell a restarting standby from a silent primary.
+    Raises PatroniProblem at the deadline (monotonic clock)."""
     seen = "no answer"
     while True:
         try:
@@ -293,10 +299,8 @@ def wait_standby_answers(address: str, port: int, deadline: float,
             xlog = data.get("xlog") if isinstance(data.get("xlog"), dict) else {}
             if data.get("role") in ("standby_leader", "replica") \
                     and data.get("state") == "running" and "replayed_location" in xlog:
-                return {"role": data["role"], "state": "running",
-                        "timeline": data.get("timeline"), "location": None,
-                        "received": as_lsn(xlog.get("received_location")),
-                        "replayed": as_lsn(xlog.get("replayed_location"))}
+                return furthest(as_lsn(xlog.get("received_location")),
+                                as_lsn(xlog.get("replayed_location")))
             seen = f"{data.get('role')}/{data.get('state')}"
         if time.monotonic() >= deadline:
             raise PatroniProblem(f"the standby leader at {address} did not answer from recovery "
@@ -352,9 +356,7 @@ def standby_answers(read: dict[str, Any], addresses: list[str], state: str, port
                    if m.get("role") == "standby_leader" and m.get("host") in addresses), None)
     if leader is None:
         return None
-    answered = wait_standby_answers(leader, port, deadline, timeout)
-    known = [x for x in (answered["received"], answered["replayed"]) if x]
-    return max(known, key=lsn_to_int) if known else None
+    return wait_standby_answers(leader, port, deadline, timeout)
 
 
 def leader_position(positions: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -362,10 +364,7 @@ def leader_position(positions: dict[str, Any]) -> tuple[str | None, str | None]:
     furthest of what it received and replayed."""
     for address, p in positions.items():
         if p["role"] in ("primary", "master", "leader", "standby_leader"):
-            if p.get("location"):
-                return address, p["location"]
-            known = [x for x in (p.get("received"), p.get("replayed")) if x]
-            return address, max(known, key=lsn_to_int) if known else None
+            return address, p.get("location") or furthest(p.get("received"), p.get("replayed"))
     return None, None
 
 
