@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,9 +78,12 @@ def redis_handover_problem(assessment: Mapping[str, Any], old: str, target: str)
         return None
     masters = sorted(str(p.get("address")) for p in old_redis.values()
                      if p.get("ok") and p.get("role") == "master")
+    silent = sorted(n for n, p in old_redis.items() if not p.get("ok"))
     if len(masters) != 1:
-        return (f"{old} has {len(masters)} Redis masters ({', '.join(masters) or 'none answers'}),"
-                " not one")
+        seen = ", ".join(masters) or "none among the servers that answered"
+        if silent:
+            seen += "; " + ", ".join(silent) + " did not answer the assessment"
+        return f"{old} has {len(masters)} Redis masters ({seen}), not one"
     # Another master taking writes outside the target would be a second writer the handover
     # cannot pause (it stops there); a fenced one takes no write.
     elsewhere = sorted(str(p.get("address")) for region in assessment["regions"]
@@ -624,6 +628,47 @@ def baton_hosts_not_done(hosts: list[str], hostvars: Mapping[str, Any], name: st
     return out
 
 
+def baton_dns_in_place(assessment: Mapping[str, Any], dns_primary_record: Any, home: str,
+                       servers: list[str], expected: Mapping[str, list[str]]) -> bool:
+    """Whether DNS is as the move leaves it, so that a re-run need not touch it: the zone's
+    primary is at home (no record of a move on the witness, and its server `home` answered),
+    every server of `servers` answered each name of `expected` with exactly those addresses,
+    and all of them serve the same serial. Anything unread or unsure says no (pure)."""
+    dns = assessment.get("dns") if isinstance(assessment, Mapping) else None
+    if dns_primary_record or not isinstance(dns, Mapping) or not servers:
+        return False
+    serials = dns.get("serials") or {}
+    if home not in serials or any(server not in serials for server in servers):
+        return False
+    if len({serials[server] for server in [home, *servers]}) != 1:
+        return False
+    names = dns.get("names") or {}
+    for name, values in expected.items():
+        answers = names.get(name) or {}
+        for server in servers:
+            found = (answers.get(server) or {}).get("values")
+            if found is None or sorted(found) != sorted(values):
+                return False
+    return True
+
+
+def baton_pgbouncer_result(result: Any) -> dict[str, Any]:
+    """What baton-pgbouncer (run with `raw`) printed as its last JSON line, or the registered
+    result itself when it is a module's; {} when neither (unreachable, not run)."""
+    if not isinstance(result, Mapping):
+        return {}
+    if "stdout" not in result:
+        return dict(result)
+    for line in reversed(str(result.get("stdout") or "").splitlines()):
+        if line.startswith("{"):
+            try:
+                found = json.loads(line)
+            except ValueError:
+                return {}
+            return found if isinstance(found, dict) else {}
+    return {}
+
+
 def baton_pgbouncer_holds(hosts: list[str], hostvars: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Per host the run held, when its PgBouncer got PAUSE and when RESUME (the results the
     hold and release plays registered as __fo_paused and __fo_bouncer); hosts missing either
@@ -631,7 +676,8 @@ def baton_pgbouncer_holds(hosts: list[str], hostvars: Mapping[str, Any]) -> list
     out = []
     for host in hosts:
         found = hostvars.get(host) or {}
-        paused, released = found.get("__fo_paused") or {}, found.get("__fo_bouncer") or {}
+        paused = baton_pgbouncer_result(found.get("__fo_paused"))
+        released = baton_pgbouncer_result(found.get("__fo_bouncer"))
         if paused.get("paused_at") and released.get("resumed_at"):
             out.append({"host": host, "paused_at": paused["paused_at"],
                         "resumed_at": released["resumed_at"]})
@@ -646,6 +692,8 @@ class FilterModule:
             "baton_endpoints_first": baton_endpoints_first,
             "baton_hosts_not_done": baton_hosts_not_done,
             "baton_pgbouncer_holds": baton_pgbouncer_holds,
+            "baton_pgbouncer_result": baton_pgbouncer_result,
+            "baton_dns_in_place": baton_dns_in_place,
             "baton_redis_in_place": baton_redis_in_place,
             "baton_failover_plan": baton_failover_plan,
             "baton_lsn": baton_lsn,

@@ -67,6 +67,12 @@ options:
     type: list
     elements: str
     default: []
+  lock_run_id:
+    description: When set, first checks that the failover lock is still this run's (a
+      failover's last steps, before DNS and Redis move) and fails, naming who holds it, when
+      it is not.
+    type: str
+    default: ""
   wait_timeout:
     description: Seconds to wait for O(wait_followers).
     type: float
@@ -132,8 +138,10 @@ from ansible.module_utils.baton_dns import DnsError, parse_server, serial  # noq
 from ansible.module_utils.baton_witness import (  # noqa: E402
     CLIENT_SPEC,
     DNS_PRIMARY,
+    BatonStop,
     Witness,
     WitnessError,
+    lock_still_held,
     parse_dns_primary,
     utc_iso,
 )
@@ -158,6 +166,7 @@ def main() -> None:
             "by": {"type": "str", "default": ""},
             "candidates": {"type": "list", "elements": "str", "default": []},
             "wait_followers": {"type": "list", "elements": "str", "default": []},
+            "lock_run_id": {"type": "str", "default": ""},
             "wait_timeout": {"type": "float", "default": 30.0},
             "timeout": {"type": "float", "default": 2.0},
             "client": CLIENT_SPEC,
@@ -171,6 +180,11 @@ def main() -> None:
     addresses = {str(k): str(v) for k, v in p["addresses"].items()}
     witness = Witness(p["endpoints"], p["timeout"], client=p["client"])
     try:
+        if p["lock_run_id"]:
+            try:
+                lock_still_held(witness, p["lock_run_id"], "moves DNS and Redis")
+            except BatonStop as exc:
+                module.fail_json(msg=str(exc))
         entry = witness.get(DNS_PRIMARY)
         try:
             current = parse_dns_primary(entry.value if entry else None, p["home"])

@@ -98,6 +98,13 @@ baton:
   returned: when O(state=present) and the lock is this run's
   type: dict
   sample: {region: us-east, epoch: 3}
+dns_primary:
+  description: The witness's record of the failover zone's primary name server when a failover
+    moved it away from the global site (see baton_dns_primary); a dict with the key C(malformed)
+    when the key holds something else; null when there is none (the primary is at home). Read with
+    RV(baton), so that a re-run can tell that DNS needs nothing.
+  returned: when O(state=present) and the lock is this run's
+  type: dict
 """
 
 import getpass  # noqa: E402
@@ -114,10 +121,12 @@ from typing import Any  # noqa: E402
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.baton_witness import (  # noqa: E402
     CLIENT_SPEC,
+    DNS_PRIMARY,
     HOLDER,
     LOCK,
     Witness,
     WitnessError,
+    decode_record,
     lock_decision,
     parse_holder,
     proc_stat,
@@ -134,6 +143,15 @@ def read_baton(module: AnsibleModule, witness: Witness) -> dict[str, Any] | None
         module.fail_json(msg=f"{exc}: restore it (etcdctl put, JSON with region and epoch) from "
                              "the last report before moving the baton")
     return None
+
+
+def read_dns_primary(witness: Witness) -> dict[str, Any] | None:
+    """The record of the zone's primary name server when it is away from home, else None."""
+    entry = witness.get(DNS_PRIMARY)
+    if entry is None:
+        return None
+    record = decode_record(entry.value)
+    return record if isinstance(record, dict) else {"malformed": entry.value}
 
 
 def _stat(pid: int) -> tuple[int, str, int] | None:
@@ -248,7 +266,8 @@ def main() -> None:
         if decision == "already_mine" or module.check_mode:
             module.exit_json(changed=decision != "already_mine", decision=decision,
                              message=message, holder=existing if existing else me,
-                             baton=read_baton(module, witness))
+                             baton=read_baton(module, witness),
+                             dns_primary=read_dns_primary(witness))
         # No ansible-playbook above this module (run some other way): nothing the keeper could
         # watch, so no keeper and the lease of old, an hour.
         kept = pid != os.getpid()
@@ -271,11 +290,12 @@ def main() -> None:
                              "taken; check the witness members (systemctl status baton-witness) "
                              "or run site.yml to deploy it")
     try:
-        baton = read_baton(module, witness)
+        baton, dns_primary = read_baton(module, witness), read_dns_primary(witness)
     except WitnessError as exc:
         module.fail_json(msg=f"the witness does not answer ({exc}) right after this run took the "
                              "failover lock: check the witness members, then re-run")
-    module.exit_json(changed=True, decision=decision, message=message, holder=me, baton=baton)
+    module.exit_json(changed=True, decision=decision, message=message, holder=me, baton=baton,
+                     dns_primary=dns_primary)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ description:
     (a transaction still running on a server that is gone) is followed by C(KILL), which drops
     the database's connections and leaves it paused.
   - Check mode and diff mode support.
+  - The same code runs on the node as C(baton-pgbouncer), which role C(pgbouncer) installs;
+    failover.yml holds and releases every PgBouncer with it through C(raw), a Python start and
+    a few C(psql) calls instead of a module's transfer and imports.
 options:
   database:
     description: The PgBouncer database.
@@ -98,16 +101,8 @@ resumed_at:
   type: float
 """
 
-import os  # noqa: E402
-import time  # noqa: E402
-
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.baton_pgbouncer import (  # noqa: E402
-    ConsoleError,
-    console,
-    database_state,
-    rewrite_hosts,
-)
+from ansible.module_utils.baton_pgbouncer import PgBouncerFailure, converge  # noqa: E402
 
 
 def main() -> None:
@@ -124,75 +119,10 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
-    p = module.params
-    db = p["database"]
-    where = f"PgBouncer on {os.uname().nodename}"
     try:
-        before = database_state(p)
-    except (ConsoleError, TimeoutError) as exc:
-        module.fail_json(msg=f"{where}: the admin console did not answer SHOW DATABASES ({exc}): "
-                             "check that pgbouncer runs and pgbouncer_admin_password")
-    if before is None:
-        module.fail_json(msg=f"{where} has no database {db}: run site.yml first")
-    hosts = ",".join(p["hosts"]) if p["hosts"] else None
-    new_text, repoint = None, False
-    if hosts is not None:
-        try:
-            with open(p["config"]) as handle:
-                old_text = handle.read()
-            new_text, repoint = rewrite_hosts(old_text, db, hosts)
-        except (OSError, ValueError) as exc:
-            module.fail_json(msg=f"{where}: cannot repoint {db} in {p['config']} ({exc}): "
-                                 "run site.yml to rewrite it")
-        # The file may be right already while PgBouncer still runs the old one (a killed run).
-        repoint = repoint or before["host"] != hosts
-    commands: list[str] = []
-    if (repoint or p["state"] == "paused") and not before["paused"]:
-        commands.append(f"PAUSE {db}")
-    if repoint:
-        commands.append("RELOAD")
-    if p["state"] == "resumed" and (before["paused"] or commands):
-        commands.append(f"RESUME {db}")
-    after = dict(before, host=hosts or before["host"], paused=p["state"] == "paused")
-    result = {"changed": bool(commands), "before": before, "after": after,
-              "commands": commands, "killed": False,
-              "diff": {"before": f"{db}: host={before['host']} paused={before['paused']}\n",
-                       "after": f"{db}: host={after['host']} paused={after['paused']}\n"}}
-    if not commands or module.check_mode:
-        module.exit_json(**result)
-
-    for command in commands:
-        try:
-            if command == "RELOAD" and new_text is not None:
-                with open(p["config"] + ".baton-tmp", "w") as handle:
-                    handle.write(new_text)
-                st = os.stat(p["config"])
-                os.chown(p["config"] + ".baton-tmp", st.st_uid, st.st_gid)
-                os.chmod(p["config"] + ".baton-tmp", st.st_mode & 0o7777)
-                os.replace(p["config"] + ".baton-tmp", p["config"])
-            timeout = p["pause_timeout"] if command.startswith("PAUSE") else 15
-            if command.startswith("PAUSE"):
-                result["paused_at"] = time.time()
-            try:
-                console(p, command, timeout)
-                if command.startswith("RESUME"):
-                    result["resumed_at"] = time.time()
-            except TimeoutError:
-                if not command.startswith("PAUSE"):
-                    raise
-                # A transaction on a server that is gone holds the PAUSE: drop the database's
-                # connections; a killed database stays paused until RESUME.
-                console(p, f"KILL {db}", 15)
-                result["killed"] = True
-        except (ConsoleError, TimeoutError, OSError) as exc:
-            module.fail_json(msg=f"{where}: '{command}' failed ({exc}) after "
-                                 f"{commands[:commands.index(command)] or 'nothing'}: re-run "
-                                 "to finish (the module reads the state first)", **result)
-    result["after"] = database_state(p)
-    if hosts is not None and result["after"]["host"] != hosts:
-        module.fail_json(msg=f"{where}: after RELOAD {db} points at {result['after']['host']}, "
-                             f"not {hosts}: check {p['config']}", **result)
-    module.exit_json(**result)
+        module.exit_json(**converge(module.params, check_mode=module.check_mode))
+    except PgBouncerFailure as exc:
+        module.fail_json(msg=exc.msg, **exc.result)
 
 
 if __name__ == "__main__":

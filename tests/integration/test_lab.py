@@ -534,6 +534,26 @@ def test_pgbouncers_admin_console_answers_only_on_its_own_node(lab):
     assert local.returncode == 0 and "app|" in local.stdout, local.stderr
 
 
+def test_the_nodes_hold_and_release_command_reads_first_and_only_root_has_its_password(lab):
+    """baton-pgbouncer, what failover.yml's PgBouncer plays run with `raw`: a re-run changes
+    nothing, check mode only says what it would send, and its passfile is root's alone."""
+    def run(*args: str, user: str = "root") -> subprocess.CompletedProcess:
+        return sh("podman", "exec", "--user", user, "baton-us-west-1",
+                  "/usr/local/sbin/baton-pgbouncer", *args, timeout=30)
+    same = run("--state", "resumed", "--hosts", MINI["us-east-1"])
+    assert same.returncode == 0, same.stderr
+    assert json.loads(same.stdout.splitlines()[-1])["changed"] is False, same.stdout
+    would = json.loads(run("--state", "paused", "--check").stdout.splitlines()[-1])
+    assert would["changed"] and would["commands"] == ["PAUSE app"], would
+    assert would["before"]["paused"] is False and would["after"]["paused"] is True, would
+    stranger = run("--state", "resumed", user="postgres")
+    assert stranger.returncode == 1 and "admin console did not answer" in stranger.stderr, \
+        (stranger.stdout, stranger.stderr)
+    mode = sh("podman", "exec", "baton-us-west-1", "stat", "-c", "%U %a",
+              "/etc/pgbouncer/baton-admin.pgpass", timeout=30)
+    assert mode.stdout.split() == ["root", "600"], mode.stdout
+
+
 def test_redis_chains_from_us_east_and_only_its_sentinel_watches(lab):
     assert cache("us-east-1").execute_command("ROLE")[0] == "master"
     for host in ("us-west-1", "eu-west-1"):

@@ -7,6 +7,7 @@ import pytest
 from baton_assess import global_view, primary_position, region_summary, region_verdict
 from baton_failover import (
     baton_bouncers_to_release,
+    baton_dns_in_place,
     baton_endpoints_first,
     baton_failover_metrics,
     baton_failover_plan,
@@ -135,6 +136,12 @@ def test_a_switchover_is_refused_before_anything_moves_when_redis_cannot_be_hand
     plan = baton_failover_plan(assessment(regions), HOLDER_EAST, "eu-west", "switchover", MiB)
     assert "us-east has 2 Redis masters (10.231.1.11:6379, 10.231.1.12:6379), not one" \
         in plan["refuse"]
+    # The master's probe timed out: the refusal names the server that did not answer.
+    regions = lab()
+    regions["us-east"]["us-east-1"]["redis"] = {"ok": False, "error": "timed out"}
+    plan = baton_failover_plan(assessment(regions), HOLDER_EAST, "eu-west", "switchover", MiB)
+    assert ("us-east has 0 Redis masters (none among the servers that answered; us-east-1 did "
+            "not answer the assessment), not one") in plan["refuse"], plan["refuse"]
     # A re-run after Redis moved already: the target has its master, nothing to hand over.
     regions = lab()
     regions["eu-west"]["eu-west-1"]["redis"] = {"ok": True, "role": "master", "offset": 1,
@@ -442,10 +449,14 @@ def test_a_rerun_releases_only_the_pgbouncers_not_seen_done():
 
 
 def test_the_write_pause_of_a_switchover_is_the_longest_hold_of_one_pgbouncer():
+    # As `raw` registers baton-pgbouncer's output (b) and as the module returns it (a, c).
+    raw_b = {"rc": 0, "stdout": 'sudo: a warning\r\n{"changed": true, "paused_at": 1003.5}\r\n'}
     hostvars = {"a": {"__fo_paused": {"paused_at": 1003.0}, "__fo_bouncer": {"resumed_at": 1006.5}},
-                "b": {"__fo_paused": {"paused_at": 1003.5}, "__fo_bouncer": {"resumed_at": 1008.0}},
-                "c": {"__fo_paused": {"changed": False}, "__fo_bouncer": {"resumed_at": 1009.0}}}
-    holds = baton_pgbouncer_holds(["a", "b", "c", "gone"], hostvars)
+                "b": {"__fo_paused": raw_b, "__fo_bouncer": {"stdout": '{"resumed_at": 1008.0}'}},
+                "c": {"__fo_paused": {"changed": False}, "__fo_bouncer": {"resumed_at": 1009.0}},
+                "d": {"__fo_paused": {"stdout": "not json"},
+                      "__fo_bouncer": {"resumed_at": 1009.0}}}
+    holds = baton_pgbouncer_holds(["a", "b", "c", "d", "gone"], hostvars)
     assert [h["host"] for h in holds] == ["a", "b"]
     plan = baton_failover_plan(assessment(lab()), HOLDER_EAST, "us-west", "switchover", MiB)
     report = baton_failover_report(plan, {"start": 1000.0, "clients held": 1002.0,
@@ -555,3 +566,31 @@ def test_a_region_following_the_target_without_a_standby_leader_is_repointed():
     regions["regions"]["eu-west"]["facts"]["patroni"]["cluster_role"] = None
     assert baton_regions_to_repoint({"others": ["eu-west"]}, regions, ["10.231.2.11"],
                                     5000) == [{"region": "eu-west", "slot": "baton_eu_west"}]
+
+
+def test_a_rerun_leaves_dns_alone_only_when_every_server_answers_as_the_move_leaves_it():
+    home, west, east = "10.0.0.11", "10.0.2.11", "10.0.1.11"
+    want = {"db": ["10.0.2.11", "10.0.2.12"], "redis": ["10.0.2.11"]}
+
+    def seen(serials, db=("10.0.2.12", "10.0.2.11"), redis=("10.0.2.11",), errors=None):
+        answering = [s for s in serials if s not in (errors or {})]
+        return {"dns": {"serials": {s: serials[s] for s in answering},
+                        "names": {"db": {s: {"values": list(db)} for s in answering},
+                                  "redis": {s: {"values": list(redis)} for s in answering}},
+                        "errors": errors or {}}}
+    agree = {home: 7, west: 7, east: 7}
+    assert baton_dns_in_place(seen(agree), None, home, [home, west, east], want)
+    # The order of the answers does not matter; a lost region's server is not asked.
+    assert baton_dns_in_place(seen(agree), None, home, [home, west], want)
+    # Each of these leaves the DNS steps to run again:
+    assert not baton_dns_in_place(seen(agree), {"host": "us-west-1"}, home, [home, west], want)
+    assert not baton_dns_in_place(seen(agree), {"malformed": "x"}, home, [home, west], want)
+    assert not baton_dns_in_place(seen({home: 7, west: 7, east: 6}), None, home,
+                                  [home, west, east], want)
+    assert not baton_dns_in_place(seen(agree, db=("10.0.1.11",)), None, home, [home, west], want)
+    assert not baton_dns_in_place(seen(agree, redis=()), None, home, [home, west], want)
+    assert not baton_dns_in_place(seen(agree, errors={home: "timeout"}), None, home, [west], want)
+    assert not baton_dns_in_place(seen(agree, errors={east: "timeout"}), None, home,
+                                  [home, west, east], want)
+    assert not baton_dns_in_place({}, None, home, [home, west], want)
+    assert not baton_dns_in_place(seen(agree), None, home, [], want)
