@@ -1,49 +1,92 @@
 #!/usr/bin/python3
-"""PgBouncer's admin console through psql (on the PgBouncer host), the repoint decision, and
+"""PgBouncer's admin console (on the PgBouncer host, with psycopg2), the repoint decision, and
 the node-side command baton-pgbouncer (role pgbouncer installs this file; see cli)."""
 
 from __future__ import annotations
 
 import os
 import re
-import subprocess
+import select
 import sys
 import time
 from typing import Any
+
+try:  # Debian's python3-psycopg2 (role pgbouncer installs it; Patroni needs it too)
+    import psycopg2
+    import psycopg2.extensions
+except ImportError:  # pragma: no cover - reported when a console is opened
+    psycopg2 = None
 
 
 class ConsoleError(Exception):
     pass
 
 
-def console(p: dict[str, Any], command: str, timeout: float) -> list[dict[str, str]]:
-    """One admin console command through psql; rows as dicts."""
-    # The module passes the password; the node command reads it from a root-only passfile.
-    env = dict(os.environ, PGCONNECT_TIMEOUT="5")
-    if p.get("admin_password") is not None:
-        env["PGPASSWORD"] = p["admin_password"]
-    else:
-        env["PGPASSFILE"] = p["passfile"]
-    dsn = f"host=127.0.0.1 port={p['port']} dbname=pgbouncer user={p['admin_user']}"
-    try:
-        run = subprocess.run(["psql", "-X", "-A", "-F", "\t", "-P", "footer=off", dsn, "-c",
-                              command], capture_output=True, text=True, env=env,
-                             timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise TimeoutError(command) from exc
-    if run.returncode != 0:
-        raise ConsoleError(run.stderr.strip().splitlines()[-1] if run.stderr.strip()
-                           else f"psql exited {run.returncode}")
-    lines = [line for line in run.stdout.splitlines() if line]
-    if not lines:
-        return []
-    header = lines[0].split("\t")
-    return [dict(zip(header, line.split("\t"), strict=False)) for line in lines[1:]]
+class Console:
+    """One connection to PgBouncer's admin console on 127.0.0.1 for a whole run (one login,
+    where a psql per command cost a process and a login each). Asynchronous, so that every
+    command is bounded by a timeout: a PAUSE waits for the transactions in flight."""
+
+    def __init__(self, p: dict[str, Any], timeout: float = 5.0) -> None:
+        if psycopg2 is None:
+            raise ConsoleError("python3-psycopg2 is not installed: run site.yml --tags pgbouncer")
+        # The module passes the password; the node command reads it from a root-only passfile.
+        secret = ({"password": p["admin_password"]} if p.get("admin_password") is not None
+                  else {"passfile": p["passfile"]})
+        try:
+            self.conn = psycopg2.connect(host="127.0.0.1", port=p["port"], dbname="pgbouncer",
+                                         user=p["admin_user"], connect_timeout=max(1, int(timeout)),
+                                         async_=1, **secret)
+            self._wait(time.monotonic() + timeout, "connect")
+        except psycopg2.Error as exc:
+            raise ConsoleError(_first_line(exc)) from exc
+
+    def _wait(self, deadline: float, what: str) -> None:
+        while True:
+            state = self.conn.poll()
+            if state == psycopg2.extensions.POLL_OK:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(what)
+            fd = self.conn.fileno()
+            if state == psycopg2.extensions.POLL_READ:
+                select.select([fd], [], [], left)
+            else:
+                select.select([], [fd], [], left)
+
+    def run(self, command: str, timeout: float) -> list[dict[str, str]]:
+        """One admin console command; its rows as dicts of strings."""
+        try:
+            cur = self.conn.cursor()
+            cur.execute(command)
+            self._wait(time.monotonic() + timeout, command)
+            if cur.description is None:
+                return []
+            names = [d[0] for d in cur.description]
+            return [{k: "" if v is None else str(v) for k, v in zip(names, row, strict=False)}
+                    for row in cur.fetchall()]
+        except psycopg2.Error as exc:
+            raise ConsoleError(_first_line(exc)) from exc
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Console:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def database_state(p: dict[str, Any]) -> dict[str, Any] | None:
-    for row in console(p, "SHOW DATABASES", 10):
-        if row.get("name") == p["database"]:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def database_state(console: Console, database: str) -> dict[str, Any] | None:
+    for row in console.run("SHOW DATABASES", 10):
+        if row.get("name") == database:
             return {"host": row.get("host"), "paused": row.get("paused") == "1",
                     "disabled": row.get("disabled") == "1"}
     return None
@@ -76,11 +119,19 @@ def converge(p: dict[str, Any], check_mode: bool = False) -> dict[str, Any]:
     db = p["database"]
     where = f"PgBouncer on {os.uname().nodename}"
     try:
-        before = database_state(p)
+        console = Console(p)
+        before = database_state(console, db)
     except (ConsoleError, TimeoutError) as exc:
         raise PgBouncerFailure(f"{where}: the admin console did not answer SHOW DATABASES ({exc}): "
                                "check that pgbouncer runs and pgbouncer_admin_password (site.yml "
                                f"sets it in PgBouncer and in {PASSFILE})") from exc
+    with console:
+        return _converge(p, check_mode, console, before, where)
+
+
+def _converge(p: dict[str, Any], check_mode: bool, console: Console,
+              before: dict[str, Any] | None, where: str) -> dict[str, Any]:
+    db = p["database"]
     if before is None:
         raise PgBouncerFailure(f"{where} has no database {db}: run site.yml first")
     hosts = ",".join(p["hosts"]) if p.get("hosts") else None
@@ -118,21 +169,31 @@ def converge(p: dict[str, Any], check_mode: bool = False) -> dict[str, Any]:
             if command.startswith("PAUSE"):
                 result["paused_at"] = time.time()
             try:
-                console(p, command, timeout)
+                console.run(command, timeout)
                 if command.startswith("RESUME"):
                     result["resumed_at"] = time.time()
             except TimeoutError:
                 if not command.startswith("PAUSE"):
                     raise
                 # A transaction on a server that is gone holds the PAUSE: drop the database's
-                # connections; a killed database stays paused until RESUME.
-                console(p, f"KILL {db}", 15)
+                # connections (a second login: this one still waits); a killed database stays
+                # paused until RESUME. The waiting PAUSE then ends too.
+                with Console(p) as second:
+                    second.run(f"KILL {db}", 15)
+                console.close()
+                console = Console(p)
                 result["killed"] = True
         except (ConsoleError, TimeoutError, OSError) as exc:
             raise PgBouncerFailure(f"{where}: '{command}' failed ({exc}) after "
                                    f"{commands[:commands.index(command)] or 'nothing'}: re-run "
                                    "to finish (it reads the state first)", result) from exc
-    result["after"] = database_state(p)
+    try:
+        result["after"] = database_state(console, db)
+    except (ConsoleError, TimeoutError) as exc:
+        raise PgBouncerFailure(f"{where}: SHOW DATABASES after {commands} failed ({exc}): "
+                               "re-run to check", result) from exc
+    finally:
+        console.close()
     if hosts is not None and (result["after"] or {}).get("host") != hosts:
         raise PgBouncerFailure(f"{where}: after RELOAD {db} points at "
                                f"{(result['after'] or {}).get('host')}, not {hosts}: check "
@@ -152,8 +213,8 @@ def _replace(path: str, text: str) -> None:
 
 # The node-side command (role pgbouncer installs this file as /usr/local/sbin/baton-pgbouncer):
 # a failover's hold and release run it with `raw` on every PgBouncer host at once, a Python
-# start and a few psql calls instead of a module's transfer and imports. The admin password
-# comes from a root-only passfile (PGPASSFILE), never from the command line.
+# start and one console login instead of a module's transfer and imports. The admin password
+# comes from a root-only passfile, never from the command line.
 PASSFILE = "/etc/pgbouncer/baton-admin.pgpass"
 
 

@@ -20,7 +20,8 @@ description:
   - Check mode and diff mode support.
   - The same code runs on the node as C(baton-pgbouncer), which role C(pgbouncer) installs;
     failover.yml holds and releases every PgBouncer with it through C(raw), a Python start and
-    a few C(psql) calls instead of a module's transfer and imports.
+    one console login instead of a module's transfer and imports.
+  - Needs python3-psycopg2 on the host (role C(pgbouncer) installs it).
 options:
   database:
     description: The PgBouncer database.
