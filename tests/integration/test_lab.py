@@ -552,6 +552,26 @@ def test_the_nodes_hold_and_release_command_reads_first_and_only_root_has_its_pa
     mode = sh("podman", "exec", "baton-us-west-1", "stat", "-c", "%U %a",
               "/etc/pgbouncer/baton-admin.pgpass", timeout=30)
     assert mode.stdout.split() == ["root", "600"], mode.stdout
+    # A transaction left open (on a server that is gone, in a region loss) holds a PAUSE: after
+    # --pause-timeout the command drops the database's connections (KILL), and `app` stays
+    # held until it is let through.
+    idle = psycopg.connect(host=MINI["us-west-1"], port=6432, dbname="app", **APP)
+    idle.execute("SELECT 1")
+    started = time.monotonic()
+    held = run("--state", "paused", "--pause-timeout", "2")
+    took = time.monotonic() - started
+    try:
+        done = json.loads(held.stdout.splitlines()[-1])
+        assert held.returncode == 0 and done["killed"] and done["after"]["paused"], held.stdout
+        assert 2 <= took < 10, took
+        with pytest.raises(psycopg.Error):
+            idle.execute("SELECT 1")
+    finally:
+        idle.close()
+        let_go = run("--state", "resumed")
+    assert json.loads(let_go.stdout.splitlines()[-1])["commands"] == ["RESUME app"], let_go.stdout
+    with pgbouncer("us-west-1", "app") as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_redis_chains_from_us_east_and_only_its_sentinel_watches(lab):
