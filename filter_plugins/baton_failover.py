@@ -640,6 +640,8 @@ def baton_dns_in_place(assessment: Mapping[str, Any], dns_primary_record: Any, h
     serials = dns.get("serials") or {}
     if home not in serials or any(server not in serials for server in servers):
         return False
+    if not all(isinstance(serials[server], int) for server in [home, *servers]):
+        return False
     if len({serials[server] for server in [home, *servers]}) != 1:
         return False
     names = dns.get("names") or {}

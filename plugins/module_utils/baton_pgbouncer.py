@@ -37,9 +37,16 @@ class Console:
             self.conn = psycopg2.connect(host="127.0.0.1", port=p["port"], dbname="pgbouncer",
                                          user=p["admin_user"], connect_timeout=max(1, int(timeout)),
                                          async_=1, **secret)
-            self._wait(time.monotonic() + timeout, "connect")
         except psycopg2.Error as exc:
             raise ConsoleError(_first_line(exc)) from exc
+        try:
+            self._wait(time.monotonic() + timeout, "connect")
+        except psycopg2.Error as exc:
+            self.conn.close()
+            raise ConsoleError(_first_line(exc)) from exc
+        except TimeoutError:
+            self.conn.close()
+            raise
 
     def _wait(self, deadline: float, what: str) -> None:
         while True:
@@ -118,19 +125,28 @@ def converge(p: dict[str, Any], check_mode: bool = False) -> dict[str, Any]:
     names the step that failed."""
     db = p["database"]
     where = f"PgBouncer on {os.uname().nodename}"
+    console = None
     try:
         console = Console(p)
         before = database_state(console, db)
     except (ConsoleError, TimeoutError) as exc:
+        if console is not None:
+            console.close()
         raise PgBouncerFailure(f"{where}: the admin console did not answer SHOW DATABASES ({exc}): "
                                "check that pgbouncer runs and pgbouncer_admin_password (site.yml "
                                f"sets it in PgBouncer and in {PASSFILE})") from exc
-    with console:
-        return _converge(p, check_mode, console, before, where)
+    consoles = [console]
+    try:
+        return _converge(p, check_mode, consoles, before, where)
+    finally:
+        for each in consoles:
+            each.close()
 
 
-def _converge(p: dict[str, Any], check_mode: bool, console: Console,
+def _converge(p: dict[str, Any], check_mode: bool, consoles: list[Console],
               before: dict[str, Any] | None, where: str) -> dict[str, Any]:
+    """converge's decision and commands; consoles[-1] is the login in use (the caller closes
+    every one)."""
     db = p["database"]
     if before is None:
         raise PgBouncerFailure(f"{where} has no database {db}: run site.yml first")
@@ -169,7 +185,7 @@ def _converge(p: dict[str, Any], check_mode: bool, console: Console,
             if command.startswith("PAUSE"):
                 result["paused_at"] = time.time()
             try:
-                console.run(command, timeout)
+                consoles[-1].run(command, timeout)
                 if command.startswith("RESUME"):
                     result["resumed_at"] = time.time()
             except TimeoutError:
@@ -180,20 +196,18 @@ def _converge(p: dict[str, Any], check_mode: bool, console: Console,
                 # paused until RESUME. The waiting PAUSE then ends too.
                 with Console(p) as second:
                     second.run(f"KILL {db}", 15)
-                console.close()
-                console = Console(p)
+                consoles[-1].close()
+                consoles.append(Console(p))
                 result["killed"] = True
         except (ConsoleError, TimeoutError, OSError) as exc:
             raise PgBouncerFailure(f"{where}: '{command}' failed ({exc}) after "
                                    f"{commands[:commands.index(command)] or 'nothing'}: re-run "
                                    "to finish (it reads the state first)", result) from exc
     try:
-        result["after"] = database_state(console, db)
+        result["after"] = database_state(consoles[-1], db)
     except (ConsoleError, TimeoutError) as exc:
         raise PgBouncerFailure(f"{where}: SHOW DATABASES after {commands} failed ({exc}): "
                                "re-run to check", result) from exc
-    finally:
-        console.close()
     if hosts is not None and (result["after"] or {}).get("host") != hosts:
         raise PgBouncerFailure(f"{where}: after RELOAD {db} points at "
                                f"{(result['after'] or {}).get('host')}, not {hosts}: check "

@@ -218,7 +218,8 @@ def main() -> None:
                 else:
                     current = {"host": wanted, "home": p["home"], "away": wanted != p["home"]}
     except WitnessError as exc:
-        module.fail_json(msg=f"the witness does not answer ({exc}): it records which name "
+        module.fail_json(msg=f"the witness does not answer ({exc}): it holds the failover lock "
+                             "and the record of which name "
                              "server holds the zone's primary copy; check the witness members "
                              "(systemctl status baton-witness)")
     host = current["host"]

@@ -103,7 +103,8 @@ dns_primary:
     moved it away from the global site (see baton_dns_primary); a dict with the key C(malformed)
     when the key holds something else; null when there is none (the primary is at home). Read with
     RV(baton), so that a re-run can tell that DNS needs nothing.
-  returned: when O(state=present) and the lock is this run's
+  returned: when O(state=present), the lock is this run's (or check mode) and the witness names
+    O(target) as the holder
   type: dict
 """
 
@@ -152,6 +153,15 @@ def read_dns_primary(witness: Witness) -> dict[str, Any] | None:
         return None
     record = decode_record(entry.value)
     return record if isinstance(record, dict) else {"malformed": entry.value}
+
+
+def baton_and_dns(module: AnsibleModule, witness: Witness, target: str | None) -> dict[str, Any]:
+    """{"baton": the holder record} and, when it names `target` (a re-run), {"dns_primary": its
+    record or None}; left out otherwise, which a re-run's DNS check takes as unknown."""
+    found: dict[str, Any] = {"baton": read_baton(module, witness)}
+    if target and (found["baton"] or {}).get("region") == target:
+        found["dns_primary"] = read_dns_primary(witness)
+    return found
 
 
 def _stat(pid: int) -> tuple[int, str, int] | None:
@@ -266,8 +276,7 @@ def main() -> None:
         if decision == "already_mine" or module.check_mode:
             module.exit_json(changed=decision != "already_mine", decision=decision,
                              message=message, holder=existing if existing else me,
-                             baton=read_baton(module, witness),
-                             dns_primary=read_dns_primary(witness))
+                             **baton_and_dns(module, witness, p["target"]))
         # No ansible-playbook above this module (run some other way): nothing the keeper could
         # watch, so no keeper and the lease of old, an hour.
         kept = pid != os.getpid()
@@ -290,12 +299,11 @@ def main() -> None:
                              "taken; check the witness members (systemctl status baton-witness) "
                              "or run site.yml to deploy it")
     try:
-        baton, dns_primary = read_baton(module, witness), read_dns_primary(witness)
+        found = baton_and_dns(module, witness, p["target"])
     except WitnessError as exc:
         module.fail_json(msg=f"the witness does not answer ({exc}) right after this run took the "
                              "failover lock: check the witness members, then re-run")
-    module.exit_json(changed=True, decision=decision, message=message, holder=me, baton=baton,
-                     dns_primary=dns_primary)
+    module.exit_json(changed=True, decision=decision, message=message, holder=me, **found)
 
 
 if __name__ == "__main__":

@@ -593,4 +593,6 @@ def test_a_rerun_leaves_dns_alone_only_when_every_server_answers_as_the_move_lea
     assert not baton_dns_in_place(seen(agree, errors={east: "timeout"}), None, home,
                                   [home, west, east], want)
     assert not baton_dns_in_place({}, None, home, [home, west], want)
+    # Servers that answered without a serial do not "agree".
+    assert not baton_dns_in_place(seen({home: None, west: None}), None, home, [home, west], want)
     assert not baton_dns_in_place(seen(agree), None, home, [], want)
