@@ -313,6 +313,27 @@ def run_probes(jobs: dict[tuple[str, ...], Callable[[], Probe]], deadline: float
     return {key: dict(results.get(key) or late) for key in jobs}
 
 
+def _ran_out_of_time(probe: Probe) -> bool:
+    error = str(probe.get("error") or "").lower()
+    return not probe.get("ok") and any(w in error for w in ("no answer within", "timed out",
+                                                            "timeout"))
+
+
+def ask_again(jobs: dict[tuple[str, ...], Callable[[], Probe]], probes: dict,
+              deadline: float) -> dict:
+    """The probes that ran out of time on a node that answered another probe, asked once more
+    (`run_probes` again): that node is up, and on a busy controller the first ask can miss the
+    deadline while its threads wait for the CPU. A node that answered nothing (a lost region,
+    a partition) is not asked again, so that case costs no more time. Keys as run_probes's,
+    ("node", region, node, service)."""
+    answering = {key[:3] for key, probe in probes.items() if key[0] == "node" and probe.get("ok")}
+    again = {key: jobs[key] for key, probe in probes.items()
+             if key[0] == "node" and key[:3] in answering and _ran_out_of_time(probe)}
+    if not again:
+        return probes
+    return {**probes, **run_probes(again, deadline)}
+
+
 # --- verdicts: pure ---------------------------------------------------------------------
 
 def _first_ok(probes: dict[str, Probe]) -> Probe | None:

@@ -206,6 +206,7 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.baton_assess import (  # noqa: E402
     UNHEALTHY,
     agent_problems,
+    ask_again,
     dns_tier_problems,
     dns_view,
     global_view,
@@ -336,7 +337,8 @@ def main() -> None:
         read_witness, p["witness_endpoints"], p["timeout"],
         p["witness_client"]) if p["witness_endpoints"] else None
     # psycopg connects in whole seconds (at least 2); half a second more for the threads.
-    probes = run_probes(jobs, max(p["timeout"], 2) + 0.5)
+    deadline = max(p["timeout"], 2) + 0.5
+    probes = ask_again(jobs, run_probes(jobs, deadline), deadline)
 
     summaries, verdicts, out = {}, {}, {}
     for region, nodes in regions.items():

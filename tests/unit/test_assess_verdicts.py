@@ -319,3 +319,35 @@ def test_a_fenced_node_in_the_holder_region_and_a_silent_agent_are_problems():
         "start Patroni"]
     # A fenced node outside the holder region is what a returned region looks like.
     assert agent_problems({"us-east": {"agent": {"us-east-1": fenced}}}, "us-west") == []
+
+
+def test_a_probe_that_ran_out_of_time_on_a_node_that_answers_is_asked_once_more():
+    """A busy controller's threads can miss the deadline on a node that is up; a node that
+    answered nothing (a lost region) is not asked again, so a region loss costs no more."""
+    from baton_assess import ask_again
+
+    calls: dict[str, int] = {}
+
+    def job(name: str, answers: list[dict]):
+        def run():
+            calls[name] = calls.get(name, 0) + 1
+            return dict(answers[min(calls[name], len(answers)) - 1])
+        return run
+
+    late = {"ok": False, "error": "no answer within 2.5 s"}
+    refused = {"ok": False, "error": "ConnectionRefusedError: [Errno 111] Connection refused"}
+    jobs = {("node", "us-east", "e1", "patroni"): job("e1 patroni", [{"ok": True}]),
+            ("node", "us-east", "e1", "redis"): job("e1 redis", [late, {"ok": True}]),
+            ("node", "us-east", "e1", "sentinel"): job("e1 sentinel", [refused]),
+            ("node", "us-west", "w1", "patroni"): job("w1 patroni", [late]),
+            ("node", "us-west", "w1", "redis"): job("w1 redis", [late]),
+            ("dns", "10.0.0.11"): job("dns", [late])}
+    first = {key: fn() for key, fn in jobs.items()}
+    probes = ask_again(jobs, first, 2.5)
+    assert probes[("node", "us-east", "e1", "redis")]["ok"] is True
+    assert calls == {"e1 patroni": 1, "e1 redis": 2, "e1 sentinel": 1, "w1 patroni": 1,
+                     "w1 redis": 1, "dns": 1}
+    assert probes[("node", "us-east", "e1", "sentinel")] == refused
+    assert probes[("node", "us-west", "w1", "redis")] == late
+    # Nothing to ask again: the same result, no thread started.
+    assert ask_again(jobs, {k: {"ok": True} for k in jobs}, 2.5) == {k: {"ok": True} for k in jobs}
