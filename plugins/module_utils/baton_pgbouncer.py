@@ -18,6 +18,11 @@ except ImportError:  # pragma: no cover - reported when a console is opened
     psycopg2 = None
 
 
+# The options' defaults, for module baton_pgbouncer and for the node command alike.
+DEFAULTS: dict[str, Any] = {"database": "app", "config": "/etc/pgbouncer/pgbouncer.ini",
+                            "admin_user": "baton_pgbouncer", "port": 6432, "pause_timeout": 15.0}
+
+
 class ConsoleError(Exception):
     pass
 
@@ -34,9 +39,9 @@ class Console:
         secret = ({"password": p["admin_password"]} if p.get("admin_password") is not None
                   else {"passfile": p["passfile"]})
         try:
+            # Asynchronous: libpq's connect_timeout does not apply; _wait bounds the login.
             self.conn = psycopg2.connect(host="127.0.0.1", port=p["port"], dbname="pgbouncer",
-                                         user=p["admin_user"], connect_timeout=max(1, int(timeout)),
-                                         async_=1, **secret)
+                                         user=p["admin_user"], async_=1, **secret)
         except psycopg2.Error as exc:
             raise ConsoleError(_first_line(exc)) from exc
         try:
@@ -242,11 +247,11 @@ def cli(argv: list[str] | None = None) -> int:
                     "prints the result as one JSON line.")
     parser.add_argument("--state", choices=["paused", "resumed"], default="resumed")
     parser.add_argument("--hosts", help="comma-separated addresses the database must point at")
-    parser.add_argument("--database", default="app")
-    parser.add_argument("--config", default="/etc/pgbouncer/pgbouncer.ini")
-    parser.add_argument("--admin-user", default="baton_pgbouncer")
-    parser.add_argument("--port", type=int, default=6432)
-    parser.add_argument("--pause-timeout", type=float, default=15.0)
+    parser.add_argument("--database", default=DEFAULTS["database"])
+    parser.add_argument("--config", default=DEFAULTS["config"])
+    parser.add_argument("--admin-user", default=DEFAULTS["admin_user"])
+    parser.add_argument("--port", type=int, default=DEFAULTS["port"])
+    parser.add_argument("--pause-timeout", type=float, default=DEFAULTS["pause_timeout"])
     parser.add_argument("--passfile", default=PASSFILE)
     parser.add_argument("--check", action="store_true", help="say what would be done, do nothing")
     args = parser.parse_args(argv)

@@ -103,20 +103,24 @@ resumed_at:
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.baton_pgbouncer import PgBouncerFailure, converge  # noqa: E402
+from ansible.module_utils.baton_pgbouncer import (  # noqa: E402
+    DEFAULTS,
+    PgBouncerFailure,
+    converge,
+)
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "database": {"type": "str", "default": "app"},
+            "database": {"type": "str", "default": DEFAULTS["database"]},
             "hosts": {"type": "list", "elements": "str"},
             "state": {"type": "str", "choices": ["paused", "resumed"], "default": "resumed"},
-            "config": {"type": "path", "default": "/etc/pgbouncer/pgbouncer.ini"},
-            "admin_user": {"type": "str", "default": "baton_pgbouncer"},
+            "config": {"type": "path", "default": DEFAULTS["config"]},
+            "admin_user": {"type": "str", "default": DEFAULTS["admin_user"]},
             "admin_password": {"type": "str", "required": True, "no_log": True},
-            "port": {"type": "int", "default": 6432},
-            "pause_timeout": {"type": "float", "default": 15.0},
+            "port": {"type": "int", "default": DEFAULTS["port"]},
+            "pause_timeout": {"type": "float", "default": DEFAULTS["pause_timeout"]},
         },
         supports_check_mode=True,
     )
