@@ -3,7 +3,7 @@
 us-east holding the baton); `make bench` brings up the bench lab (three nodes in us-east and
 us-west) for it:
 
-    make lab-up LAB=bench && make site          # once
+    make lab-up LAB=bench IMAGE=packages && make site  # once
     .venv/bin/python bench/failover_timing.py [--runs 3] [--only switchover|region-loss]
 
 Clients write the way applications do: through db.<zone>, resolved on the lab's name servers

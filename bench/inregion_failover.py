@@ -2,7 +2,7 @@
 """In-region recovery time of the primary region: a fault on the leader -> first successful
 write through PgBouncer, with Patroni's default timing and with Baton's.
 
-    make lab-up LAB=bench && make site      # once: three nodes in us-east (or LAB=full)
+    make lab-up LAB=bench IMAGE=packages && make site  # once: three nodes in us-east (or LAB=full)
     .venv/bin/python bench/inregion_failover.py [--runs 3] [--fault node|postgres|both]
 
 Faults: `node` kills the leader's container (PostgreSQL and Patroni die together, as in a

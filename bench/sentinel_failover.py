@@ -3,7 +3,7 @@
 successful write by a client that finds the master through Sentinel, with Redis's default
 Sentinel timing and with Baton's.
 
-    make lab-up LAB=bench && make site      # once: three nodes in us-east (or LAB=full)
+    make lab-up LAB=bench IMAGE=packages && make site  # once: three nodes in us-east (or LAB=full)
     .venv/bin/python bench/sentinel_failover.py [--runs 3]
 
 For each timing profile the script sets down-after-milliseconds and failover-timeout on the

@@ -58,7 +58,7 @@ DATA_TIERS_ONLY = ("--skip-tags", "dns,exporters,prometheus,alertmanager,witness
 @pytest.fixture(scope="module")
 def full_lab():
     labctl("down")
-    up = labctl("up", "--size", "ha")
+    up = labctl("up", "--size", "ha", "--image", "packages")
     assert up.returncode == 0, up.stderr
     site = playbook("site.yml", *DATA_TIERS_ONLY, timeout=1800)
     assert site.returncode == 0, site.stdout[-4000:]
@@ -157,6 +157,24 @@ def test_site_yml_after_a_sentinel_failover_changes_and_restarts_nothing(full_la
     assert_nothing_changed(playbook("site.yml", *REDIS_TIER_ONLY))
     assert redis_pids() == pids
     assert sentinel_master() == master
+
+
+def test_the_packages_image_runs_nothing_that_site_yml_did_not_configure(full_lab):
+    """The ha lab starts from the image with the roles' packages installed: on the global site,
+    where this deploy runs none of those roles, every service they bring stays disabled and
+    stopped, and there is no PostgreSQL cluster (as on a VM before site.yml)."""
+    units = ["postgresql", "redis-server", "redis-sentinel", "pgbouncer", "haproxy", "named",
+             "prometheus", "prometheus-alertmanager", "prometheus-node-exporter"]
+    active = sh("podman", "exec", "baton-global-1", "systemctl", "is-active", *units)
+    enabled = sh("podman", "exec", "baton-global-1", "systemctl", "is-enabled", *units)
+    assert active.stdout.split() == ["inactive"] * len(units), active.stdout
+    assert enabled.stdout.split() == ["disabled"] * len(units), enabled.stdout
+    clusters = sh("podman", "exec", "baton-global-1", "pg_lsclusters", "--no-header")
+    assert clusters.returncode == 0 and clusters.stdout.strip() == "", clusters
+    installed = sh("podman", "exec", "baton-global-1", "dpkg-query", "-W", "-f",
+                   "${Package} ${db:Status-Status}\n", "postgresql-17", "redis-server")
+    assert installed.stdout.split("\n")[:2] == ["postgresql-17 installed",
+                                                 "redis-server installed"], installed.stdout
 
 
 def test_the_primary_region_has_a_leader_and_two_streaming_replicas(full_lab):

@@ -38,6 +38,20 @@ def test_image_tag_changes_when_an_image_input_changes(tmp_path, monkeypatch):
     assert labctl.image_tag() != before
 
 
+def test_packages_image_ref_follows_its_list_and_the_base_image(tmp_path, monkeypatch):
+    packages = tmp_path / "image-packages"
+    shutil.copytree(labctl.PACKAGES_DIR, packages)
+    monkeypatch.setattr(labctl, "PACKAGES_DIR", packages)
+    before = labctl.packages_ref()
+    assert before.startswith(f"{labctl.PACKAGES_REPO}:") and labctl.packages_ref() == before
+    with open(packages / "packages.txt", "a") as handle:
+        handle.write("jq\n")
+    after = labctl.packages_ref()
+    assert after != before
+    monkeypatch.setattr(labctl, "image_tag", lambda: "0123456789ab")
+    assert labctl.packages_ref() != after
+
+
 def test_inventory_json_unsafe_wrappers_are_unwrapped():
     assert labctl._unwrap({"__ansible_unsafe": "baton-wan"}) == "baton-wan"
     assert labctl._unwrap({"a": 1}) == {"a": 1}
