@@ -254,7 +254,22 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--pause-timeout", type=float, default=DEFAULTS["pause_timeout"])
     parser.add_argument("--passfile", default=PASSFILE)
     parser.add_argument("--check", action="store_true", help="say what would be done, do nothing")
+    parser.add_argument("--expect-sha256", help="refuse to act unless this file's SHA-256 is this "
+                        "(the controller's copy): a node left on another Baton version")
     args = parser.parse_args(argv)
+    if args.expect_sha256:
+        import hashlib
+        import socket
+
+        with open(__file__, "rb") as handle:
+            mine = hashlib.sha256(handle.read()).hexdigest()
+        if mine != args.expect_sha256:
+            msg = (f"{socket.gethostname()}: {__file__} is not the controller's version (another "
+                   "Baton release): run site.yml --tags pgbouncer for this host, then re-run. "
+                   "Nothing was sent to PgBouncer.")
+            print(msg, file=sys.stderr)
+            print(json.dumps({"changed": False, "failed": True, "msg": msg}))
+            return 1
     p = {"database": args.database, "state": args.state, "config": args.config,
          "admin_user": args.admin_user, "port": args.port, "pause_timeout": args.pause_timeout,
          "hosts": [h for h in (args.hosts or "").split(",") if h] or None,
