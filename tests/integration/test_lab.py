@@ -574,6 +574,27 @@ def test_the_nodes_hold_and_release_command_reads_first_and_only_root_has_its_pa
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
+def test_a_nodes_command_of_another_version_stops_a_move_before_anything_is_held(lab):
+    """us-west-1's baton-pgbouncer differs from the controller's code (a node left on another
+    Baton release): a switchover stops at the hold, names the host and the site.yml run that
+    mends it, and leaves every PgBouncer serving `app` and the baton where it was."""
+    command = "/usr/local/sbin/baton-pgbouncer"
+    edit = sh("podman", "exec", "baton-us-west-1", "sh", "-c",
+              f"echo '# another release' >> {command}", timeout=30)
+    assert edit.returncode == 0, edit.stderr
+    try:
+        run = playbook("switchover.yml", "-e", "target=us-west")
+    finally:
+        sh("podman", "exec", "baton-us-west-1", "sed", "-i", "$ d", command, timeout=30)
+    assert run.returncode != 0
+    assert "is not the controller's version (another Baton release): run site.yml --tags " \
+           "pgbouncer for this host" in run.stdout, run.stdout[-3000:]
+    assert holder()["region"] == "us-east"
+    for host in REGION_OF:
+        with pgbouncer(host, "app") as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,), host
+
+
 def test_redis_chains_from_us_east_and_only_its_sentinel_watches(lab):
     assert cache("us-east-1").execute_command("ROLE")[0] == "master"
     for host in ("us-west-1", "eu-west-1"):
