@@ -17,10 +17,14 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
+import traceback
 from pathlib import Path
 from typing import Any
 
+from ansible.module_utils.common.json import Direction, get_module_encoder
 from ansible.plugins.action.normal import ActionModule as Normal
+from ansible.vars.clean import remove_internal_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ROOT / "plugins" / "modules"
@@ -53,28 +57,41 @@ class InProcess(Normal):
         args = dict(self._task.args)
         # The same internal arguments (check mode, no_log, diff...) a module run would get.
         self._update_module_args(self.MODULE, args, task_vars)
-        basic._ANSIBLE_ARGS = json.dumps({"ANSIBLE_MODULE_ARGS": args}).encode()
+        # Encoded and decoded as Ansible does for a module (the `legacy` profile), and the output
+        # parsed by the same code: no output, or no JSON, fails the task as it would.
+        basic._ANSIBLE_ARGS = json.dumps(
+            {"ANSIBLE_MODULE_ARGS": args},
+            cls=get_module_encoder("legacy", Direction.CONTROLLER_TO_MODULE)).encode()
         basic._ANSIBLE_PROFILE = "legacy"
         spec = importlib.util.spec_from_file_location(f"baton_inprocess_{self.MODULE}",
                                                       MODULES / f"{self.MODULE}.py")
         module = importlib.util.module_from_spec(spec)
-        out = io.StringIO()
+        out, err = io.StringIO(), io.StringIO()
         code: Any = 0
-        with contextlib.redirect_stdout(out):
-            try:
-                spec.loader.exec_module(module)  # type: ignore[union-attr]
-                module.main()
-            except SystemExit as exc:
-                code = exc.code
-        text = out.getvalue().strip()
+        here = os.getcwd()
         try:
-            returned = json.loads(text.splitlines()[-1]) if text else {}
-        except ValueError:
-            returned = {"failed": True, "msg": f"{self.MODULE} wrote no result: {text[-500:]}"}
-        if code not in (0, None) and not returned.get("failed"):
-            returned.update(failed=True, msg=returned.get("msg") or f"{self.MODULE} exited {code}")
-        returned.pop("invocation", None) if self._task.no_log else None
-        result.update(returned)
+            # A module run by the local connection starts in the play's folder.
+            os.chdir(self._loader.get_basedir())
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    spec.loader.exec_module(module)  # type: ignore[union-attr]
+                    module.main()
+                except SystemExit as exc:
+                    code = exc.code
+                except Exception:
+                    traceback.print_exc()
+                    code = 1
+        finally:
+            os.chdir(here)
+        data = self._parse_returned_data(
+            {"stdout": out.getvalue(), "stderr": err.getvalue(),
+             "rc": code if isinstance(code, int) else 1}, "legacy")
+        data.pop("_ansible_suppress_tmpdir_delete", None)
+        remove_internal_keys(data)
+        for key in ("stdout", "stderr"):
+            if key in data and f"{key}_lines" not in data:
+                data[f"{key}_lines"] = (data.get(key) or "").splitlines()
+        result.update(data)
         return result
 
 

@@ -266,7 +266,8 @@ def cli(argv: list[str] | None = None) -> int:
         if mine != args.expect_sha256:
             msg = (f"{socket.gethostname()}: {__file__} is not the controller's version (another "
                    "Baton release): run site.yml --tags pgbouncer for this host, then re-run. "
-                   "Nothing was sent to PgBouncer.")
+                   "Nothing was sent to PgBouncer (if an earlier run held `app` here, it is "
+                   "still held until that re-run lets it through).")
             print(msg, file=sys.stderr)
             print(json.dumps({"changed": False, "failed": True, "msg": msg}))
             return 1

@@ -27,13 +27,15 @@ PLAY = """
     - name: unknown option
       baton_report: {directory: "DIR", files: [], colour: blue}
       ignore_errors: true
+    - name: relative folder, a native date
+      baton_report: {directory: "rel-MODE", files: [{name: r.txt, content: "{{ now() }}"}]}
 """
 
 
 def run(tmp_path: Path, inprocess: bool) -> tuple[dict, str]:
     folder = tmp_path / ("in" if inprocess else "module")
     play = tmp_path / f"play-{folder.name}.yml"
-    play.write_text(PLAY.replace("DIR", str(folder)))
+    play.write_text(PLAY.replace("DIR", str(folder)).replace("MODE", folder.name))
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="json",
                ANSIBLE_LOCALHOST_WARNING="false",
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
@@ -52,7 +54,8 @@ def run(tmp_path: Path, inprocess: bool) -> tuple[dict, str]:
 def test_results_match_the_modules_run_as_modules(tmp_path):
     inproc, inproc_out = run(tmp_path, True)
     module, _ = run(tmp_path, False)
-    for name in ("write", "again", "check mode", "secret", "bad mode", "unknown option"):
+    for name in ("write", "again", "check mode", "secret", "bad mode", "unknown option",
+                 "relative folder, a native date"):
         for key in ("changed", "failed", "msg"):
             assert inproc[name].get(key) == module[name].get(key), (name, key)
     assert inproc["write"]["changed"] is True and inproc["again"]["changed"] is False
@@ -61,6 +64,8 @@ def test_results_match_the_modules_run_as_modules(tmp_path):
     assert "colour" in inproc["unknown option"]["msg"]
     assert "s3cret-value" not in inproc_out
     assert (tmp_path / "in" / "c.txt").read_text() == "s3cret-value"
+    # A relative path is the play's folder's, as for a module the local connection runs.
+    assert (tmp_path / "rel-in" / "r.txt").exists() and (tmp_path / "rel-module" / "r.txt").exists()
 
 
 def test_on_localhost_no_module_is_built_or_sent(tmp_path):

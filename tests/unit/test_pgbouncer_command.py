@@ -16,7 +16,7 @@ def test_a_command_of_another_version_refuses_before_it_connects(capsys, monkeyp
     out, err = capsys.readouterr()
     assert code == 1
     assert "is not the controller's version (another Baton release): run site.yml --tags " \
-           "pgbouncer for this host, then re-run. Nothing was sent to PgBouncer." in err
+           "pgbouncer for this host, then re-run. Nothing was sent to PgBouncer" in err
     assert json.loads(out)["failed"] is True
 
 
