@@ -32,19 +32,25 @@ PLAY = """
 """
 
 
+def playbook(play: Path, inprocess: bool, tmp_path: Path,
+             **env: str) -> subprocess.CompletedProcess:
+    """ansible-playbook on localhost with the project's configuration; without the action
+    plugins (the modules run as modules) unless inprocess."""
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), **env)
+    if not inprocess:
+        env["ANSIBLE_ACTION_PLUGINS"] = str(tmp_path / "none")
+    return subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), str(play),
+                           "-i", "localhost,", "-c", "local",
+                           "-e", f"ansible_python_interpreter={sys.executable}"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+
+
 def run(tmp_path: Path, inprocess: bool) -> tuple[dict, str]:
     folder = tmp_path / ("in" if inprocess else "module")
     play = tmp_path / f"play-{folder.name}.yml"
     play.write_text(PLAY.replace("DIR", str(folder)).replace("MODE", folder.name))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="json",
-               ANSIBLE_LOCALHOST_WARNING="false",
-               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    if not inprocess:
-        env["ANSIBLE_ACTION_PLUGINS"] = str(tmp_path / "none")
-    proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), str(play),
-                           "-i", "localhost,", "-c", "local",
-                           "-e", f"ansible_python_interpreter={sys.executable}"],
-                          capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    proc = playbook(play, inprocess, tmp_path, ANSIBLE_STDOUT_CALLBACK="json",
+                    ANSIBLE_LOCALHOST_WARNING="false")
     assert proc.stdout.strip(), proc.stderr
     tasks = json.loads(proc.stdout)["plays"][0]["tasks"]
     results = {t["task"]["name"]: t["hosts"]["localhost"] for t in tasks}
@@ -74,13 +80,7 @@ def test_on_localhost_no_module_is_built_or_sent(tmp_path):
     play.write_text(PLAY.replace("DIR", str(tmp_path / "out")).split("    - name: check")[0])
 
     def debug_output(inprocess: bool) -> str:
-        env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_DEBUG="1")
-        if not inprocess:
-            env["ANSIBLE_ACTION_PLUGINS"] = str(tmp_path / "none")
-        proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), str(play),
-                               "-i", "localhost,", "-c", "local",
-                               "-e", f"ansible_python_interpreter={sys.executable}"],
-                              capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+        proc = playbook(play, inprocess, tmp_path, ANSIBLE_DEBUG="1")
         assert proc.returncode == 0, proc.stdout[-2000:]
         return proc.stdout + proc.stderr
     assert "AnsiballZ_baton_report" in debug_output(False)
