@@ -317,12 +317,12 @@ def build_image(force: bool = False) -> str:
     return ref
 
 
-def prune_images(keep: str) -> None:
-    """Remove the lab's older images (other content hashes) that no container uses."""
-    listed = out(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}", IMAGE_REPO],
+def prune_images(keep: str, repo: str = IMAGE_REPO) -> None:
+    """Remove the lab's older images of repo (other content hashes) that no container uses."""
+    listed = out(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}", repo],
                  check=False).split()
     for old in listed:
-        if old not in (keep, f"{IMAGE_REPO}:current"):
+        if old not in (keep, f"{repo}:current"):
             run(["podman", "rmi", old], check=False)  # refused while a container uses it
 
 
@@ -377,11 +377,7 @@ def build_packages_image(base: str) -> str:
     finally:
         run(["podman", "rm", "-f", work], check=False)
     say(f"built {ref} in {time.monotonic() - started:.0f} s")
-    listed = out(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}", PACKAGES_REPO],
-                 check=False).split()
-    for old in listed:
-        if old != ref:
-            run(["podman", "rmi", old], check=False)  # refused while a container uses it
+    prune_images(keep=ref, repo=PACKAGES_REPO)
     return ref
 
 
