@@ -914,13 +914,15 @@ def test_agent_process_fences_the_nodes_redis_after_pgbouncer_and_before_patroni
     monkeypatch.setattr(agent_module.subprocess, "Popen",
                         lambda cmd, **kw: FakeStop(run(cmd, **kw)))
     assert agent.step() == ["fence", "release"]
+    # Sentinel forgets the master right after the Redis fence, before Patroni's stop is
+    # waited for; the Redis fence is written into redis.conf last.
     assert [c[0][-1] for c in commands] == ["patroni", "DISABLE app", "KILL app", "1000000",
-                                            "REWRITE", "baton"]
+                                            "baton", "REWRITE"]
     redis_cmd, redis_env = commands[3]
     assert redis_cmd[0] == "redis-cli" and redis_cmd[-4:] == [
         "CONFIG", "SET", "min-replicas-to-write", "1000000"]
     assert redis_env["REDISCLI_AUTH"] == "lab-redis-not-secret"
-    sentinel_cmd, sentinel_env = commands[5]
+    sentinel_cmd, sentinel_env = commands[4]
     assert sentinel_cmd[sentinel_cmd.index("-p") + 1] == "26379"
     assert sentinel_cmd[-3:] == ["SENTINEL", "REMOVE", "baton"]
     assert sentinel_env["REDISCLI_AUTH"] == "lab-sentinel-not-secret"
@@ -1364,6 +1366,9 @@ def test_the_fence_keeps_the_watchdog_fed_while_patroni_takes_its_time_to_stop(
                        lambda: pings.append(1))
     assert stop.waits == 4 and len(pings) >= 4
     assert "systemctl stop patroni: ok" in logged
+    # Sentinel forgot its master before the wait on Patroni (a partition that heals meanwhile
+    # must find no Sentinel that could demote the new holder's Redis).
+    assert logged.index("Sentinel: no Sentinel") < logged.index("systemctl stop patroni: ok")
 
 
 # --- moving the baton (baton_holder and baton_handover share it) -------------------------------

@@ -979,8 +979,9 @@ class Agent:
 def fence(cfg: dict[str, Any], reason: str, epoch: Any, pgbouncer: Any, log: Any,
           alive: Any = lambda: None) -> None:
     """Marker first (nothing starts Patroni while it exists), then Patroni's stop, started
-    at once and left running beside PgBouncer's DISABLE and KILL and the Redis fence: the
-    writes stop within baton_fence_time, not the sum of the steps."""
+    at once and left running beside PgBouncer's DISABLE and KILL, the Redis fence and
+    Sentinel's SENTINEL REMOVE: the writes stop within baton_fence_time, not the sum of the
+    steps, and nothing in the region can turn another region's Redis into a replica."""
     record = {"since": utc_iso(time.time()), "reason": reason, "epoch": epoch,
               "region": cfg["region"], "node": cfg["node"]}
     try:
@@ -998,6 +999,11 @@ def fence(cfg: dict[str, Any], reason: str, epoch: Any, pgbouncer: Any, log: Any
     for command in (f"DISABLE {db}", f"KILL {db}"):
         log(f"PgBouncer {command}: {pgbouncer(command)}")
     log(f"Redis: {fence_redis(cfg, persist=False)}")
+    # Before the wait on Patroni, which may take minutes (a large shutdown checkpoint, or a
+    # PostgreSQL waiting on what a cut-off region cannot reach): were the partition to
+    # heal meanwhile, this Sentinel, still watching the old master, would make the new
+    # holder's Redis, which it knew as a replica, a replica again, and its writes would go.
+    log(f"Sentinel: {fence_sentinel(cfg)}")
     alive()
     if stop is not None:
         # Patroni may take a while to stop its PostgreSQL: the watchdog hears from the agent
@@ -1020,7 +1026,6 @@ def fence(cfg: dict[str, Any], reason: str, epoch: Any, pgbouncer: Any, log: Any
     alive()
     # After Patroni: these keep the fence across restarts, nothing here stops writes sooner.
     log(f"Redis fence kept in redis.conf: {persist_redis_fence(cfg)}")
-    log(f"Sentinel: {fence_sentinel(cfg)}")
 
 
 def status(cfg: dict[str, Any]) -> dict[str, Any]:
