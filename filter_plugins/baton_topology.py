@@ -266,6 +266,7 @@ SECRETS = {
     "dns_tsig_secret": "the TSIG key of DNS updates",
     "baton_ca_passphrase": "the Baton CA's private key",
     "etcd_auth_secret": "the etcd users' passwords (derived from it)",
+    "pgbackrest_cipher_pass": "the encryption of the backup repository",
 }
 # What gives away a value nobody chose: the lab's throwaway secrets say "not-secret", the
 # example's placeholders "change-me".

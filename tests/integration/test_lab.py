@@ -489,6 +489,34 @@ def test_postgresql_speaks_tls_to_other_addresses_and_replication_checks_the_ser
                         sslrootcert="system", **APP).close()
 
 
+def pgbackrest(node: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """pgBackRest on a lab node, as postgres (as PostgreSQL's archive_command runs it)."""
+    return sh("podman", "exec", f"baton-{node}", "runuser", "-u", "postgres", "--",
+              "pgbackrest", "--stanza=baton", *args, timeout=timeout)
+
+
+def test_the_primary_archives_its_wal_into_the_encrypted_repository_on_the_global_site(lab):
+    """pgbackrest check on the holder's leader: a WAL switch, archived asynchronously over TLS
+    into the global site's repository, found there. The repository is encrypted (the stanza's
+    files are OpenSSL-enciphered, "Salted__"), and nobody but a region node's certificate gets
+    in: a certificate of the Baton CA without a region node's name is refused."""
+    check = pgbackrest("us-east-1", "check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    info = pgbackrest("global-1", "--output=json", "info")
+    assert info.returncode == 0, info.stdout + info.stderr
+    stanza = json.loads(info.stdout)[0]
+    archives = [a for a in stanza["archive"] if a.get("max")]
+    assert stanza["name"] == "baton" and archives, stanza
+    head = sh("podman", "exec", "baton-global-1", "head", "-c", "8",
+              "/var/lib/pgbackrest/archive/baton/archive.info", timeout=30)
+    assert head.stdout == "Salted__", head.stdout
+    # The node's other certificate (no name in it) is the Baton CA's too, and not let in.
+    refused = pgbackrest("eu-west-1", "--repo1-host-cert-file=/etc/ssl/baton/node.crt", "info")
+    assert refused.returncode != 0, refused.stdout
+    said = (refused.stdout + refused.stderr).lower()
+    assert "not authorized" in said or "common name" in said, said
+
+
 def test_a_row_written_in_us_east_is_read_through_app_ro_in_the_other_regions(lab):
     token = f"row-{time.time_ns()}"
     with pgbouncer("us-east-1", "app") as conn:
