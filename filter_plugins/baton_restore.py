@@ -1,0 +1,153 @@
+"""restore.yml's plan: which backup, which recovery target, how much to copy and replay.
+
+Pure decision logic over `pgbackrest info --output=json`, unit-tested with recorded output.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+SEGMENT = 16 * 1024 * 1024
+# Rough rates for the estimate when no drill has measured this deployment's (bytes per second).
+COPY_RATE = 50 * 1024 * 1024
+REPLAY_RATE = 20 * 1024 * 1024
+KINDS = ("time", "lsn", "name", "latest")
+
+
+def parse_time(text: str) -> datetime:
+    """'2026-12-06 08:30:00+00' (zone required) -> aware datetime; ValueError otherwise."""
+    value = text.strip().replace("T", " ")
+    value = re.sub(r"Z$", "+00:00", value)
+    value = re.sub(r"([+-]\d\d)$", r"\1:00", value)
+    value = re.sub(r"([+-]\d\d)(\d\d)$", r"\1:\2", value)
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"{text} has no time zone")
+    return parsed
+
+
+def parse_lsn(text: str) -> int:
+    high, low = text.strip().split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def segment_number(name: str) -> int:
+    """WAL file name (timeline, log, seg) -> a running segment number (16 MiB segments)."""
+    return int(name[8:16], 16) * 256 + int(name[16:24], 16)
+
+
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 1024 / 1024:.0f} MiB" if nbytes < 1024 ** 3 else \
+        f"{nbytes / 1024 ** 3:.1f} GiB"
+
+
+def baton_restore_plan(info: str | list, kind: str, value: str, rc: int = 0, stderr: str = "",
+                       now: float | None = None) -> dict[str, Any]:
+    """The plan, or a refusal (one sentence) when the repository cannot restore the target."""
+    plan: dict[str, Any] = {"refusal": "", "set": "", "target_options": [], "text": "",
+                            "target_text": ""}
+
+    def refuse(why: str) -> dict[str, Any]:
+        plan["refusal"] = why
+        return plan
+
+    if kind not in KINDS:
+        return refuse(f"unknown recovery target kind {kind}: use one of {', '.join(KINDS)}.")
+    if rc != 0:
+        last = (stderr.strip().splitlines() or ["no output"])[-1]
+        return refuse(f"the repository did not answer (pgbackrest info: {last}): check that "
+                      "the repository host runs pgBackRest's TLS server (systemd unit "
+                      "pgbackrest) and is reachable on its port, then run again.")
+    stanzas = json.loads(info) if isinstance(info, str) else info
+    if not stanzas:
+        return refuse("the repository knows no stanza: run site.yml (role pgbackrest creates "
+                      "it), then run again.")
+    stanza = stanzas[0]
+    status = stanza.get("status", {})
+    backups = [b for b in stanza.get("backup", []) if not b.get("error")]
+    if status.get("code") not in (0, None) and not backups:
+        return refuse(f"stanza {stanza.get('name')} cannot be restored: "
+                      f"{status.get('message', 'unknown status')} (pgbackrest info).")
+    if not backups:
+        return refuse(f"stanza {stanza.get('name')} has no backup yet: take one "
+                      "(systemctl start baton-backup@full on the repository host), then run "
+                      "again.")
+    backups.sort(key=lambda b: b["timestamp"]["stop"])
+    chosen = backups[-1]
+    now = datetime.now(timezone.utc).timestamp() if now is None else now
+    options: list[str] = []
+    if kind == "time":
+        try:
+            target = parse_time(value).timestamp()
+        except ValueError:
+            return refuse(f"target_time '{value}' is not a time with its zone: write it as "
+                          "'YYYY-MM-DD HH:MM:SS+00'.")
+        earlier = [b for b in backups if b["timestamp"]["stop"] <= target]
+        if not earlier:
+            first = backups[0]
+            return refuse(f"target_time {value} is before the oldest backup's end "
+                          f"({first['label']}, {_when(first['timestamp']['stop'])}): the "
+                          "repository cannot go back that far.")
+        if target > now:
+            return refuse(f"target_time {value} is in the future (now {_when(now)}): no WAL "
+                          "reaches it yet.")
+        chosen = earlier[-1]
+        plan["target_text"] = f"time {value}"
+        options = ["--type=time", f"--target={value}", "--target-action=promote"]
+    elif kind == "lsn":
+        try:
+            target_lsn = parse_lsn(value)
+        except ValueError:
+            return refuse(f"target_lsn '{value}' is not an LSN: write it as PostgreSQL does, "
+                          "e.g. 0/5000060.")
+        earlier = [b for b in backups if parse_lsn(b["lsn"]["stop"]) <= target_lsn]
+        if not earlier:
+            first = backups[0]
+            return refuse(f"target_lsn {value} is before the oldest backup's end "
+                          f"({first['label']}, LSN {first['lsn']['stop']}): the repository "
+                          "cannot go back that far.")
+        chosen = earlier[-1]
+        plan["target_text"] = f"LSN {value}"
+        options = ["--type=lsn", f"--target={value}", "--target-action=promote"]
+    elif kind == "name":
+        plan["target_text"] = f"restore point {value}"
+        options = ["--type=name", f"--target={value}", "--target-action=promote"]
+    else:
+        plan["target_text"] = "the latest WAL in the repository"
+    newest_wal = max((a.get("max") or "" for a in stanza.get("archive", [])), default="")
+    stop_wal = chosen.get("archive", {}).get("stop") or ""
+    wal_bytes = 0
+    if newest_wal and stop_wal:
+        wal_bytes = max(0, segment_number(newest_wal) - segment_number(stop_wal)) * SEGMENT
+    copy_bytes = chosen.get("info", {}).get("size", 0)
+    estimate = copy_bytes / COPY_RATE + wal_bytes / REPLAY_RATE
+    plan.update({
+        "set": chosen["label"],
+        "target_options": options,
+        "copy_bytes": copy_bytes,
+        "wal_bytes_at_most": wal_bytes,
+        "estimate_seconds": round(estimate, 1),
+        "backup_stop": _when(chosen["timestamp"]["stop"]),
+    })
+    plan["text"] = "\n".join([
+        f"restore {plan['target_text']}",
+        f"from backup {chosen['label']} ({chosen.get('type', '?')}, ended "
+        f"{plan['backup_stop']}), repository repo{chosen.get('database', {}).get('repo-key', 1)}",
+        f"copy {_size(copy_bytes)}; replay at most {_size(wal_bytes)} of WAL "
+        f"(from {stop_wal or '?'} to {newest_wal or '?'})",
+        f"estimated {estimate:.0f} s at {COPY_RATE // 2 ** 20} MiB/s copy and "
+        f"{REPLAY_RATE // 2 ** 20} MiB/s replay (drill.yml measures this deployment's)",
+    ])
+    return plan
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {"baton_restore_plan": baton_restore_plan}

@@ -1,0 +1,85 @@
+"""restore.yml's plan over `pgbackrest info --output=json`: the backup it picks, the target
+options it passes, and the one-sentence refusals for what the repository cannot restore."""
+
+import json
+
+from baton_restore import baton_restore_plan, parse_lsn, parse_time
+
+NOW = 1765011600.0  # 2025-12-06 09:00:00+00
+
+
+def backup(label, start, stop, lsn_stop, wal_stop, kind="full", size=30 * 2 ** 20):
+    return {"label": label, "type": kind, "timestamp": {"start": start, "stop": stop},
+            "archive": {"start": wal_stop, "stop": wal_stop}, "info": {"size": size},
+            "lsn": {"start": "0/1000028", "stop": lsn_stop}, "database": {"id": 1, "repo-key": 1}}
+
+
+INFO = [{
+    "name": "baton", "status": {"code": 0, "message": "ok"},
+    "backup": [
+        backup("20251206-080000F", 1765008000, 1765008060, "0/4000100", "000000010000000000000004"),
+        backup("20251206-083000F_20251206-083000D", 1765009800, 1765009830, "0/8000100",
+               "000000010000000000000008", kind="diff", size=2 ** 20),
+    ],
+    "archive": [{"database": {"id": 1, "repo-key": 1}, "id": "17-1",
+                 "min": "000000010000000000000001", "max": "00000002000000000000000C"}],
+}]
+
+
+def test_a_time_picks_the_newest_backup_that_ended_before_it():
+    plan = baton_restore_plan(json.dumps(INFO), "time", "2025-12-06 08:20:00+00", now=NOW)
+    assert plan["refusal"] == ""
+    assert plan["set"] == "20251206-080000F"
+    assert plan["target_options"] == ["--type=time", "--target=2025-12-06 08:20:00+00",
+                                      "--target-action=promote"]
+    later = baton_restore_plan(INFO, "time", "2025-12-06T08:45:00Z", now=NOW)
+    assert later["set"] == "20251206-083000F_20251206-083000D"
+
+
+def test_the_plan_states_what_it_copies_and_replays_at_most():
+    plan = baton_restore_plan(INFO, "latest", "", now=NOW)
+    assert plan["set"] == "20251206-083000F_20251206-083000D" and plan["target_options"] == []
+    assert plan["wal_bytes_at_most"] == (0xC - 0x8) * 16 * 2 ** 20  # on timeline 2 after a move
+    assert "from backup 20251206-083000F_20251206-083000D (diff" in plan["text"]
+    assert plan["estimate_seconds"] > 0
+
+
+def test_a_time_before_the_oldest_backup_is_refused_in_one_sentence():
+    plan = baton_restore_plan(INFO, "time", "2025-12-06 07:59:00+00", now=NOW)
+    assert plan["refusal"] == ("target_time 2025-12-06 07:59:00+00 is before the oldest backup's "
+                               "end (20251206-080000F, 2025-12-06 08:01:00+00): the repository "
+                               "cannot go back that far.")
+
+
+def test_a_time_in_the_future_or_without_a_zone_is_refused():
+    assert "is in the future" in baton_restore_plan(INFO, "time", "2025-12-06 10:00:00+00",
+                                                    now=NOW)["refusal"]
+    assert "is not a time with its zone" in baton_restore_plan(INFO, "time",
+                                                               "2025-12-06 08:20:00",
+                                                               now=NOW)["refusal"]
+
+
+def test_an_lsn_picks_by_the_backups_stop_lsn():
+    assert baton_restore_plan(INFO, "lsn", "0/9000000", now=NOW)["set"] == \
+        "20251206-083000F_20251206-083000D"
+    assert baton_restore_plan(INFO, "lsn", "0/5000000", now=NOW)["set"] == "20251206-080000F"
+    assert "before the oldest backup's end" in baton_restore_plan(INFO, "lsn", "0/3000000",
+                                                                  now=NOW)["refusal"]
+    assert "is not an LSN" in baton_restore_plan(INFO, "lsn", "5000000", now=NOW)["refusal"]
+
+
+def test_a_repository_that_does_not_answer_or_has_no_backup_is_refused():
+    down = baton_restore_plan("", "latest", "", rc=1,
+                              stderr="ERROR: [105]: unable to connect to 10.231.0.11:8432")
+    assert down["refusal"].startswith("the repository did not answer (pgbackrest info: ERROR: "
+                                      "[105]: unable to connect to 10.231.0.11:8432)")
+    empty = [dict(INFO[0], backup=[], status={"code": 2, "message": "no valid backups"})]
+    assert baton_restore_plan(empty, "latest", "")["refusal"] == (
+        "stanza baton cannot be restored: no valid backups (pgbackrest info).")
+    assert "knows no stanza" in baton_restore_plan("[]", "latest", "")["refusal"]
+
+
+def test_times_and_lsns_parse_as_postgresql_writes_them():
+    assert parse_time("2025-12-06 08:20:00+00").timestamp() == 1765009200
+    assert parse_time("2025-12-06 09:20:00+0100").timestamp() == 1765009200
+    assert parse_lsn("1/0") == 2 ** 32 and parse_lsn("0/5000060") == 0x5000060
