@@ -521,6 +521,68 @@ def test_the_primary_archives_its_wal_into_the_encrypted_repository_on_the_globa
     assert refused["code"] == 99 and "TLS error" in refused["message"], refused
 
 
+def scratch_sql(node: str, sql: str, port: int = 5499) -> subprocess.CompletedProcess:
+    """SQL in the scratch cluster restore.yml leaves on node (loopback only: from inside)."""
+    return sh("podman", "exec", f"baton-{node}", "runuser", "-u", "postgres", "--", "psql",
+              "-p", str(port), "-h", "/var/run/postgresql", "-d", "app", "-XAtc", sql,
+              timeout=60)
+
+
+def test_restore_yml_brings_a_dropped_table_back_into_a_scratch_cluster_only(lab):
+    """Rows written, the time noted, the table dropped: restore.yml to that time puts every
+    row back in a scratch cluster in eu-west; production still has no table and restarted
+    nothing. A second restore is refused while the scratch cluster is there (nothing changed);
+    the cleanup removes it, and its re-run changes nothing."""
+    full = sh("podman", "exec", "baton-global-1", "systemctl", "start",
+              "baton-backup@full.service", timeout=900)
+    assert full.returncode == 0, full.stdout + full.stderr
+    starts = {n: member(n)["postmaster_start_time"] for n in ("us-east-1", "eu-west-1")}
+    with pgbouncer("us-east-1", "app") as conn:
+        conn.execute("DROP TABLE IF EXISTS baton_restore_probe")
+        conn.execute("CREATE TABLE baton_restore_probe (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO baton_restore_probe SELECT generate_series(1, 500)")
+        time.sleep(1.5)
+        target = conn.execute("SELECT to_char(now() AT TIME ZONE 'UTC', "
+                              "'YYYY-MM-DD HH24:MI:SS.US') || '+00'").fetchone()[0]
+        time.sleep(1.5)
+        conn.execute("DROP TABLE baton_restore_probe")
+    check = pgbackrest("us-east-1", "check")  # a WAL switch, archived: the drop is in the repo
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    plan = playbook("restore.yml", "--check", "-e", f"target_time='{target}'",
+                    "-e", "region=eu-west")
+    assert plan.returncode == 0 and "estimated" in plan.stdout, plan.stdout[-3000:]
+    assert sh("podman", "exec", "baton-eu-west-1", "test", "-e",
+              "/var/lib/postgresql/baton-restore").returncode == 1  # the plan made nothing
+
+    run = playbook("restore.yml", "-e", f"target_time='{target}'", "-e", "region=eu-west")
+    assert run.returncode == 0, run.stdout[-4000:]
+    rows = scratch_sql("eu-west-1", "SELECT count(*), max(id) FROM baton_restore_probe")
+    assert rows.stdout.strip() == "500|500", rows.stdout + rows.stderr
+    assert scratch_sql("eu-west-1", "CREATE TABLE scratch_write (x int)").returncode == 0
+    with pgbouncer("us-east-1", "app") as conn:
+        assert conn.execute("SELECT to_regclass('baton_restore_probe')").fetchone()[0] is None
+    assert {n: member(n)["postmaster_start_time"] for n in starts} == starts
+    again = playbook("restore.yml", "-e", f"target_time='{target}'", "-e", "region=eu-west")
+    assert again.returncode != 0 and "from an earlier restore" in again.stdout, \
+        again.stdout[-2000:]
+
+    clean = playbook("restore.yml", "-e", "restore_cleanup=true", "-e", "region=eu-west")
+    assert clean.returncode == 0, clean.stdout[-2000:]
+    assert scratch_sql("eu-west-1", "SELECT 1").returncode != 0
+    clean_again = playbook("restore.yml", "-e", "restore_cleanup=true", "-e", "region=eu-west")
+    assert clean_again.returncode == 0 and total_changed(clean_again) == 0, \
+        clean_again.stdout[-2000:]
+
+
+def test_restore_yml_refuses_a_time_before_the_oldest_backup_in_one_sentence(lab):
+    run = playbook("restore.yml", "-e", "target_time='2001-01-01 00:00:00+00'",
+                   "-e", "region=eu-west")
+    assert run.returncode != 0
+    assert "is before the oldest backup's end" in run.stdout and "Nothing was changed" in \
+        run.stdout, run.stdout[-2000:]
+
+
 def test_a_row_written_in_us_east_is_read_through_app_ro_in_the_other_regions(lab):
     token = f"row-{time.time_ns()}"
     with pgbouncer("us-east-1", "app") as conn:
