@@ -1,0 +1,42 @@
+"""The repository host's backup metrics (roles/pgbackrest/files/baton_backup_metrics.py)."""
+
+import importlib.util
+from pathlib import Path
+
+SPEC = importlib.util.spec_from_file_location(
+    "baton_backup_metrics",
+    Path(__file__).resolve().parents[2] / "roles/pgbackrest/files/baton_backup_metrics.py")
+metrics = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(metrics)
+
+INFO = [{"name": "baton", "status": {"code": 0, "message": "ok"}, "backup": [
+    {"label": "F1", "type": "full", "timestamp": {"start": 100, "stop": 160},
+     "info": {"size": 4000}},
+    {"label": "D1", "type": "diff", "timestamp": {"start": 200, "stop": 230},
+     "info": {"size": 5000}},
+    {"label": "D0", "type": "diff", "timestamp": {"start": 150, "stop": 170}, "error": True,
+     "info": {"size": 1}},
+]}]
+
+
+def values(text: str) -> dict[str, str]:
+    return dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+
+
+def test_the_newest_backup_of_each_type_its_size_and_duration():
+    got = values(metrics.render("baton", INFO, "", {"full": 0, "diff": 1}, 1000.4))
+    assert got['baton_backup_info_up{stanza="baton"}'] == "1"
+    assert got['baton_backup_last_success_timestamp_seconds{stanza="baton",type="full"}'] == "160"
+    assert got['baton_backup_last_success_timestamp_seconds{stanza="baton",type="diff"}'] == "230"
+    assert 'baton_backup_last_success_timestamp_seconds{stanza="baton",type="incr"}' not in got
+    assert got['baton_backup_count{stanza="baton",type="diff"}'] == "1"  # not the failed one
+    assert got['baton_backup_last_size_bytes{stanza="baton"}'] == "5000"
+    assert got['baton_backup_last_duration_seconds{stanza="baton"}'] == "30"
+    assert got['baton_backup_unit_failed{stanza="baton",type="diff"}'] == "1"
+    assert got['baton_backup_metrics_timestamp_seconds{stanza="baton"}'] == "1000"
+
+
+def test_an_unreadable_repository_says_down_and_nothing_else_of_it():
+    got = values(metrics.render("baton", [], "unable to connect", {"full": 0, "diff": 0}, 5))
+    assert got['baton_backup_info_up{stanza="baton"}'] == "0"
+    assert not [k for k in got if k.startswith("baton_backup_last_success")]
