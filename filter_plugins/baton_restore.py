@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 SEGMENT = 16 * 1024 * 1024
@@ -40,7 +40,7 @@ def segment_number(name: str) -> int:
 
 
 def _when(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S+00")
 
 
 def _size(nbytes: float) -> str:
@@ -81,7 +81,7 @@ def baton_restore_plan(info: str | list, kind: str, value: str, rc: int = 0, std
                       "again.")
     backups.sort(key=lambda b: b["timestamp"]["stop"])
     chosen = backups[-1]
-    now = datetime.now(timezone.utc).timestamp() if now is None else now
+    now = datetime.now(UTC).timestamp() if now is None else now
     options: list[str] = []
     if kind == "time":
         try:
