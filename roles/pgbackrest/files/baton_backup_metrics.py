@@ -28,7 +28,7 @@ def read_info(stanza: str) -> tuple[list, str]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return [], str(exc)
     if run.returncode != 0:
-        return [], (run.stderr.strip().splitlines() or ["exit %d" % run.returncode])[-1]
+        return [], (run.stderr.strip().splitlines() or [f"exit {run.returncode}"])[-1]
     try:
         return json.loads(run.stdout), ""
     except ValueError as exc:
