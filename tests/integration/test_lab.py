@@ -532,10 +532,15 @@ def test_restore_yml_brings_a_dropped_table_back_into_a_scratch_cluster_only(lab
     """Rows written, the time noted, the table dropped: restore.yml to that time puts every
     row back in a scratch cluster in eu-west; production still has no table and restarted
     nothing. A second restore is refused while the scratch cluster is there (nothing changed);
-    the cleanup removes it, and its re-run changes nothing."""
-    full = sh("podman", "exec", "baton-global-1", "systemctl", "start",
-              "baton-backup@full.service", timeout=900)
-    assert full.returncode == 0, full.stdout + full.stderr
+    the cleanup removes it, and its re-run changes nothing. The backup it starts from is the
+    one the deploy took by itself, in the background, for the new stanza."""
+    def backups() -> list:
+        run = pgbackrest("global-1", "--output=json", "info")
+        return json.loads(run.stdout)[0]["backup"] if run.returncode == 0 else []
+    deadline = time.monotonic() + 600
+    while not backups() and time.monotonic() < deadline:
+        time.sleep(3)
+    assert [b["type"] for b in backups()][:1] == ["full"], backups()
     starts = {n: member(n)["postmaster_start_time"] for n in ("us-east-1", "eu-west-1")}
     with pgbouncer("us-east-1", "app") as conn:
         conn.execute("DROP TABLE IF EXISTS baton_restore_probe")
