@@ -74,11 +74,14 @@ from test_lab import (
     dns_answer,
     labctl,
     member,
+    pgbackrest,
+    pgbouncer,
     playbook,
     playbook_as_awx,
     prometheus_query,
     redis_pids,
     report,
+    scratch_sql,
     sh,
     total_changed,
     witness,
@@ -524,6 +527,36 @@ def test_region_loss_the_returned_region_is_fenced_in_every_tier():
     assert STATE["loss"]["returned_wrong"] == []
     assert_single_writer(STATE["loss"]["returned"])
     no_loss(STATE["loss"]["returned"])
+
+
+def test_region_loss_backups_follow_the_baton_and_a_restore_reaches_past_the_failover():
+    """After the failover to us-west (us-east back and fenced), with no operator step: the new
+    holder archives its WAL into the repository, the next scheduled backup (the timers' unit)
+    is taken on its new timeline, and restore.yml to the latest WAL brings back, in a scratch
+    cluster in eu-west, a row written after the failover. The scratch cluster is removed."""
+    assert "loss" in STATE, "the failover step did not run"
+    token = f"after-failover-{time.time_ns()}"
+    with pgbouncer("us-west-1", "app") as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS baton_backup_probe (token text)")
+        conn.execute("INSERT INTO baton_backup_probe VALUES (%s)", (token,))
+        timeline = conn.execute("SELECT left(pg_walfile_name(pg_current_wal_lsn()), 8)"
+                                ).fetchone()[0]
+    check = pgbackrest("us-west-1", "check")  # a WAL switch, archived from the new holder
+    assert check.returncode == 0, check.stdout + check.stderr
+    diff = sh("podman", "exec", "baton-global-1", "systemctl", "start",
+              "baton-backup@diff.service", timeout=900)
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+    info = json.loads(pgbackrest("global-1", "--output=json", "info").stdout)[0]
+    newest = info["backup"][-1]
+    assert newest["type"] == "diff" and newest["archive"]["start"].startswith(timeline), newest
+    try:
+        run = playbook("restore.yml", "-e", "region=eu-west")
+        assert run.returncode == 0, run.stdout[-3000:]
+        rows = scratch_sql("eu-west-1", "SELECT token FROM baton_backup_probe ORDER BY token")
+        assert token in rows.stdout.split(), rows.stdout + rows.stderr
+    finally:
+        clean = playbook("restore.yml", "-e", "restore_cleanup=true", "-e", "region=eu-west")
+        assert clean.returncode == 0, clean.stdout[-2000:]
 
 
 def test_region_loss_the_fences_survive_a_restart_of_each_service(over_ssh):

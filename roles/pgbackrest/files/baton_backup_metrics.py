@@ -96,6 +96,7 @@ def main(argv: list[str]) -> int:
         print(f"baton-backup-metrics: pgbackrest info: {error}", file=sys.stderr)
     text = render(stanza, info, error, {k: unit_failed(k) for k in ("full", "diff")},
                   time.time())
+    os.makedirs(folder, mode=0o755, exist_ok=True)  # a host without node_exporter yet
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".baton_backup.")
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
