@@ -117,6 +117,9 @@ def baton_restore_plan(info: str | list, kind: str, value: str, rc: int = 0, std
         plan["target_text"] = f"LSN {value}"
         options = ["--type=lsn", f"--target={value}", "--target-action=promote"]
     elif kind == "name":
+        # When the restore point was made is not known: the oldest backup reaches it wherever
+        # it is (a newer one may have ended after it, and recovery would never find it).
+        chosen = backups[0]
         plan["target_text"] = f"restore point {value}"
         options = ["--type=name", f"--target={value}", "--target-action=promote"]
     else:
@@ -135,6 +138,7 @@ def baton_restore_plan(info: str | list, kind: str, value: str, rc: int = 0, std
         "wal_bytes_at_most": wal_bytes,
         "estimate_seconds": round(estimate, 1),
         "backup_stop": _when(chosen["timestamp"]["stop"]),
+        "newest_wal": newest_wal,
     })
     plan["text"] = "\n".join([
         f"restore {plan['target_text']}",
@@ -148,6 +152,21 @@ def baton_restore_plan(info: str | list, kind: str, value: str, rc: int = 0, std
     return plan
 
 
+def baton_recovery_short(current_wal: str, newest_wal: str) -> str:
+    """After a restore to the latest WAL: '' when recovery went through the newest archived
+    segment, else a sentence (recovery stopped at a hole in the archive, before that segment).
+    current_wal: the restored cluster's WAL file after its promotion."""
+    if not current_wal or not newest_wal:
+        return ""
+    if segment_number(current_wal) >= segment_number(newest_wal):
+        return ""
+    return (f"recovery stopped in WAL segment {current_wal[8:]}, before the newest archived one "
+            f"({newest_wal}): the archive is missing WAL in between (a lost primary's last "
+            "segments, or WAL dropped by archive-push-queue-max), so the restored data ends "
+            "earlier than the archive says")
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"baton_restore_plan": baton_restore_plan}
+        return {"baton_restore_plan": baton_restore_plan,
+                "baton_recovery_short": baton_recovery_short}

@@ -74,16 +74,19 @@ def test_every_playbook_has_a_job_template_and_the_moves_a_plan_in_check_mode(co
     names = sorted(o["name"] for o in c.objects["job_templates"].values())
     assert names == sorted(f"Baton - {n}" for n in (
         "site", "health", "failover", "failover (plan)", "switchover", "switchover (plan)",
-        "failback"))
+        "failback", "drill"))
     project = c.named("projects", "Baton")
     for jt in c.objects["job_templates"].values():
         assert jt["project"] == project["id"] and jt["ask_variables_on_launch"] is False
         assert jt["playbook"] in ("site.yml", "health.yml", "failover.yml", "switchover.yml",
-                                  "failback.yml")
+                                  "failback.yml", "drill.yml")
         assert (ROOT / jt["playbook"]).is_file()
         creds = [o["name"] for o in c.linked("job_templates", jt["id"], "credentials")]
         assert sorted(creds) == ["Baton - SSH", "Baton - vault"]
     assert template(controller, "failover (plan)")["job_type"] == "check"
+    weekly = c.named("schedules", "Baton - weekly drill")
+    assert weekly["unified_job_template"] == template(controller, "drill")["id"]
+    assert "FREQ=WEEKLY" in weekly["rrule"] and weekly["enabled"] is True
     assert template(controller, "failover")["job_type"] == "run"
     assert project["scm_update_on_launch"] is False  # an outage must not wait on the repository
     source = c.named("inventory_sources", "Baton - inventories/example")
@@ -100,7 +103,7 @@ def test_awx_lists_every_playbook_a_job_template_names():
     them appear."""
     listed = playbooks_of(ROOT)
     for name in ("site.yml", "health.yml", "failover.yml", "switchover.yml", "failback.yml",
-                 "awx/controller.yml"):
+                 "drill.yml", "restore.yml", "awx/controller.yml"):
         assert name in listed, f"AWX would not list {name}"
 
 

@@ -40,3 +40,16 @@ def test_an_unreadable_repository_says_down_and_nothing_else_of_it():
     got = values(metrics.render("baton", [], "unable to connect", {"full": 0, "diff": 0}, 5))
     assert got['baton_backup_info_up{stanza="baton"}'] == "0"
     assert not [k for k in got if k.startswith("baton_backup_last_success")]
+
+
+def test_after_a_backup_its_own_outcome_counts_not_the_units_state(tmp_path, monkeypatch):
+    """In ExecStopPost the unit is not failed yet: $SERVICE_RESULT says how the backup ended."""
+    monkeypatch.setattr(metrics, "read_info", lambda stanza: (INFO, ""))
+    monkeypatch.setattr(metrics, "unit_failed", lambda kind: 0)
+    assert metrics.main(["x", "baton", str(tmp_path / "tf"), "diff", "exit-code"]) == 0
+    got = values((tmp_path / "tf" / "baton_backup.prom").read_text())
+    assert got['baton_backup_unit_failed{stanza="baton",type="diff"}'] == "1"
+    assert got['baton_backup_unit_failed{stanza="baton",type="full"}'] == "0"
+    assert metrics.main(["x", "baton", str(tmp_path / "tf"), "diff", "success"]) == 0
+    got = values((tmp_path / "tf" / "baton_backup.prom").read_text())
+    assert got['baton_backup_unit_failed{stanza="baton",type="diff"}'] == "0"

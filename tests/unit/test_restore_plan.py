@@ -3,7 +3,7 @@ options it passes, and the one-sentence refusals for what the repository cannot 
 
 import json
 
-from baton_restore import baton_restore_plan, parse_lsn, parse_time
+from baton_restore import baton_recovery_short, baton_restore_plan, parse_lsn, parse_time
 
 NOW = 1765011600.0  # 2025-12-06 09:00:00+00
 
@@ -83,3 +83,26 @@ def test_times_and_lsns_parse_as_postgresql_writes_them():
     assert parse_time("2025-12-06 08:20:00+00").timestamp() == 1765009200
     assert parse_time("2025-12-06 09:20:00+0100").timestamp() == 1765009200
     assert parse_lsn("1/0") == 2 ** 32 and parse_lsn("0/5000060") == 0x5000060
+
+
+def test_a_restore_point_starts_from_the_oldest_backup():
+    """When the named point was made is unknown: a newer backup may have ended after it."""
+    stanza = [{"name": "baton", "status": {"code": 0}, "archive": [
+        {"max": "000000010000000000000030"}], "backup": [
+        {"label": "F1", "type": "full", "timestamp": {"start": 100, "stop": 160},
+         "lsn": {"stop": "0/3000000"}, "archive": {"stop": "000000010000000000000003"},
+         "info": {"size": 10}},
+        {"label": "F2", "type": "full", "timestamp": {"start": 200, "stop": 260},
+         "lsn": {"stop": "0/9000000"}, "archive": {"stop": "000000010000000000000009"},
+         "info": {"size": 10}}]}]
+    got = baton_restore_plan(stanza, "name", "before-migration", now=1000)
+    assert got["refusal"] == "" and got["set"] == "F1"
+    assert got["newest_wal"] == "000000010000000000000030"
+
+
+def test_a_restore_to_the_latest_wal_that_stopped_at_a_hole_says_so():
+    assert baton_recovery_short("000000020000000000000031", "000000010000000000000030") == ""
+    assert baton_recovery_short("000000020000000000000030", "000000010000000000000030") == ""
+    said = baton_recovery_short("000000020000000000000012", "000000010000000000000030")
+    assert "before the newest archived one (000000010000000000000030)" in said
+    assert baton_recovery_short("", "000000010000000000000030") == ""

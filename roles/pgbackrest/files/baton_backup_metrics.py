@@ -4,7 +4,10 @@
 Runs on the repository host (a timer, and after every backup): reads `pgbackrest info` and
 the backup units' state, and writes baton_backup_* metrics atomically.
 
-    baton-backup-metrics STANZA TEXTFILE_DIR
+    baton-backup-metrics STANZA TEXTFILE_DIR [TYPE RESULT]
+
+After a backup (the unit's ExecStopPost), TYPE and RESULT (systemd's $SERVICE_RESULT) give that
+backup's outcome: the unit is not marked failed yet while its ExecStopPost runs.
 """
 
 from __future__ import annotations
@@ -87,15 +90,17 @@ def render(stanza: str, info: list, error: str, failed: dict[str, int], now: flo
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+    if len(argv) not in (3, 5):
+        print("usage: baton-backup-metrics STANZA TEXTFILE_DIR [TYPE RESULT]", file=sys.stderr)
         return 2
     stanza, folder = argv[1], argv[2]
     info, error = read_info(stanza)
     if error:
         print(f"baton-backup-metrics: pgbackrest info: {error}", file=sys.stderr)
-    text = render(stanza, info, error, {k: unit_failed(k) for k in ("full", "diff")},
-                  time.time())
+    failed = {k: unit_failed(k) for k in ("full", "diff")}
+    if len(argv) == 5:
+        failed[argv[3]] = 0 if argv[4] == "success" else 1
+    text = render(stanza, info, error, failed, time.time())
     os.makedirs(folder, mode=0o755, exist_ok=True)  # a host without node_exporter yet
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".baton_backup.")
     with os.fdopen(fd, "w") as handle:
