@@ -10,9 +10,9 @@ elect anyone: Patroni starts it again in place (bench/inregion_failover.py --fau
 measures that). The `full` shape (3 x 3) remains for `make demo LAB=full` and `make bench`; a
 standby region's own in-region failover is the same Patroni mechanism and is not repeated.
 
-This lab gets the data tiers only (site.yml without its DNS, monitoring and witness parts, by
-tag): those are tested on the mini lab (the witness and its fence agents with the cross-region
-failovers there).
+This lab gets the data tiers only (site.yml without its DNS, monitoring, witness and backup
+parts, by tag, and without WAL archiving): those are tested on the mini lab (the witness and its
+fence agents with the cross-region failovers there, backups and restores too).
 
 Needs root, podman and iptables; replaces any lab that is up and takes it down at the end.
 """
@@ -52,7 +52,9 @@ def roles(region: str) -> dict[str, tuple[str, str]]:
 
 
 # What this file's site.yml runs leave out (tested on the mini lab: tests/integration/test_lab.py).
-DATA_TIERS_ONLY = ("--skip-tags", "dns,exporters,prometheus,alertmanager,witness")
+# No backup stanza: Patroni archives nothing (role pgbackrest is left out).
+DATA_TIERS_ONLY = ("--skip-tags", "dns,exporters,prometheus,alertmanager,witness,pgbackrest",
+                   "-e", '{"baton_backup_stanza": ""}')
 
 
 @pytest.fixture(scope="module")
