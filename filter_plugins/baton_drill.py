@@ -25,7 +25,8 @@ def baton_drill_summary(report: dict[str, Any]) -> list[str]:
         lines.append(f"failed at: {report.get('failed_task')}: {report.get('failure')}")
     if report.get("backup"):
         lines.append(f"restored backup {report['backup']} ({report.get('restored_bytes', 0)} "
-                     f"bytes) and the WAL after it, up to {_when(report.get('restored_up_to'))}")
+                     f"bytes) from {report.get('repository') or 'the repository'} and the WAL "
+                     f"after it, up to {_when(report.get('restored_up_to'))}")
     if report.get("recovery_seconds") is not None:
         lines.append(f"measured recovery: {report['recovery_seconds']} s (copy "
                      f"{report.get('restore_seconds')} s, replay and promotion "

@@ -49,34 +49,80 @@ def _size(nbytes: float) -> str:
 
 
 def baton_restore_plan(info: str | list, kind: str, value: str, rc: int = 0, stderr: str = "",
-                       now: float | None = None) -> dict[str, Any]:
-    """The plan, or a refusal (one sentence) when the repository cannot restore the target."""
+                       now: float | None = None, repo: int | str = 0,
+                       prefer: list | tuple = (2, 1)) -> dict[str, Any]:
+    """The plan, or a refusal (one sentence) when no repository can restore the target.
+
+    With several repositories (pgBackRest's repo1, repo2...), `repo` names the one to use;
+    without it the first of `prefer` that can restore the target is used (the region's own
+    repository, repo2, before the off-region one, repo1): a repository that does not answer,
+    was deleted or does not go back far enough is passed over for the next."""
     plan: dict[str, Any] = {"refusal": "", "set": "", "target_options": [], "text": "",
-                            "target_text": ""}
+                            "target_text": "", "repo": 0, "repo_options": [], "passed_over": []}
+    if kind not in KINDS:
+        plan["refusal"] = f"unknown recovery target kind {kind}: use one of {', '.join(KINDS)}."
+        return plan
+    if rc != 0:
+        last = (stderr.strip().splitlines() or ["no output"])[-1]
+        plan["refusal"] = (f"the repository did not answer (pgbackrest info: {last}): check "
+                           "that the repository host runs pgBackRest's TLS server (systemd "
+                           "unit pgbackrest) and is reachable on its port, then run again.")
+        return plan
+    stanzas = json.loads(info) if isinstance(info, str) else info
+    if not stanzas:
+        plan["refusal"] = ("the repository knows no stanza: run site.yml (role pgbackrest "
+                           "creates it), then run again.")
+        return plan
+    stanza = stanzas[0]
+    statuses = {int(r.get("key", 1)): r.get("status", {}) for r in stanza.get("repo", [])}
+    keys = sorted(set(statuses) | {int(b.get("database", {}).get("repo-key", 1))
+                                   for b in stanza.get("backup", [])} or {1})
+    several = len(keys) > 1
+    try:
+        wanted = int(repo or 0)
+    except (TypeError, ValueError):
+        wanted = -1
+    if wanted:
+        if wanted not in keys:
+            plan["refusal"] = (f"repo {repo} is not one of this node's repositories "
+                               f"({', '.join(f'repo{k}' for k in keys)}): choose one of them.")
+            return plan
+        order = [wanted]
+    else:
+        order = [int(k) for k in prefer if int(k) in keys] + [k for k in keys
+                                                              if k not in [int(p) for p in prefer]]
+    last: dict[str, Any] = {}
+    for key in order:
+        one = _plan_in_repo(stanza, key, statuses.get(key, stanza.get("status", {})), kind,
+                            value, now, several)
+        if not one["refusal"]:
+            one["passed_over"] = [f"repo{p['repo']}: {p['refusal']}" for p in plan["passed_over"]]
+            return one
+        plan["passed_over"].append(one)
+        last = one
+    plan["refusal"] = last["refusal"]
+    plan["passed_over"] = [f"repo{p['repo']}: {p['refusal']}" for p in plan["passed_over"][:-1]]
+    return plan
+
+
+def _plan_in_repo(stanza: dict, key: int, status: dict, kind: str, value: str,
+                  now: float | None, several: bool) -> dict[str, Any]:
+    """The plan from one repository's backups and WAL, or why that repository cannot."""
+    where = f"repo{key}" if several else "the repository"
+    plan: dict[str, Any] = {"refusal": "", "set": "", "target_options": [], "text": "",
+                            "target_text": "", "repo": key, "repo_options": [f"--repo={key}"]}
 
     def refuse(why: str) -> dict[str, Any]:
         plan["refusal"] = why
         return plan
 
-    if kind not in KINDS:
-        return refuse(f"unknown recovery target kind {kind}: use one of {', '.join(KINDS)}.")
-    if rc != 0:
-        last = (stderr.strip().splitlines() or ["no output"])[-1]
-        return refuse(f"the repository did not answer (pgbackrest info: {last}): check that "
-                      "the repository host runs pgBackRest's TLS server (systemd unit "
-                      "pgbackrest) and is reachable on its port, then run again.")
-    stanzas = json.loads(info) if isinstance(info, str) else info
-    if not stanzas:
-        return refuse("the repository knows no stanza: run site.yml (role pgbackrest creates "
-                      "it), then run again.")
-    stanza = stanzas[0]
-    status = stanza.get("status", {})
-    backups = [b for b in stanza.get("backup", []) if not b.get("error")]
+    backups = [b for b in stanza.get("backup", [])
+               if not b.get("error") and int(b.get("database", {}).get("repo-key", 1)) == key]
     if status.get("code") not in (0, None) and not backups:
-        return refuse(f"stanza {stanza.get('name')} cannot be restored: "
+        return refuse(f"stanza {stanza.get('name')} cannot be restored from {where}: "
                       f"{status.get('message', 'unknown status')} (pgbackrest info).")
     if not backups:
-        return refuse(f"stanza {stanza.get('name')} has no backup yet: take one "
+        return refuse(f"stanza {stanza.get('name')} has no backup in {where} yet: take one "
                       "(systemctl start baton-backup@full on the repository host), then run "
                       "again.")
     backups.sort(key=lambda b: b["timestamp"]["stop"])
@@ -93,8 +139,8 @@ def baton_restore_plan(info: str | list, kind: str, value: str, rc: int = 0, std
         if not earlier:
             first = backups[0]
             return refuse(f"target_time {value} is before the oldest backup's end "
-                          f"({first['label']}, {_when(first['timestamp']['stop'])}): the "
-                          "repository cannot go back that far.")
+                          f"({first['label']}, {_when(first['timestamp']['stop'])}): "
+                          f"{where} cannot go back that far.")
         if target > now:
             return refuse(f"target_time {value} is in the future (now {_when(now)}): no WAL "
                           "reaches it yet.")
@@ -111,7 +157,7 @@ def baton_restore_plan(info: str | list, kind: str, value: str, rc: int = 0, std
         if not earlier:
             first = backups[0]
             return refuse(f"target_lsn {value} is before the oldest backup's end "
-                          f"({first['label']}, LSN {first['lsn']['stop']}): the repository "
+                          f"({first['label']}, LSN {first['lsn']['stop']}): {where} "
                           "cannot go back that far.")
         chosen = earlier[-1]
         plan["target_text"] = f"LSN {value}"
@@ -123,8 +169,9 @@ def baton_restore_plan(info: str | list, kind: str, value: str, rc: int = 0, std
         plan["target_text"] = f"restore point {value}"
         options = ["--type=name", f"--target={value}", "--target-action=promote"]
     else:
-        plan["target_text"] = "the latest WAL in the repository"
-    newest_wal = max((a.get("max") or "" for a in stanza.get("archive", [])), default="")
+        plan["target_text"] = f"the latest WAL in {where}"
+    newest_wal = max((a.get("max") or "" for a in stanza.get("archive", [])
+                      if int(a.get("database", {}).get("repo-key", 1)) == key), default="")
     stop_wal = chosen.get("archive", {}).get("stop") or ""
     wal_bytes = 0
     if newest_wal and stop_wal:
@@ -143,7 +190,7 @@ def baton_restore_plan(info: str | list, kind: str, value: str, rc: int = 0, std
     plan["text"] = "\n".join([
         f"restore {plan['target_text']}",
         f"from backup {chosen['label']} ({chosen.get('type', '?')}, ended "
-        f"{plan['backup_stop']}), repository repo{chosen.get('database', {}).get('repo-key', 1)}",
+        f"{plan['backup_stop']}), repository repo{key}",
         f"copy {_size(copy_bytes)}; replay at most {_size(wal_bytes)} of WAL "
         f"(from {stop_wal or '?'} to {newest_wal or '?'})",
         f"estimated {estimate:.0f} s at {COPY_RATE // 2 ** 20} MiB/s copy and "

@@ -588,6 +588,47 @@ def test_restore_yml_refuses_a_time_before_the_oldest_backup_in_one_sentence(lab
         run.stdout, run.stdout[-2000:]
 
 
+def test_with_the_regions_own_repository_deleted_a_restore_comes_from_the_global_one(lab):
+    """us-east holds the baton: its WAL goes into its own repository (repo2, on us-east-1) and
+    into the global site's (repo1), and the deploy took a first full backup into each. A restore
+    in us-east is planned from its own. With that repository deleted, restore.yml passes over it
+    and brings every row back from the global site's; site.yml puts the region's repository
+    back, and archiving reaches both again."""
+    region_conf = "--config=/etc/pgbackrest/region-backup.conf"
+
+    def region_backups() -> list:
+        run = pgbackrest("us-east-1", region_conf, "--repo=2", "--output=json", "info")
+        return json.loads(run.stdout)[0].get("backup", []) if run.returncode == 0 else []
+    wait_for(lambda: region_backups() != [], 600, "the deploy's backup in us-east's repository")
+    with pgbouncer("us-east-1", "app") as conn:
+        conn.execute("DROP TABLE IF EXISTS baton_repo_probe")
+        conn.execute("CREATE TABLE baton_repo_probe (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO baton_repo_probe SELECT generate_series(1, 300)")
+    check = pgbackrest("us-east-1", "check")  # a WAL switch, found archived in both
+    assert check.returncode == 0, check.stdout + check.stderr
+    plan = playbook("restore.yml", "--check", "-e", "region=us-east")
+    assert plan.returncode == 0 and "repository repo2" in plan.stdout, plan.stdout[-3000:]
+
+    gone = sh("podman", "exec", "baton-us-east-1", "sh", "-c",
+              "rm -rf /var/lib/pgbackrest-region/* && ls -A /var/lib/pgbackrest-region | wc -l")
+    assert gone.stdout.strip() == "0", gone.stdout + gone.stderr
+    try:
+        run = playbook("restore.yml", "-e", "region=us-east")
+        assert run.returncode == 0, run.stdout[-4000:]
+        assert "repository repo1" in run.stdout and "passed over repo2" in run.stdout, \
+            run.stdout[-3000:]
+        rows = scratch_sql("us-east-1", "SELECT count(*) FROM baton_repo_probe")
+        assert rows.stdout.strip() == "300", rows.stdout + rows.stderr
+    finally:
+        clean = playbook("restore.yml", "-e", "restore_cleanup=true", "-e", "region=us-east")
+        back = playbook("site.yml", "--tags", "pgbackrest")
+    assert clean.returncode == 0, clean.stdout[-2000:]
+    assert back.returncode == 0 and "Create the stanza in the region's repository" in back.stdout, \
+        back.stdout[-3000:]
+    check = pgbackrest("us-east-1", "check")
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_a_row_written_in_us_east_is_read_through_app_ro_in_the_other_regions(lab):
     token = f"row-{time.time_ns()}"
     with pgbouncer("us-east-1", "app") as conn:

@@ -53,3 +53,23 @@ def test_after_a_backup_its_own_outcome_counts_not_the_units_state(tmp_path, mon
     assert metrics.main(["x", "baton", str(tmp_path / "tf"), "diff", "success"]) == 0
     got = values((tmp_path / "tf" / "baton_backup.prom").read_text())
     assert got['baton_backup_unit_failed{stanza="baton",type="diff"}'] == "0"
+
+
+BACKUP_SPEC = importlib.util.spec_from_file_location(
+    "baton_backup", Path(__file__).resolve().parents[2] / "roles/pgbackrest/files/baton_backup.py")
+backup = importlib.util.module_from_spec(BACKUP_SPEC)
+BACKUP_SPEC.loader.exec_module(backup)
+
+# What pgBackRest 2.55 prints when it finds no primary among the nodes it asked.
+STANDBYS_ONLY = ("ERROR: [056]: unable to find primary cluster - cannot proceed\n"
+                 "       HINT: are all available clusters in recovery?\n")
+NODE_DOWN = ("WARN: unable to check pg2: [HostConnectError] raised from remote-0 tls protocol on "
+             "'10.231.2.12': unable to connect to '10.231.2.12:8432'\n" + STANDBYS_ONLY)
+
+
+def test_a_regions_backup_is_skipped_only_when_every_node_answered_in_recovery():
+    assert backup.no_primary_only(56, STANDBYS_ONLY)
+    assert not backup.no_primary_only(56, NODE_DOWN)  # a node did not answer: that fails
+    assert not backup.no_primary_only(56, "ERROR: [056]: more than one primary cluster found")
+    assert not backup.no_primary_only(0, STANDBYS_ONLY)
+    assert not backup.no_primary_only(82, "ERROR: [082]: WAL segment was not archived")

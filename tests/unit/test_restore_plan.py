@@ -75,7 +75,8 @@ def test_a_repository_that_does_not_answer_or_has_no_backup_is_refused():
                                       "[105]: unable to connect to 10.231.0.11:8432)")
     empty = [dict(INFO[0], backup=[], status={"code": 2, "message": "no valid backups"})]
     assert baton_restore_plan(empty, "latest", "")["refusal"] == (
-        "stanza baton cannot be restored: no valid backups (pgbackrest info).")
+        "stanza baton cannot be restored from the repository: no valid backups "
+        "(pgbackrest info).")
     assert "knows no stanza" in baton_restore_plan("[]", "latest", "")["refusal"]
 
 
@@ -106,3 +107,51 @@ def test_a_restore_to_the_latest_wal_that_stopped_at_a_hole_says_so():
     said = baton_recovery_short("000000020000000000000012", "000000010000000000000030")
     assert "before the newest archived one (000000010000000000000030)" in said
     assert baton_recovery_short("", "000000010000000000000030") == ""
+
+
+def in_repo(entry, key):
+    return dict(entry, database={"id": 1, "repo-key": key})
+
+
+# Two repositories as a region node sees them: repo1 off-region (two fulls kept), repo2 the
+# region's own (one full kept), each with the same WAL.
+TWO = [{
+    "name": "baton", "status": {"code": 0, "message": "ok"},
+    "repo": [{"key": 1, "status": {"code": 0, "message": "ok"}},
+             {"key": 2, "status": {"code": 0, "message": "ok"}}],
+    "backup": [in_repo(b, 1) for b in INFO[0]["backup"]]
+    + [in_repo(backup("20251206-083500F", 1765010100, 1765010130, "0/9000100",
+                      "000000010000000000000009"), 2)],
+    "archive": [in_repo(INFO[0]["archive"][0], 1), in_repo(INFO[0]["archive"][0], 2)],
+}]
+
+
+def test_the_regions_own_repository_is_used_first_and_named():
+    plan = baton_restore_plan(TWO, "latest", "", now=NOW)
+    assert (plan["refusal"], plan["repo"], plan["set"]) == ("", 2, "20251206-083500F")
+    assert plan["repo_options"] == ["--repo=2"] and "repository repo2" in plan["text"]
+    assert plan["passed_over"] == []
+
+
+def test_a_target_the_regions_repository_cannot_reach_comes_from_the_other_one():
+    plan = baton_restore_plan(TWO, "time", "2025-12-06 08:20:00+00", now=NOW)
+    assert (plan["repo"], plan["set"]) == (1, "20251206-080000F")
+    assert plan["passed_over"][0].startswith("repo2: target_time 2025-12-06 08:20:00+00 is "
+                                             "before the oldest backup's end")
+
+
+def test_a_deleted_repository_is_passed_over_and_a_named_one_is_kept_to():
+    gone = [dict(TWO[0], status={"code": 4, "message": "different across repos"},
+                 repo=[{"key": 1, "status": {"code": 0, "message": "ok"}},
+                       {"key": 2, "status": {"code": 1, "message": "missing stanza path"}}],
+                 backup=[b for b in TWO[0]["backup"] if b["database"]["repo-key"] == 1],
+                 archive=[TWO[0]["archive"][0]])]
+    plan = baton_restore_plan(gone, "latest", "", now=NOW)
+    assert (plan["refusal"], plan["repo"]) == ("", 1)
+    assert plan["passed_over"] == ["repo2: stanza baton cannot be restored from repo2: missing "
+                                   "stanza path (pgbackrest info)."]
+    assert baton_restore_plan(gone, "latest", "", now=NOW, repo=2)["refusal"] == (
+        "stanza baton cannot be restored from repo2: missing stanza path (pgbackrest info).")
+    assert baton_restore_plan(TWO, "latest", "", now=NOW, repo="1")["repo"] == 1
+    assert baton_restore_plan(TWO, "latest", "", now=NOW, repo=3)["refusal"] == (
+        "repo 3 is not one of this node's repositories (repo1, repo2): choose one of them.")
