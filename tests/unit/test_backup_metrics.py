@@ -73,3 +73,22 @@ def test_a_regions_backup_is_skipped_only_when_every_node_answered_in_recovery()
     assert not backup.no_primary_only(56, "ERROR: [056]: more than one primary cluster found")
     assert not backup.no_primary_only(0, STANDBYS_ONLY)
     assert not backup.no_primary_only(82, "ERROR: [082]: WAL segment was not archived")
+
+
+ARCHIVE_SPEC = importlib.util.spec_from_file_location(
+    "baton_archive_metrics",
+    Path(__file__).resolve().parents[2] / "roles/pgbackrest/files/baton_archive_metrics.py")
+archive = importlib.util.module_from_spec(ARCHIVE_SPEC)
+ARCHIVE_SPEC.loader.exec_module(archive)
+
+
+def test_the_archiving_metrics_say_who_archives_and_when_it_last_worked_and_failed():
+    text = archive.render([0, 1700.5, 1600.25, 42, 3], now=1800)
+    got = values(text)
+    assert got["baton_archive_up"] == "1" and got["baton_archive_primary"] == "1"
+    assert got["baton_archive_last_success_timestamp_seconds"] == "1700.500"
+    assert got["baton_archive_last_failure_timestamp_seconds"] == "1600.250"
+    assert (got["baton_archive_archived_total"], got["baton_archive_failed_total"]) == ("42", "3")
+    assert values(archive.render([1, 0, 0, 0, 0], now=1800))["baton_archive_primary"] == "0"
+    down = values(archive.render([], now=1800))
+    assert down["baton_archive_up"] == "0" and "baton_archive_primary" not in down

@@ -112,7 +112,8 @@ def test_dashboard_is_grafana_json_on_a_prometheus_datasource_variable():
     dashboard = json.loads((ROOT / "dashboards/baton-dr.json").read_text())
     assert dashboard["templating"]["list"][0]["type"] == "datasource"
     titles = [p["title"] for p in dashboard["panels"]]
-    for topic in ("Regions", "roles", "WAL", "Failover history", "each tier's writer"):
+    for topic in ("Regions", "roles", "WAL", "Failover history", "each tier's writer", "Backups",
+                  "WAL archive", "Restore drills"):
         assert any(topic in t for t in titles), topic
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == "${datasource}"
