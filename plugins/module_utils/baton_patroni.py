@@ -168,10 +168,12 @@ def read_cluster(addresses: list[str], port: int, timeout: float) -> dict[str, A
                          f"{'; '.join(errors)}")
 
 
-def standby_source(hosts: list[str], port: int, slot: str) -> dict[str, Any]:
-    """The standby_cluster section that makes a cluster follow `hosts` through `slot`."""
+def standby_source(hosts: list[str], port: int, slot: str,
+                   replica_methods: list[str] | None = None) -> dict[str, Any]:
+    """The standby_cluster section that makes a cluster follow `hosts` through `slot`; its
+    leader, when it has none, is created by `replica_methods` in turn."""
     return {"host": ",".join(hosts), "port": port, "primary_slot_name": slot,
-            "create_replica_methods": ["basebackup"]}
+            "create_replica_methods": list(replica_methods or ["basebackup"])}
 
 
 def cluster_role(members: list[dict[str, Any]]) -> str | None:
@@ -203,7 +205,11 @@ def plan_cluster(config: dict[str, Any], members: list[dict[str, Any]], want: st
         raise ValueError("a standby cluster needs a source")
     if current is not None and all(str(current.get(k)) == str(v) for k, v in source.items()
                                    if k != "create_replica_methods"):
-        return None, f"already a standby cluster of {source['host']}"
+        methods = source.get("create_replica_methods")
+        if methods is None or list(current.get("create_replica_methods") or []) == methods:
+            return None, f"already a standby cluster of {source['host']}"
+        return {"standby_cluster": source}, (f"already a standby cluster of {source['host']}; "
+                                             f"its leader is created by {', '.join(methods)}")
     if current is None:
         return {"standby_cluster": source}, f"demote: follow {source['host']}"
     return {"standby_cluster": source}, (f"repoint: follow {source['host']} instead of "
@@ -378,7 +384,8 @@ def described(read: dict[str, Any]) -> dict[str, Any]:
 def converge_cluster(region: str, members: list[str], state: str, *, port: int = 8008,
                      timeout: float = 3.0, auth: tuple[str, str],
                      source_hosts: list[str] | None = None, source_port: int = 5000,
-                     slot: str | None = None, wait_for_lsn: str | None = None,
+                     slot: str | None = None, replica_methods: list[str] | None = None,
+                     wait_for_lsn: str | None = None,
                      streaming: bool = False, wait_timeout: float = 120.0,
                      check_mode: bool = False) -> dict[str, Any]:
     """Takes a region's cluster to `state` ('primary', or 'standby' of source_hosts through
@@ -388,7 +395,7 @@ def converge_cluster(region: str, members: list[str], state: str, *, port: int =
     except ValueError as exc:
         raise ClusterStop(f"wait_for_lsn '{wait_for_lsn}' is not a WAL position: write it as "
                           "PostgreSQL does, e.g. 0/3000060") from exc
-    source = (standby_source(source_hosts or [], source_port, slot or "")
+    source = (standby_source(source_hosts or [], source_port, slot or "", replica_methods)
               if state == "standby" else None)
     answer_by = time.monotonic() + (wait_timeout if streaming else 0)
     while True:

@@ -264,6 +264,17 @@ def test_the_cluster_plan_patches_only_what_differs(config, want, source, expect
     assert body == expected
 
 
+def test_a_standby_section_names_how_its_leader_is_created_and_converges_to_it():
+    backed = standby_source(["10.231.2.11"], 5000, "baton_us_east", ["pgbackrest", "basebackup"])
+    assert backed["create_replica_methods"] == ["pgbackrest", "basebackup"]
+    assert SOURCE["create_replica_methods"] == ["basebackup"]
+    body, reason = plan_cluster({"standby_cluster": dict(SOURCE)}, [], "standby", backed)
+    assert body == {"standby_cluster": backed}
+    assert reason == ("already a standby cluster of 10.231.2.11; its leader is created by "
+                      "pgbackrest, basebackup")
+    assert plan_cluster({"standby_cluster": dict(backed)}, [], "standby", backed)[0] is None
+
+
 def test_an_outcome_is_reached_only_when_the_leader_runs_in_its_new_role():
     assert reached([{"role": "leader", "state": "running"}], "primary")
     assert not reached([{"role": "standby_leader", "state": "running"}], "primary")
