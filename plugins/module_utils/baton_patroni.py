@@ -315,6 +315,33 @@ def wait_standby_answers(address: str, port: int, deadline: float,
         time.sleep(0.1)
 
 
+def wait_primary_writes(read: dict[str, Any], addresses: list[str], port: int,
+                        deadline: float, timeout: float) -> None:
+    """For a promoted cluster: polls its leader's GET /primary until it says 200, which Patroni
+    answers only once PostgreSQL has left recovery. /cluster shows the new leader at once,
+    while PostgreSQL still ends recovery (timeline history from restore_command, the end-of-
+    recovery checkpoint): clients let through then would find it read-only. Raises
+    PatroniProblem at the deadline (monotonic clock)."""
+    leader = next((m.get("host") for m in read["members"]
+                   if m.get("role") in ("leader", "primary", "master")
+                   and m.get("host") in addresses), None)
+    if leader is None:
+        return
+    seen = "no answer"
+    while True:
+        try:
+            status, _data = rest("GET", url(leader, port, "/primary"), timeout)
+            if status == 200:
+                return
+            seen = f"HTTP {status}"
+        except OSError as exc:
+            seen = str(exc)
+        if time.monotonic() >= deadline:
+            raise PatroniProblem(f"the new leader at {leader} did not take writes in time (GET "
+                                 f"/primary: {seen}): look at the Patroni log on it, then re-run")
+        time.sleep(0.05)
+
+
 def member_positions(addresses: list[str], port: int, timeout: float) -> dict[str, Any]:
     """/patroni of every member that answers (asked in parallel): role, WAL positions (for
     catch-up checks)."""
@@ -423,6 +450,8 @@ def converge_cluster(region: str, members: list[str], state: str, *, port: int =
             after = before
             if not reached(before["members"], state, streaming):
                 after = wait_cluster(members, port, state, deadline, timeout, streaming)
+            if state == "primary":
+                wait_primary_writes(after, members, port, deadline, timeout)
             answered = standby_answers(after, members, state, port, deadline, timeout)
         except PatroniProblem as exc:
             raise ClusterStop(f"{region}: {exc}", result) from exc
@@ -443,6 +472,8 @@ def converge_cluster(region: str, members: list[str], state: str, *, port: int =
     try:
         apply_cluster(leader_first(members, before["members"]), port, auth, body, timeout)
         after = wait_cluster(members, port, state, deadline, timeout, streaming)
+        if state == "primary":
+            wait_primary_writes(after, members, port, deadline, timeout)
         answered = standby_answers(after, members, state, port, deadline, timeout) \
             if kind == "demote" else None
     except PatroniProblem as exc:
