@@ -317,11 +317,13 @@ def wait_standby_answers(address: str, port: int, deadline: float,
 
 def wait_primary_writes(read: dict[str, Any], addresses: list[str], port: int,
                         deadline: float, timeout: float) -> None:
-    """For a promoted cluster: polls its leader's GET /primary until it says 200, which Patroni
-    answers only once PostgreSQL has left recovery. /cluster shows the new leader at once,
-    while PostgreSQL still ends recovery (timeline history from restore_command, the end-of-
-    recovery checkpoint): clients let through then would find it read-only. Raises
-    PatroniProblem at the deadline (monotonic clock)."""
+    """For a promoted cluster: polls its leader's own /patroni until its PostgreSQL runs as a
+    primary (Patroni reads the role from pg_is_in_recovery()). /cluster names the new leader,
+    and GET /primary says 200, as soon as the standby_cluster section is gone and the member
+    holds the leader lock: Patroni promotes at its next loop, and PostgreSQL then ends recovery
+    (timeline history from restore_command, the end-of-recovery checkpoint). Clients let
+    through before would find it read-only. Raises PatroniProblem at the deadline (monotonic
+    clock)."""
     leader = next((m.get("host") for m in read["members"]
                    if m.get("role") in ("leader", "primary", "master")
                    and m.get("host") in addresses), None)
@@ -330,15 +332,17 @@ def wait_primary_writes(read: dict[str, Any], addresses: list[str], port: int,
     seen = "no answer"
     while True:
         try:
-            status, _data = rest("GET", url(leader, port, "/primary"), timeout)
-            if status == 200:
-                return
-            seen = f"HTTP {status}"
+            _status, data = rest("GET", url(leader, port, "/patroni"), timeout)
+            if isinstance(data, dict):
+                if data.get("role") in ("primary", "master") and data.get("state") == "running":
+                    return
+                seen = f"{data.get('role')}/{data.get('state')}"
         except OSError as exc:
             seen = str(exc)
         if time.monotonic() >= deadline:
-            raise PatroniProblem(f"the new leader at {leader} did not take writes in time (GET "
-                                 f"/primary: {seen}): look at the Patroni log on it, then re-run")
+            raise PatroniProblem(f"the new leader at {leader} did not take writes in time (its "
+                                 f"Patroni says {seen}): look at the Patroni log on it, then "
+                                 "re-run")
         time.sleep(0.05)
 
 

@@ -276,24 +276,28 @@ def test_a_standby_section_names_how_its_leader_is_created_and_converges_to_it()
 
 
 def test_a_promotion_is_waited_for_until_the_new_leader_takes_writes(monkeypatch):
+    """Its own /patroni, not /primary (200 as soon as it holds the lock, still in recovery)."""
     import time
 
     import baton_patroni
 
-    answers = iter([503, 503, 200])
+    answers = iter([{"role": "replica", "state": "running"},
+                    {"role": "replica", "state": "running"},
+                    {"role": "primary", "state": "running"}])
     asked = []
 
     def rest(method, url, timeout, auth=None, body=None):
         asked.append(url)
-        return next(answers), None
+        return 200, next(answers)
     monkeypatch.setattr(baton_patroni, "rest", rest)
     read = {"members": [{"name": "us-west-1", "role": "leader", "state": "running",
                          "host": "10.231.2.11"}]}
     baton_patroni.wait_primary_writes(read, ["10.231.2.11"], 8008, time.monotonic() + 5, 1)
-    assert len(asked) == 3 and asked[0].endswith("10.231.2.11:8008/primary")
-    # Still read-only at the deadline: one sentence naming the leader and what it said.
-    monkeypatch.setattr(baton_patroni, "rest", lambda *a, **k: (503, None))
-    with pytest.raises(baton_patroni.PatroniProblem, match="did not take writes in time"):
+    assert len(asked) == 3 and asked[0].endswith("10.231.2.11:8008/patroni")
+    # Still in recovery at the deadline: one sentence naming the leader and what it said.
+    monkeypatch.setattr(baton_patroni, "rest",
+                        lambda *a, **k: (200, {"role": "replica", "state": "running"}))
+    with pytest.raises(baton_patroni.PatroniProblem, match="Patroni says replica/running"):
         baton_patroni.wait_primary_writes(read, ["10.231.2.11"], 8008, time.monotonic(), 1)
 
 
