@@ -168,10 +168,12 @@ def read_cluster(addresses: list[str], port: int, timeout: float) -> dict[str, A
                          f"{'; '.join(errors)}")
 
 
-def standby_source(hosts: list[str], port: int, slot: str) -> dict[str, Any]:
-    """The standby_cluster section that makes a cluster follow `hosts` through `slot`."""
+def standby_source(hosts: list[str], port: int, slot: str,
+                   replica_methods: list[str] | None = None) -> dict[str, Any]:
+    """The standby_cluster section that makes a cluster follow `hosts` through `slot`; its
+    leader, when it has none, is created by `replica_methods` in turn."""
     return {"host": ",".join(hosts), "port": port, "primary_slot_name": slot,
-            "create_replica_methods": ["basebackup"]}
+            "create_replica_methods": list(replica_methods or ["basebackup"])}
 
 
 def cluster_role(members: list[dict[str, Any]]) -> str | None:
@@ -203,7 +205,11 @@ def plan_cluster(config: dict[str, Any], members: list[dict[str, Any]], want: st
         raise ValueError("a standby cluster needs a source")
     if current is not None and all(str(current.get(k)) == str(v) for k, v in source.items()
                                    if k != "create_replica_methods"):
-        return None, f"already a standby cluster of {source['host']}"
+        methods = source.get("create_replica_methods")
+        if methods is None or list(current.get("create_replica_methods") or []) == methods:
+            return None, f"already a standby cluster of {source['host']}"
+        return {"standby_cluster": source}, (f"already a standby cluster of {source['host']}; "
+                                             f"its leader is created by {', '.join(methods)}")
     if current is None:
         return {"standby_cluster": source}, f"demote: follow {source['host']}"
     return {"standby_cluster": source}, (f"repoint: follow {source['host']} instead of "
@@ -309,6 +315,37 @@ def wait_standby_answers(address: str, port: int, deadline: float,
         time.sleep(0.1)
 
 
+def wait_primary_writes(read: dict[str, Any], addresses: list[str], port: int,
+                        deadline: float, timeout: float) -> None:
+    """For a promoted cluster: polls its leader's own /patroni until its PostgreSQL runs as a
+    primary (Patroni reads the role from pg_is_in_recovery()). /cluster names the new leader,
+    and GET /primary says 200, as soon as the standby_cluster section is gone and the member
+    holds the leader lock: Patroni promotes at its next loop, and PostgreSQL then ends recovery
+    (timeline history from restore_command, the end-of-recovery checkpoint). Clients let
+    through before would find it read-only. Raises PatroniProblem at the deadline (monotonic
+    clock)."""
+    leader = next((m.get("host") for m in read["members"]
+                   if m.get("role") in ("leader", "primary", "master")
+                   and m.get("host") in addresses), None)
+    if leader is None:
+        return
+    seen = "no answer"
+    while True:
+        try:
+            _status, data = rest("GET", url(leader, port, "/patroni"), timeout)
+            if isinstance(data, dict):
+                if data.get("role") in ("primary", "master") and data.get("state") == "running":
+                    return
+                seen = f"{data.get('role')}/{data.get('state')}"
+        except OSError as exc:
+            seen = str(exc)
+        if time.monotonic() >= deadline:
+            raise PatroniProblem(f"the new leader at {leader} did not take writes in time (its "
+                                 f"Patroni says {seen}): look at the Patroni log on it, then "
+                                 "re-run")
+        time.sleep(0.05)
+
+
 def member_positions(addresses: list[str], port: int, timeout: float) -> dict[str, Any]:
     """/patroni of every member that answers (asked in parallel): role, WAL positions (for
     catch-up checks)."""
@@ -378,7 +415,8 @@ def described(read: dict[str, Any]) -> dict[str, Any]:
 def converge_cluster(region: str, members: list[str], state: str, *, port: int = 8008,
                      timeout: float = 3.0, auth: tuple[str, str],
                      source_hosts: list[str] | None = None, source_port: int = 5000,
-                     slot: str | None = None, wait_for_lsn: str | None = None,
+                     slot: str | None = None, replica_methods: list[str] | None = None,
+                     wait_for_lsn: str | None = None,
                      streaming: bool = False, wait_timeout: float = 120.0,
                      check_mode: bool = False) -> dict[str, Any]:
     """Takes a region's cluster to `state` ('primary', or 'standby' of source_hosts through
@@ -388,7 +426,7 @@ def converge_cluster(region: str, members: list[str], state: str, *, port: int =
     except ValueError as exc:
         raise ClusterStop(f"wait_for_lsn '{wait_for_lsn}' is not a WAL position: write it as "
                           "PostgreSQL does, e.g. 0/3000060") from exc
-    source = (standby_source(source_hosts or [], source_port, slot or "")
+    source = (standby_source(source_hosts or [], source_port, slot or "", replica_methods)
               if state == "standby" else None)
     answer_by = time.monotonic() + (wait_timeout if streaming else 0)
     while True:
@@ -416,6 +454,8 @@ def converge_cluster(region: str, members: list[str], state: str, *, port: int =
             after = before
             if not reached(before["members"], state, streaming):
                 after = wait_cluster(members, port, state, deadline, timeout, streaming)
+            if state == "primary":
+                wait_primary_writes(after, members, port, deadline, timeout)
             answered = standby_answers(after, members, state, port, deadline, timeout)
         except PatroniProblem as exc:
             raise ClusterStop(f"{region}: {exc}", result) from exc
@@ -436,6 +476,8 @@ def converge_cluster(region: str, members: list[str], state: str, *, port: int =
     try:
         apply_cluster(leader_first(members, before["members"]), port, auth, body, timeout)
         after = wait_cluster(members, port, state, deadline, timeout, streaming)
+        if state == "primary":
+            wait_primary_writes(after, members, port, deadline, timeout)
         answered = standby_answers(after, members, state, port, deadline, timeout) \
             if kind == "demote" else None
     except PatroniProblem as exc:

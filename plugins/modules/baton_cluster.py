@@ -50,6 +50,13 @@ options:
     description: With C(state=standby), the permanent slot on the source that this region
       streams through (C(baton_<region>)).
     type: str
+  replica_methods:
+    description: With C(state=standby), how Patroni creates the region's standby leader when it
+      has none (the section's C(create_replica_methods)), in turn; C(pgbackrest) restores a
+      backup (role patroni's replica method), C(basebackup) copies from the source.
+    type: list
+    elements: str
+    default: [basebackup]
   wait_for_lsn:
     description: With C(state=primary), a WAL position (C(0/3000060)) the standby leader must
       have received before it is promoted.
@@ -154,6 +161,7 @@ def main() -> None:
             "source_hosts": {"type": "list", "elements": "str", "default": []},
             "source_port": {"type": "int", "default": 5000},
             "slot": {"type": "str"},
+            "replica_methods": {"type": "list", "elements": "str", "default": ["basebackup"]},
             "wait_for_lsn": {"type": "str"},
             "restapi_username": {"type": "str", "default": "patroni"},
             "restapi_password": {"type": "str", "required": True, "no_log": True},
@@ -173,8 +181,9 @@ def main() -> None:
             p["region"], p["members"], p["state"], port=p["port"], timeout=p["timeout"],
             auth=(p["restapi_username"], p["restapi_password"]),
             source_hosts=p["source_hosts"], source_port=p["source_port"], slot=p["slot"],
-            wait_for_lsn=p["wait_for_lsn"], streaming=p["streaming"],
-            wait_timeout=p["wait_timeout"], check_mode=module.check_mode)
+            replica_methods=p["replica_methods"], wait_for_lsn=p["wait_for_lsn"],
+            streaming=p["streaming"], wait_timeout=p["wait_timeout"],
+            check_mode=module.check_mode)
     except ClusterStop as exc:
         module.fail_json(msg=str(exc), **exc.result)
     module.exit_json(**result)

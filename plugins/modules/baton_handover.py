@@ -61,6 +61,12 @@ options:
     description: The permanent slot on the target the demoted region streams through.
     type: str
     default: ""
+  replica_methods:
+    description: How Patroni creates the demoted region's standby leader when it has none (as
+      M(baton_cluster)'s O(replica_methods)).
+    type: list
+    elements: str
+    default: [basebackup]
   restapi_username:
     description: Patroni REST API user (for PATCH).
     type: str
@@ -183,6 +189,7 @@ def main() -> None:
             "demote": {"type": "bool", "default": False},
             "source_port": {"type": "int", "default": 5000},
             "slot": {"type": "str", "default": ""},
+            "replica_methods": {"type": "list", "elements": "str", "default": ["basebackup"]},
             "restapi_username": {"type": "str", "default": "patroni"},
             "restapi_password": {"type": "str", "required": True, "no_log": True},
             "restapi_ca_file": {"type": "str", "default": ""},
@@ -213,7 +220,8 @@ def main() -> None:
         if p["demote"]:
             result["demote"] = converge_cluster(
                 p["old"], p["old_members"], "standby", source_hosts=p["target_members"],
-                source_port=p["source_port"], slot=p["slot"], **common)
+                source_port=p["source_port"], slot=p["slot"],
+                replica_methods=p["replica_methods"], **common)
         step = "baton"
         witness = Witness(p["endpoints"], p["timeout"], client=p["client"])
         result["moved"] = move_holder(witness, p["target"], expect_region=p["old"] or None,

@@ -629,6 +629,54 @@ def test_with_the_regions_own_repository_deleted_a_restore_comes_from_the_global
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+def test_a_standby_region_cut_off_from_its_source_replays_the_archive(lab):
+    """eu-west's standby leader loses its stream (its standby_cluster names an address where
+    nothing answers). Rows written in us-east then reach it all the same, through
+    restore_command (baton-archive get: eu-west's own repository, then the global site's),
+    while its WAL receiver streams nothing; given its source back, it streams again."""
+    patronictl = ("podman", "exec", "baton-eu-west-1", "/opt/patroni/bin/patronictl", "-c",
+                  "/etc/patroni/patroni.yml")
+    shown = sh(*patronictl, "show-config", timeout=60)
+    source = yaml.safe_load(shown.stdout)["standby_cluster"]["host"]
+    assert source, shown.stdout
+
+    def streaming() -> bool:
+        got = scratch_sql("eu-west-1", "SELECT count(*) FROM pg_stat_wal_receiver "
+                          "WHERE status = 'streaming'", port=5432)
+        return got.stdout.strip() == "1"
+    assert streaming()
+    cut = sh(*patronictl, "edit-config", "--force", "-s", "standby_cluster.host=10.231.3.250",
+             timeout=60)
+    assert cut.returncode == 0, cut.stdout + cut.stderr
+    try:
+        wait_for(lambda: not streaming(), 60, "eu-west's stream ends")
+        with pgbouncer("us-east-1", "app") as conn:
+            conn.execute("DROP TABLE IF EXISTS baton_archive_probe")
+            conn.execute("CREATE TABLE baton_archive_probe (id int PRIMARY KEY)")
+            conn.execute("INSERT INTO baton_archive_probe SELECT generate_series(1, 250)")
+            lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        check = pgbackrest("us-east-1", "check")  # a WAL switch, found archived
+        assert check.returncode == 0, check.stdout + check.stderr
+
+        def replayed() -> bool:
+            got = scratch_sql("eu-west-1", f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'",
+                              port=5432)
+            return got.stdout.strip() == "t"
+        wait_for(replayed, 90, f"eu-west replays past {lsn} from the archive")
+        assert not streaming(), "eu-west streamed: the test proves nothing"
+        rows = scratch_sql("eu-west-1", "SELECT count(*) FROM baton_archive_probe", port=5432)
+        assert rows.stdout.strip() == "250", rows.stdout + rows.stderr
+        log = sh("podman", "exec", "baton-eu-west-1", "journalctl", "-u", "patroni", "--since",
+                 "-3min", "--no-pager", "-g", "restored log file", timeout=30)
+        assert "from archive" in log.stdout, log.stdout + log.stderr
+        print(f"eu-west replayed past {lsn}: {log.stdout.strip().splitlines()[-1]}")
+    finally:
+        back = sh(*patronictl, "edit-config", "--force", "-s", f"standby_cluster.host={source}",
+                  timeout=60)
+    assert back.returncode == 0, back.stdout + back.stderr
+    wait_for(streaming, 90, "eu-west streams from its source again")
+
+
 def test_a_row_written_in_us_east_is_read_through_app_ro_in_the_other_regions(lab):
     token = f"row-{time.time_ns()}"
     with pgbouncer("us-east-1", "app") as conn:

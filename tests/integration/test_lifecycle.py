@@ -482,6 +482,15 @@ def test_round_trip_every_tier_follows_the_holder():
 
 
 def test_round_trip_reclone_keeps_the_old_data_and_streams(home):
+    """A fresh clone of eu-west under the clients. A backup on the holder's timeline is in the
+    global site's repository, so the standby leader is restored from it (Patroni's replica
+    method "pgbackrest") and catches up from the archive and the stream, instead of copying
+    the whole cluster from us-east."""
+    diff = sh("podman", "exec", "baton-global-1", "systemctl", "start",
+              "baton-backup@diff.service", timeout=900)
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+    since = sh("podman", "exec", "baton-eu-west-1", "date", "+%Y-%m-%d %H:%M:%S",
+               timeout=30).stdout.strip()
     figures, run = measure("round trip", "failback -e region=eu-west -e reclone=true", HOME,
                            lambda: playbook("failback.yml", "-e", "region=eu-west",
                                                 "-e", "reclone=true"))
@@ -492,6 +501,12 @@ def test_round_trip_reclone_keeps_the_old_data_and_streams(home):
     kept = sh("podman", "exec", "baton-eu-west-1", "sh", "-c",
               "ls -d /var/lib/postgresql/*/baton.diverged-*", timeout=30)
     assert kept.returncode == 0 and kept.stdout.strip(), "the old data directory was not kept"
+    patroni = sh("podman", "exec", "baton-eu-west-1", "journalctl", "-u", "patroni", "--since",
+                 since, "--no-pager", timeout=60).stdout
+    assert "replica has been created using pgbackrest" in patroni, patroni[-3000:]
+    print("eu-west's clone: " + "; ".join(
+        line.split("baton-archive clone: ", 1)[1] for line in patroni.splitlines()
+        if "baton-archive clone: " in line))
     check_tiers(HOME)
     rerun = playbook("failback.yml", "-e", "region=eu-west")
     assert rerun.returncode == 0 and total_changed(rerun) == 0, rerun.stdout[-2000:]

@@ -264,6 +264,43 @@ def test_the_cluster_plan_patches_only_what_differs(config, want, source, expect
     assert body == expected
 
 
+def test_a_standby_section_names_how_its_leader_is_created_and_converges_to_it():
+    backed = standby_source(["10.231.2.11"], 5000, "baton_us_east", ["pgbackrest", "basebackup"])
+    assert backed["create_replica_methods"] == ["pgbackrest", "basebackup"]
+    assert SOURCE["create_replica_methods"] == ["basebackup"]
+    body, reason = plan_cluster({"standby_cluster": dict(SOURCE)}, [], "standby", backed)
+    assert body == {"standby_cluster": backed}
+    assert reason == ("already a standby cluster of 10.231.2.11; its leader is created by "
+                      "pgbackrest, basebackup")
+    assert plan_cluster({"standby_cluster": dict(backed)}, [], "standby", backed)[0] is None
+
+
+def test_a_promotion_is_waited_for_until_the_new_leader_takes_writes(monkeypatch):
+    """Its own /patroni, not /primary (200 as soon as it holds the lock, still in recovery)."""
+    import time
+
+    import baton_patroni
+
+    answers = iter([{"role": "replica", "state": "running"},
+                    {"role": "replica", "state": "running"},
+                    {"role": "primary", "state": "running"}])
+    asked = []
+
+    def rest(method, url, timeout, auth=None, body=None):
+        asked.append(url)
+        return 200, next(answers)
+    monkeypatch.setattr(baton_patroni, "rest", rest)
+    read = {"members": [{"name": "us-west-1", "role": "leader", "state": "running",
+                         "host": "10.231.2.11"}]}
+    baton_patroni.wait_primary_writes(read, ["10.231.2.11"], 8008, time.monotonic() + 5, 1)
+    assert len(asked) == 3 and asked[0].endswith("10.231.2.11:8008/patroni")
+    # Still in recovery at the deadline: one sentence naming the leader and what it said.
+    monkeypatch.setattr(baton_patroni, "rest",
+                        lambda *a, **k: (200, {"role": "replica", "state": "running"}))
+    with pytest.raises(baton_patroni.PatroniProblem, match="Patroni says replica/running"):
+        baton_patroni.wait_primary_writes(read, ["10.231.2.11"], 8008, time.monotonic(), 1)
+
+
 def test_an_outcome_is_reached_only_when_the_leader_runs_in_its_new_role():
     assert reached([{"role": "leader", "state": "running"}], "primary")
     assert not reached([{"role": "standby_leader", "state": "running"}], "primary")
