@@ -790,14 +790,25 @@ class TestPartition:
         state["inside"] = {"acked": len(acks), "lost": len(inside_lost),
                            "lost_at": inside_lost,
                            "last_ack_before_move": None if last_ack is None
-                           else round(state["moved_at"] - last_ack, 1)}
+                           else round(state["moved_at"] - last_ack, 1),
+                           "last_ack_before_fence_deadline": None if last_ack is None
+                           else round(datetime.fromisoformat(report("failover")[
+                               "data_loss_window"]["to"]).timestamp() - last_ack, 1)}
         shown = {k: v for k, v in state["inside"].items() if k != "lost_at"}
         print(f"{self.name}: the client inside us-east: {shown}; failover report: "
               f"{report('failover')['timeline']}")
         state["wrong"] = tiers_wrong("us-west", pending=("us-east",), settle=10)
         # The single-writer rule for PostgreSQL: every write us-east acknowledged came before
-        # the baton moved, and us-east takes none now.
-        assert acks and last_ack < state["moved_at"]
+        # its fence deadline (when its leases were gone from the witness: the report's loss
+        # window ends there), the target was promoted only after that, and us-east takes none
+        # now. Not before the baton moved: the move (the witness's compare-and-swap) comes
+        # first and may precede a cut-off holder's own fence by up to fence_after + one agent
+        # loop; its leases, which outlive its writes, are what the promotion waits for.
+        done = report("failover")
+        deadline = datetime.fromisoformat(done["data_loss_window"]["to"]).timestamp()
+        marks = {mark["step"]: mark["at"] for mark in done["timeline"]}
+        assert marks["old region fenced, baton moved"] <= marks["target promoted"], marks
+        assert acks and last_ack < deadline, (last_ack, deadline)
         # The old primary acknowledged writes the new one never received (asynchronous
         # replication, a cut-off primary): the loss the report must state below.
         assert state["failover"]["postgres"]["lost"] + state["inside"]["lost"] > 0
