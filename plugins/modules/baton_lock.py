@@ -44,7 +44,7 @@ options:
   kind:
     description: What the run does.
     type: str
-    choices: [failover, switchover, failback]
+    choices: [failover, switchover, failback, restore]
     default: failover
   target:
     description: The region the run moves the baton to (or reprotects).
@@ -220,7 +220,7 @@ def main() -> None:
             "state": {"type": "str", "choices": ["present", "held", "absent"],
                       "default": "present"},
             "run_id": {"type": "str", "required": True},
-            "kind": {"type": "str", "choices": ["failover", "switchover", "failback"],
+            "kind": {"type": "str", "choices": ["failover", "switchover", "failback", "restore"],
                      "default": "failover"},
             "target": {"type": "str", "default": ""},
             "ttl": {"type": "int", "default": 30},

@@ -654,6 +654,71 @@ def test_with_the_regions_own_repository_deleted_a_restore_comes_from_the_global
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+def test_restore_in_place_takes_production_back_and_every_region_follows(lab):
+    """The guarded option: without confirm=<stanza>@<holder> nothing changes. Rows written, the
+    time noted, the table dropped and another created: restore.yml in place to that time brings
+    the rows back in us-east's production cluster (through its PgBouncer, as a client reads),
+    the table created after the time is gone, writes go on, the baton stays, the other regions
+    are cloned afresh and follow (health.yml passes), and the re-run changes nothing."""
+    refused = playbook("restore.yml", "-e", "in_place=true")
+    assert refused.returncode != 0 and "-e confirm=baton@us-east" in refused.stdout \
+        and "Nothing was changed" in refused.stdout, refused.stdout[-2000:]
+    assert total_changed(refused) == 0
+    elsewhere = playbook("restore.yml", "-e", "in_place=true", "-e", "confirm=baton@us-east",
+                         "-e", "region=eu-west")
+    assert elsewhere.returncode != 0 and "leave region out" in elsewhere.stdout, \
+        elsewhere.stdout[-2000:]
+    with pgbouncer("us-east-1", "app") as conn:
+        conn.execute("DROP TABLE IF EXISTS baton_in_place_probe")
+        conn.execute("DROP TABLE IF EXISTS baton_in_place_after")
+        conn.execute("CREATE TABLE baton_in_place_probe (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO baton_in_place_probe SELECT generate_series(1, 400)")
+        time.sleep(1.5)
+        target = conn.execute("SELECT to_char(now() AT TIME ZONE 'UTC', "
+                              "'YYYY-MM-DD HH24:MI:SS.US') || '+00'").fetchone()[0]
+        time.sleep(1.5)
+        conn.execute("DROP TABLE baton_in_place_probe")
+        conn.execute("CREATE TABLE baton_in_place_after (x int)")
+        timeline = conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0]
+    check = pgbackrest("us-east-1", "check")  # a WAL switch, archived: the drop is in the repo
+    assert check.returncode == 0, check.stdout + check.stderr
+    args = ("-e", f"target_time='{target}'", "-e", "in_place=true", "-e", "confirm=baton@us-east")
+
+    plan = playbook("restore.yml", "--check", *args)
+    assert plan.returncode == 0 and "estimated" in plan.stdout, plan.stdout[-3000:]
+    with pgbouncer("us-east-1", "app") as conn:  # the plan changed nothing
+        assert conn.execute("SELECT to_regclass('baton_in_place_probe')").fetchone()[0] is None
+
+    run = playbook("restore.yml", *args)
+    assert run.returncode == 0, run.stdout[-4000:]
+    with pgbouncer("us-east-1", "app") as conn:
+        assert conn.execute("SELECT count(*), max(id) FROM baton_in_place_probe").fetchone() \
+            == (400, 400)
+        assert conn.execute("SELECT to_regclass('baton_in_place_after')").fetchone()[0] is None
+        conn.execute("INSERT INTO baton_in_place_probe VALUES (401)")
+    done = report("restore-in-place")
+    figures = ("timeline", "copy_seconds", "recovery_seconds", "clients_held_seconds",
+               "wall_seconds")
+    print(f"restore in place: {({k: done[k] for k in figures})}")
+    assert done["region"] == "us-east" and sorted(done["recloned"]) == ["eu-west", "us-west"]
+    assert done["timeline"] > timeline, (done["timeline"], timeline)
+    assert holder()["region"] == "us-east"
+    again = healthy_again()
+    assert again.returncode == 0, again.stdout[-3000:]
+    def eu_west_rows() -> int | None:
+        try:
+            with psycopg.connect(host=MINI["eu-west-1"], port=5432, dbname="app",
+                                 autocommit=True, connect_timeout=3, **APP) as conn:
+                return conn.execute("SELECT count(*) FROM baton_in_place_probe").fetchone()[0]
+        except psycopg.Error:
+            return None
+    wait_for(lambda: eu_west_rows() == 401, 60, "eu-west streaming the restored table")
+
+    rerun = playbook("restore.yml", *args)
+    assert rerun.returncode == 0 and total_changed(rerun) == 0, rerun.stdout[-3000:]
+    assert "nothing to do" in " ".join(rerun.stdout.split()), rerun.stdout[-2000:]
+
+
 def test_a_standby_region_cut_off_from_its_source_replays_the_archive(lab):
     """eu-west's standby leader loses its stream (its standby_cluster names an address where
     nothing answers). Rows written in us-east then reach it all the same, through
