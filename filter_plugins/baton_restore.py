@@ -213,7 +213,19 @@ def baton_recovery_short(current_wal: str, newest_wal: str) -> str:
             "earlier than the archive says")
 
 
+def baton_in_place_step(earlier: dict | None, target: dict, again: bool = False) -> str:
+    """What a restore in place does, from the note an earlier run left on the node (pure):
+    "done" (the same target restored and every region cloned: nothing to do), "resume" (the
+    same target restored and promoted, a later step stopped: go on without restoring twice) or
+    "restore". again: restore even the same target once more."""
+    earlier = earlier or {}
+    if again or earlier.get("target") != target:
+        return "restore"
+    return {"done": "done", "promoted": "resume"}.get(str(earlier.get("state")), "restore")
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {"baton_restore_plan": baton_restore_plan,
-                "baton_recovery_short": baton_recovery_short}
+                "baton_recovery_short": baton_recovery_short,
+                "baton_in_place_step": baton_in_place_step}

@@ -3,7 +3,13 @@ options it passes, and the one-sentence refusals for what the repository cannot 
 
 import json
 
-from baton_restore import baton_recovery_short, baton_restore_plan, parse_lsn, parse_time
+from baton_restore import (
+    baton_in_place_step,
+    baton_recovery_short,
+    baton_restore_plan,
+    parse_lsn,
+    parse_time,
+)
 
 NOW = 1765011600.0  # 2025-12-06 09:00:00+00
 
@@ -155,3 +161,17 @@ def test_a_deleted_repository_is_passed_over_and_a_named_one_is_kept_to():
     assert baton_restore_plan(TWO, "latest", "", now=NOW, repo="1")["repo"] == 1
     assert baton_restore_plan(TWO, "latest", "", now=NOW, repo=3)["refusal"] == (
         "repo 3 is not one of this node's repositories (repo1, repo2): choose one of them.")
+
+
+def test_restore_in_place_steps_from_the_note_an_earlier_run_left():
+    step = baton_in_place_step
+    target = {"key": "time", "value": "2026-12-06 08:30:00+00"}
+    other = {"key": "time", "value": "2026-12-06 08:31:00+00"}
+    assert step({}, target) == "restore"
+    assert step(None, target) == "restore"
+    assert step({"target": target, "state": "restored"}, target) == "restore"  # not promoted
+    assert step({"target": target, "state": "promoted"}, target) == "resume"
+    assert step({"target": target, "state": "done"}, target) == "done"
+    assert step({"target": other, "state": "done"}, target) == "restore"
+    assert step({"target": target, "state": "done"}, target, again=True) == "restore"
+    assert step({"target": target, "state": "promoted"}, target, again=True) == "restore"
