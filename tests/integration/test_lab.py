@@ -553,6 +553,22 @@ def scratch_sql(node: str, sql: str, port: int = 5499) -> subprocess.CompletedPr
               timeout=60)
 
 
+def rows_then_drop(table: str, rows: int) -> str:
+    """In us-east, through its PgBouncer: table with ids 1..rows, the time noted 1.5 s later,
+    the table dropped 1.5 s after that. The time (UTC, with its zone): a restore to it brings
+    every row back."""
+    with pgbouncer("us-east-1", "app") as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY)")
+        conn.execute(f"INSERT INTO {table} SELECT generate_series(1, {rows})")
+        time.sleep(1.5)
+        target = conn.execute("SELECT to_char(now() AT TIME ZONE 'UTC', "
+                              "'YYYY-MM-DD HH24:MI:SS.US') || '+00'").fetchone()[0]
+        time.sleep(1.5)
+        conn.execute(f"DROP TABLE {table}")
+    return target
+
+
 def test_restore_yml_brings_a_dropped_table_back_into_a_scratch_cluster_only(lab):
     """Rows written, the time noted, the table dropped: restore.yml to that time puts every
     row back in a scratch cluster in eu-west; production still has no table and restarted
@@ -567,15 +583,7 @@ def test_restore_yml_brings_a_dropped_table_back_into_a_scratch_cluster_only(lab
         time.sleep(3)
     assert [b["type"] for b in backups()][:1] == ["full"], backups()
     starts = {n: member(n)["postmaster_start_time"] for n in ("us-east-1", "eu-west-1")}
-    with pgbouncer("us-east-1", "app") as conn:
-        conn.execute("DROP TABLE IF EXISTS baton_restore_probe")
-        conn.execute("CREATE TABLE baton_restore_probe (id int PRIMARY KEY)")
-        conn.execute("INSERT INTO baton_restore_probe SELECT generate_series(1, 500)")
-        time.sleep(1.5)
-        target = conn.execute("SELECT to_char(now() AT TIME ZONE 'UTC', "
-                              "'YYYY-MM-DD HH24:MI:SS.US') || '+00'").fetchone()[0]
-        time.sleep(1.5)
-        conn.execute("DROP TABLE baton_restore_probe")
+    target = rows_then_drop("baton_restore_probe", 500)
     check = pgbackrest("us-east-1", "check")  # a WAL switch, archived: the drop is in the repo
     assert check.returncode == 0, check.stdout + check.stderr
 
@@ -669,17 +677,12 @@ def test_restore_in_place_takes_production_back_and_every_region_follows(lab):
     assert elsewhere.returncode != 0 and "leave region out" in elsewhere.stdout, \
         elsewhere.stdout[-2000:]
     with pgbouncer("us-east-1", "app") as conn:
-        conn.execute("DROP TABLE IF EXISTS baton_in_place_probe")
         conn.execute("DROP TABLE IF EXISTS baton_in_place_after")
-        conn.execute("CREATE TABLE baton_in_place_probe (id int PRIMARY KEY)")
-        conn.execute("INSERT INTO baton_in_place_probe SELECT generate_series(1, 400)")
-        time.sleep(1.5)
-        target = conn.execute("SELECT to_char(now() AT TIME ZONE 'UTC', "
-                              "'YYYY-MM-DD HH24:MI:SS.US') || '+00'").fetchone()[0]
-        time.sleep(1.5)
-        conn.execute("DROP TABLE baton_in_place_probe")
+    target = rows_then_drop("baton_in_place_probe", 400)
+    with pgbouncer("us-east-1", "app") as conn:
         conn.execute("CREATE TABLE baton_in_place_after (x int)")
-        timeline = conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0]
+        timeline = conn.execute("SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), "
+                                "1, 8))::bit(32)::int").fetchone()[0]
     check = pgbackrest("us-east-1", "check")  # a WAL switch, archived: the drop is in the repo
     assert check.returncode == 0, check.stdout + check.stderr
     args = ("-e", f"target_time='{target}'", "-e", "in_place=true", "-e", "confirm=baton@us-east")
