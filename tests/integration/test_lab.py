@@ -711,7 +711,7 @@ def test_restore_in_place_takes_production_back_and_every_region_follows(lab):
     def eu_west_rows() -> int | None:
         try:
             with psycopg.connect(host=MINI["eu-west-1"], port=5432, dbname="app",
-                                 autocommit=True, connect_timeout=3, **APP) as conn:
+                                 autocommit=True, **APP) as conn:
                 return conn.execute("SELECT count(*) FROM baton_in_place_probe").fetchone()[0]
         except psycopg.Error:
             return None
