@@ -5,6 +5,7 @@ us-west) for it:
 
     make lab-up LAB=bench IMAGE=packages && make site  # once
     .venv/bin/python bench/failover_timing.py [--runs 3] [--only switchover|region-loss]
+        [--profiles DIR]
 
 Clients write the way applications do: through db.<zone>, resolved on the lab's name servers
 at every (re)connection, one INSERT every 20 ms. Per run, in this order:
@@ -60,12 +61,18 @@ def run(*cmd: str, timeout: float = 900, env: dict | None = None) -> tuple[int, 
 
 
 REFUSED: list[str] = []
+PROFILES: dict[str, str] = {}  # --profiles DIR: "dir", and the latest profile of each run's name
+PROFILED = itertools.count(1)
 
 
 def playbook(*args: str, profile: str | None = None, retry: bool = True) -> tuple[str, float]:
     """Runs a playbook; exits on failure. A move its gate refused (nothing changed: on this
     2-core bench lab, right after a move, an assessment probe can time out) is run again once
     health.yml passes, unless retry is off (a timed region loss), and counted."""
+    if profile is None and PROFILES.get("dir"):
+        name = "-".join(a.split("=")[-1].removesuffix(".yml") for a in args if a != "-e")
+        profile = os.path.join(PROFILES["dir"], f"{next(PROFILED):02d}-{name}.json")
+        PROFILES[name] = profile  # the latest run of that name
     env = dict(ENV, BATON_PROFILE=profile) if profile else ENV
     code, out, took = run(str(BIN / "ansible-playbook"), *args, env=env)
     if code != 0 and retry and "TASK [Refuse what is unsafe]" in out and "failed=1" in out:
@@ -188,9 +195,9 @@ def patroni_switchover(region_nodes: list[str], servers: list[str]) -> dict[str,
     return {"gap": writer.gap, "errors": writer.errors, "wall": took}
 
 
-def print_profile(path: str) -> None:
+def print_profile(path: str, what: str = "the first switchover") -> None:
     data = json.loads(Path(path).read_text())
-    print(f"\nprofile of the first switchover ({data['seconds']:.1f} s; tasks over 0.1 s):")
+    print(f"\nprofile of {what} ({data['seconds']:.1f} s; tasks over 0.1 s):")
     for row in data["tasks"]:
         if row.get("seconds", 0) >= 0.1:
             print(f"  {row['at']:7.2f} {row['seconds']:6.2f}  {row['task']}")
@@ -214,7 +221,13 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", choices=["switchover", "region-loss"],
                         help="measure one kind of move (with its re-run) instead of all")
+    parser.add_argument("--profiles", metavar="DIR",
+                        help="keep every playbook run's profile (JSON) in DIR, and print the "
+                             "last region loss's failover and failback profiles")
     args = parser.parse_args()
+    if args.profiles:
+        os.makedirs(args.profiles, exist_ok=True)
+        PROFILES["dir"] = args.profiles
     planned, unplanned = args.only != "region-loss", args.only != "switchover"
     sites = inventory()
     servers = [sites["global"][0]] + [sites[r][0] for r in ("us-east", "us-west", "eu-west")]
@@ -249,6 +262,10 @@ def main() -> int:
         print(f"run {n}: " + ", ".join(f"{k} {v[-1]}" for k, v in rows.items()), flush=True)
         if n == 1 and planned:
             print_profile(profile)
+    for name, what in (("region loss", "the last region loss's failover"),
+                       ("failback", "the last failback")):
+        if name in PROFILES and os.path.exists(PROFILES[name]):
+            print_profile(PROFILES[name], what)
     print("\nmedians of", args.runs, "runs:")
     for name, values in rows.items():
         print(f"  {name:58s} {statistics.median(values):9.3f}   {values}")
@@ -280,6 +297,8 @@ def region_loss(servers: list[str], sites: dict[str, list[str]], keep) -> None:
         stopped = time.time()  # every container is down: the failover starts
         _out, took = playbook("failover.yml", "-e", "target=us-west", retry=False)
         time.sleep(1)
+    if "failover-us-west" in PROFILES:  # before its re-run's profile takes the name
+        PROFILES["region loss"] = PROFILES["failover-us-west"]
     done = report("failover")
     pause = done.get("write_pause") or {}
     first = writer.first_after(stopped)

@@ -8,6 +8,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -260,11 +261,18 @@ def leader_first(addresses: list[str], members: list[dict[str, Any]]) -> list[st
 
 
 def wait_cluster(addresses: list[str], port: int, want: str, deadline: float,
-                 timeout: float, streaming: bool = False) -> dict[str, Any]:
+                 timeout: float, streaming: bool = False,
+                 tick: Callable[[], None] | None = None, tick_every: float = 2.0
+                 ) -> dict[str, Any]:
     """Poll /cluster until `reached`; returns the last read; raises PatroniProblem at the
-    deadline (monotonic clock) naming what the members say."""
+    deadline (monotonic clock) naming what the members say. `tick`, when given, is called
+    every `tick_every` seconds while it waits (converge_cluster's keep_wal_coming)."""
     last: dict[str, Any] = {}
+    ticked = time.monotonic()
     while True:
+        if tick is not None and time.monotonic() - ticked >= tick_every:
+            tick()
+            ticked = time.monotonic()
         try:
             last = read_cluster(addresses, port, timeout)
             if reached(last["members"], want, streaming):
@@ -418,9 +426,12 @@ def converge_cluster(region: str, members: list[str], state: str, *, port: int =
                      slot: str | None = None, replica_methods: list[str] | None = None,
                      wait_for_lsn: str | None = None,
                      streaming: bool = False, wait_timeout: float = 120.0,
+                     keep_wal_coming: Callable[[], None] | None = None,
                      check_mode: bool = False) -> dict[str, Any]:
     """Takes a region's cluster to `state` ('primary', or 'standby' of source_hosts through
-    slot) and waits for the outcome; the result baton_cluster returns. Raises ClusterStop."""
+    slot) and waits for the outcome; the result baton_cluster returns. Raises ClusterStop.
+    keep_wal_coming (with streaming) is called every 2 s of the wait: it makes the source
+    write WAL (see baton_cluster's wal_source)."""
     try:
         wanted_lsn = lsn_to_int(wait_for_lsn)
     except ValueError as exc:
@@ -453,7 +464,8 @@ def converge_cluster(region: str, members: list[str], state: str, *, port: int =
         try:
             after = before
             if not reached(before["members"], state, streaming):
-                after = wait_cluster(members, port, state, deadline, timeout, streaming)
+                after = wait_cluster(members, port, state, deadline, timeout, streaming,
+                                     tick=keep_wal_coming)
             if state == "primary":
                 wait_primary_writes(after, members, port, deadline, timeout)
             answered = standby_answers(after, members, state, port, deadline, timeout)
@@ -475,7 +487,8 @@ def converge_cluster(region: str, members: list[str], state: str, *, port: int =
             time.sleep(0.1)
     try:
         apply_cluster(leader_first(members, before["members"]), port, auth, body, timeout)
-        after = wait_cluster(members, port, state, deadline, timeout, streaming)
+        after = wait_cluster(members, port, state, deadline, timeout, streaming,
+                             tick=keep_wal_coming)
         if state == "primary":
             wait_primary_writes(after, members, port, deadline, timeout)
         answered = standby_answers(after, members, state, port, deadline, timeout) \

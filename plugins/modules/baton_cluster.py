@@ -87,6 +87,18 @@ options:
     description: Seconds to wait for the outcome (and for O(wait_for_lsn)).
     type: float
     default: 120
+  wal_source:
+    description:
+      - With O(streaming), the source region's PostgreSQL (C(hosts), C(port), C(user),
+        C(password); the monitoring user is enough). Every 2 s of the wait, its primary commits
+        an empty transaction that holds a transaction ID (C(SELECT pg_current_xact_id())), which
+        writes and flushes a commit record.
+      - A standby rewound by pg_rewind is consistent, and Patroni lets it run, only once it has
+        replayed past the position pg_rewind read from the source. An idle source may write
+        nothing there for minutes (measured on the bench lab after a WAL segment switch, 122 s,
+        then the region was cloned afresh); this makes it write.
+    type: dict
+requirements: [psycopg (the controller's venv), for wal_source]
 extends_documentation_fragment: [baton_patroni_rest]
 author: Baton
 """
@@ -144,12 +156,34 @@ elapsed:
   type: float
 """
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
 from ansible.module_utils.baton_patroni import (  # noqa: E402
     ClusterStop,
     converge_cluster,
     use_ca,
 )
+
+try:
+    import psycopg
+except ImportError:  # said by the module when wal_source needs it, not a traceback
+    psycopg = None
+
+
+def wal_writer(source: dict, timeout: float):
+    """What wal_source asks for: one empty transaction with a transaction ID on the source's
+    primary (the first of its hosts that takes writes), best effort: a failure is for the wait
+    to outlast (the source restarting), not a reason to stop it."""
+    def write() -> None:
+        try:
+            with psycopg.connect(host=",".join(source["hosts"]), port=source["port"],
+                                 user=source["user"], password=source["password"],
+                                 dbname="postgres", autocommit=True,
+                                 target_session_attrs="read-write",
+                                 connect_timeout=max(2, round(timeout))) as conn:
+                conn.execute("SELECT pg_current_xact_id()")
+        except psycopg.Error:
+            pass
+    return write
 
 
 def main() -> None:
@@ -170,11 +204,19 @@ def main() -> None:
             "restapi_ca_file": {"type": "str", "default": ""},
             "streaming": {"type": "bool", "default": False},
             "wait_timeout": {"type": "float", "default": 120.0},
+            "wal_source": {"type": "dict", "options": {
+                "hosts": {"type": "list", "elements": "str", "required": True},
+                "port": {"type": "int", "default": 5432},
+                "user": {"type": "str", "required": True},
+                "password": {"type": "str", "required": True, "no_log": True}}},
         },
         required_if=[("state", "standby", ("source_hosts", "slot"))],
         supports_check_mode=True,
     )
     p = module.params
+    if p["wal_source"] and psycopg is None:
+        module.fail_json(msg=missing_required_lib("psycopg") + " (for wal_source): install "
+                             "requirements.txt into the controller's Python")
     use_ca(p["restapi_ca_file"])
     try:
         result = converge_cluster(
@@ -183,6 +225,8 @@ def main() -> None:
             source_hosts=p["source_hosts"], source_port=p["source_port"], slot=p["slot"],
             replica_methods=p["replica_methods"], wait_for_lsn=p["wait_for_lsn"],
             streaming=p["streaming"], wait_timeout=p["wait_timeout"],
+            keep_wal_coming=wal_writer(p["wal_source"], p["timeout"])
+            if p["wal_source"] and p["streaming"] else None,
             check_mode=module.check_mode)
     except ClusterStop as exc:
         module.fail_json(msg=str(exc), **exc.result)
