@@ -387,6 +387,38 @@ def test_switchover_to_us_west_under_clients(over_ssh, home):
     assert set(figures["redis"]["error_kinds"]) <= {"ConnectionError"}, figures
 
 
+def control_file_timelines(node: str) -> tuple[str, str]:
+    """(the timeline in the node's control file, the one its WAL receiver streams; '' when it
+    does not stream), read on the node as postgres."""
+    proc = subprocess.run(
+        ["podman", "exec", f"baton-{node}", "runuser", "-u", "postgres", "--", "psql", "-XAtc",
+         "SELECT (SELECT timeline_id FROM pg_control_checkpoint()),"
+         " (SELECT received_tli FROM pg_stat_wal_receiver)"],
+        env=ENV, capture_output=True, text=True, timeout=30, check=False)
+    control, _sep, streamed = proc.stdout.strip().partition("|")
+    return control, streamed
+
+
+def test_after_the_switchover_each_standby_keeps_the_new_timeline_in_its_control_file():
+    """A standby's control file keeps the timeline it had before its source's promotion until
+    its next restartpoint (minutes), and Patroni reads a standby leader's timeline there once
+    its stream is gone: a standby leader then checks the source for a rewind on every loop,
+    and when the source region is lost each check holds its loop for the connect timeouts,
+    which delays its region's promotion. baton-walreceiver-watch takes the restartpoint once
+    the standby streams the new timeline."""
+    assert "round" in STATE, "the switchover step did not run"
+    standbys = [NODE_OF["us-east"], NODE_OF["eu-west"]]
+    deadline = time.monotonic() + 60
+    while True:
+        seen = {node: control_file_timelines(node) for node in standbys}
+        behind = {node: t for node, t in seen.items() if not t[1] or t[0] != t[1]}
+        if not behind or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not behind, ("(control file's timeline, streamed timeline) 60 s after the "
+                        f"switchover: {behind}")
+
+
 def test_a_planned_switchover_holds_redis_clients_instead_of_failing_them():
     """The old master's writes wait (CLIENT PAUSE WRITE) until redis.<zone> names the new one;
     then its connections are closed, so a client reconnects there: no READONLY, no NOREPLICAS,

@@ -301,6 +301,35 @@ def test_a_promotion_is_waited_for_until_the_new_leader_takes_writes(monkeypatch
         baton_patroni.wait_primary_writes(read, ["10.231.2.11"], 8008, time.monotonic(), 1)
 
 
+def test_a_wait_for_streaming_makes_the_source_write_every_tick_until_the_region_streams(
+        monkeypatch):
+    """failback's wait for a rewound region: keep_wal_coming (the holder commits an empty
+    transaction with an ID) is called every tick_every seconds while the region is not
+    streaming, and no more once it is."""
+
+    import baton_patroni
+
+    not_yet = {"members": [{"role": "standby_leader", "state": "running"}]}
+    streams = {"members": [{"role": "standby_leader", "state": "streaming"}]}
+    reads = iter([not_yet] * 20 + [streams])  # one read every 0.25 s: streams at 5 s
+    monkeypatch.setattr(baton_patroni, "read_cluster", lambda *a, **k: next(reads))
+    now = [0.0]  # a clock that only the wait's sleeps move
+    monkeypatch.setattr(baton_patroni.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(baton_patroni.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+    ticks = []
+    after = baton_patroni.wait_cluster(["10.231.1.11"], 8008, "standby", 1000.0, 1.0,
+                                       streaming=True, tick=lambda: ticks.append(now[0]),
+                                       tick_every=2.0)
+    assert after is streams
+    assert ticks == [2.0, 4.0]
+    # A region that streams at the first read: the source is not asked to write.
+    reads = iter([streams])
+    ticks.clear()
+    baton_patroni.wait_cluster(["10.231.1.11"], 8008, "standby", now[0] + 5, 1.0,
+                               streaming=True, tick=lambda: ticks.append(now[0]))
+    assert ticks == []
+
+
 def test_an_outcome_is_reached_only_when_the_leader_runs_in_its_new_role():
     assert reached([{"role": "leader", "state": "running"}], "primary")
     assert not reached([{"role": "standby_leader", "state": "running"}], "primary")
