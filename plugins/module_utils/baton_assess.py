@@ -117,7 +117,7 @@ def probe_etcd(address: str, port: int, timeout: float) -> Probe:
     return {"ok": True, "healthy": str(data.get("health")).lower() == "true"}
 
 
-def pg_limits(timeout: float) -> dict[str, int]:
+def _pg_limits(timeout: float) -> dict[str, int]:
     """libpq settings that bound a connection whose peer goes silent, not only its set-up
     (connect_timeout is whole seconds, at least 2)."""
     return {"connect_timeout": max(2, round(timeout)),
@@ -133,7 +133,7 @@ def probe_postgres(address: str, port: int, user: str, password: str, timeout: f
 
         with psycopg.connect(host=address, port=port, user=user, password=password,
                              dbname=dbname, options=f"-c statement_timeout={int(timeout * 1000)}",
-                             autocommit=True, **pg_limits(timeout)) as conn:
+                             autocommit=True, **_pg_limits(timeout)) as conn:
             row = conn.execute(
                 "SELECT pg_is_in_recovery(),"
                 " CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,"
@@ -160,7 +160,7 @@ def probe_pgbouncer(address: str, port: int, user: str, password: str, timeout: 
 
         with psycopg.connect(host=address, port=port, user=user, password=password,
                              dbname="pgbouncer", autocommit=True,
-                             cursor_factory=psycopg.ClientCursor, **pg_limits(timeout)) as conn:
+                             cursor_factory=psycopg.ClientCursor, **_pg_limits(timeout)) as conn:
             # ClientCursor: the simple query protocol, the only one the admin console speaks.
             cur = conn.execute("SHOW DATABASES")
             names = [c.name for c in cur.description]

@@ -157,7 +157,6 @@ elapsed:
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
-from ansible.module_utils.baton_assess import pg_limits  # noqa: E402
 from ansible.module_utils.baton_patroni import (  # noqa: E402
     ClusterStop,
     converge_cluster,
@@ -180,7 +179,7 @@ def wal_writer(source: dict, timeout: float):
                                  user=source["user"], password=source["password"],
                                  dbname="postgres", autocommit=True,
                                  target_session_attrs="read-write",
-                                 **pg_limits(timeout)) as conn:
+                                 connect_timeout=max(2, round(timeout))) as conn:
                 conn.execute("SELECT pg_current_xact_id()")
         except psycopg.Error:
             pass

@@ -547,8 +547,7 @@ def test_the_primary_archives_its_wal_into_the_encrypted_repository_on_the_globa
 
 
 def scratch_sql(node: str, sql: str, port: int = 5499) -> subprocess.CompletedProcess:
-    """SQL in database app on node, as postgres over the socket: by default in the scratch
-    cluster restore.yml leaves there (loopback only: from inside); port=5432, the node's own."""
+    """SQL in the scratch cluster restore.yml leaves on node (loopback only: from inside)."""
     return sh("podman", "exec", f"baton-{node}", "runuser", "-u", "postgres", "--", "psql",
               "-p", str(port), "-h", "/var/run/postgresql", "-d", "app", "-XAtc", sql,
               timeout=60)

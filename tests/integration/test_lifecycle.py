@@ -390,8 +390,11 @@ def test_switchover_to_us_west_under_clients(over_ssh, home):
 def control_file_timelines(node: str) -> tuple[str, str]:
     """(the timeline in the node's control file, the one its WAL receiver streams; '' when it
     does not stream), read on the node as postgres."""
-    proc = scratch_sql(node, "SELECT (SELECT timeline_id FROM pg_control_checkpoint()),"
-                             " (SELECT received_tli FROM pg_stat_wal_receiver)", port=5432)
+    proc = subprocess.run(
+        ["podman", "exec", f"baton-{node}", "runuser", "-u", "postgres", "--", "psql", "-XAtc",
+         "SELECT (SELECT timeline_id FROM pg_control_checkpoint()),"
+         " (SELECT received_tli FROM pg_stat_wal_receiver)"],
+        env=ENV, capture_output=True, text=True, timeout=30, check=False)
     control, _sep, streamed = proc.stdout.strip().partition("|")
     return control, streamed
 
